@@ -1,0 +1,76 @@
+"""Response bodies of Limio's order and objects endpoints.
+
+All fields are optional and unknown fields are kept: Limio documents these responses only partly.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from limio_provider.models.orders import LimioModel
+
+
+def to_amount(value: Any) -> Decimal | None:
+    """Read an amount Limio sent as a number or a string (``19.99`` or ``"19.99"``); ``None`` if absent."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+class OrderResult(LimioModel):
+    """The answer to ``POST /order`` and ``POST /admin/order``."""
+
+    id: str | None = None
+    order_reference: str | None = None
+    status: str | None = None
+    external_id: str | None = None
+    subscriptionReference: str | None = None
+    owner: str | None = None
+
+
+class PreviewResult(LimioModel):
+    """The answer to ``POST /order/preview``: ``preview`` (Zuora-shaped) and the billing ``schedule``.
+
+    Amounts arrive as numbers or strings; they are kept as sent, and :meth:`total_due` reads them.
+    """
+
+    preview: dict[str, Any] | None = None
+    schedule: list[dict[str, Any]] | None = None
+
+    def invoices(self) -> list[dict[str, Any]]:
+        """The previewed invoices (``preview.previewResult.invoices``), empty if none."""
+        result = (self.preview or {}).get("previewResult") or {}
+        return list(result.get("invoices") or [])
+
+    def total_due(self) -> Decimal:
+        """What the customer would be charged next: the sum of the previewed invoices' ``amount``, or if
+        there are none, the first ``schedule`` entry's ``amount``. Zero when the preview has neither."""
+        amounts = [to_amount(invoice.get("amount")) for invoice in self.invoices()]
+        if not amounts and self.schedule:
+            amounts = [to_amount(self.schedule[0].get("amount"))]
+        return sum((a for a in amounts if a is not None), Decimal(0))
+
+
+class OrderObject(LimioModel):
+    """An order as the Objects API returns it (``GET /objects/limio/orders/{id}``).
+
+    Limio does not publish this schema or its status values; ``status`` is read as a plain string.
+    """
+
+    id: str | None = None
+    status: str | None = None
+    order_type: str | None = None
+    external_id: str | None = None
+    created: str | None = None
+    updated: str | None = None
+
+
+class OrderPage(LimioModel):
+    """One page of ``GET /objects/limio/orders``: ``items`` and the ``queryMore`` cursor (shape inferred)."""
+
+    items: list[OrderObject] = []
+    queryMore: str | None = None
