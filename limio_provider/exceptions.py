@@ -8,6 +8,9 @@ from airflow.providers.common.compat.sdk import AirflowException
 class LimioError(AirflowException):
     """Base class of every error the Limio provider raises."""
 
+    #: Set by the hook on errors that are safe to retry for the call that raised them.
+    retryable: bool = False
+
 
 class LimioConfigError(LimioError):
     """The Airflow connection or hook arguments are not usable (raised before any network call)."""
@@ -15,6 +18,10 @@ class LimioConfigError(LimioError):
 
 class LimioValidationError(LimioError, ValueError):
     """An order or argument failed validation; nothing was sent to Limio."""
+
+
+class LimioPreviewRejectedError(LimioError):
+    """A submit operator's ``preview_check`` refused the preview, so the order was not submitted."""
 
 
 class LimioResponseError(LimioError):

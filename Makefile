@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything installs into .venv with uv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	$(UV) pip install --quiet --python $(PY) -c constraints.txt -e '.[test]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Re-pin every dependency (Airflow 3.3 primary) after changing pyproject.toml or requirements.in.
+lock: $(STAMP)
+	$(UV) pip compile --quiet --python-version 3.11 pyproject.toml --extra test requirements.in -o constraints.txt
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache

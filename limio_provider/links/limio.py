@@ -1,0 +1,26 @@
+"""The "Limio order" extra link, read from the URL the submit operators push to XCom."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
+
+if TYPE_CHECKING:
+    from airflow.models.taskinstancekey import TaskInstanceKey
+    from airflow.providers.common.compat.sdk import Context
+
+
+class LimioOrderLink(BaseOperatorLink):
+    """Links a submit task instance (mapped ones included) to the order it created."""
+
+    name = "Limio order"
+    key: ClassVar[str] = "limio_order_url"
+
+    @classmethod
+    def persist(cls, context: Context, *, url: str) -> None:
+        """Push the order's URL to XCom for this task instance."""
+        context["ti"].xcom_push(key=cls.key, value=url)
+
+    def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
+        return XCom.get_value(key=self.key, ti_key=ti_key) or ""

@@ -1,0 +1,17 @@
+"""Limio order operators (cheap to import at DAG-parse time)."""
+
+from __future__ import annotations
+
+from limio_provider.operators.orders import (
+    LimioAdminSubmitOrderOperator,
+    LimioPreviewOrderOperator,
+    LimioSubmitOrderOperator,
+    external_id_for,
+)
+
+__all__ = [
+    "LimioAdminSubmitOrderOperator",
+    "LimioPreviewOrderOperator",
+    "LimioSubmitOrderOperator",
+    "external_id_for",
+]

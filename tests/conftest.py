@@ -1,0 +1,37 @@
+"""Test set-up: a throw-away AIRFLOW_HOME (set before anything imports Airflow) and a SQLite DB on demand."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="limio-airflow-home-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(os.environ["AIRFLOW_HOME"], "dags")
+os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ.pop("AIRFLOW_CONN_LIMIO_DEFAULT", None)
+
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A fresh SQLite metadata DB under the test AIRFLOW_HOME, created once per session."""
+    from airflow.utils import db
+
+    db.resetdb()
+
+
+def run_dag(dag: Any, **kwargs: Any) -> Any:
+    """``dag.test()`` for a DAG defined in a test: Airflow 3 runs only DAGs it has serialized, so write it first."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=os.devnull)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    return dag.test(**kwargs)

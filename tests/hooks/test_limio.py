@@ -1,0 +1,432 @@
+"""LimioHook against the Limio emulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+import pytest
+
+from limio_provider.exceptions import (
+    LimioAuthError,
+    LimioConfigError,
+    LimioNotFoundError,
+    LimioOrderRejectedError,
+    LimioOutcomeUnknownError,
+    LimioRateLimitedError,
+    LimioServerError,
+    LimioValidationError,
+)
+from limio_provider.hooks.limio import LimioHook
+from limio_provider.testing import Fault, LimioEmulator
+
+OFFER = {"id": "a" * 40, "version": "b" * 40}
+
+
+def new_order(external_id: str = "EXT-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "order_type": "new",
+        "external_id": external_id,
+        "orderItems": [{"offer": OFFER, "quantity": 1}],
+        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "country": "GB"},
+        "payment": {"type": "zuora", "zuora": {"refId": "pm-1", "paymentGateway": "CreditCard_UK"}},
+        "checkoutId": "basket-22e3d318",
+        "country": "GB",
+        **extra,
+    }
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def hook(limio_emulator: LimioEmulator, sleeps: list[float], clock: FakeClock) -> LimioHook:
+    return LimioHook(sleep=sleeps.append, clock=clock)
+
+
+def calls(emulator: LimioEmulator, path: str) -> list[Any]:
+    return [r for r in emulator.requests if r.path == path]
+
+
+def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "limio", **fields}))
+
+
+# -- tokens -----------------------------------------------------------------------------------------
+
+
+def test_one_token_serves_many_calls(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    for i in range(12):
+        hook.submit_order(new_order(f"EXT-{i}"))
+    assert len(calls(limio_emulator, "/oauth2/token")) == 1
+    assert len(limio_emulator.orders) == 12
+    assert hook.token_requests == 1
+
+
+def test_token_sent_in_body_by_default_and_basic_on_request(
+    limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    LimioHook().get_token()
+    set_connection(
+        monkeypatch,
+        "limio_basic",
+        host=limio_emulator.url,
+        login=limio_emulator.client_id,
+        password=limio_emulator.client_secret,
+        extra={"token_auth": "basic"},
+    )
+    LimioHook("limio_basic").get_token()
+    body_call, basic_call = calls(limio_emulator, "/oauth2/token")
+    assert body_call.body["client_id"] == limio_emulator.client_id
+    assert body_call.body["grant_type"] == "client_credentials"
+    assert "client_secret" not in basic_call.body and "client_id" not in basic_call.body
+    assert [body_call.status, basic_call.status] == [200, 200]  # Basic was accepted: the body had no credentials
+
+
+def test_token_refreshed_when_less_than_60s_remain(
+    hook: LimioHook, limio_emulator: LimioEmulator, clock: FakeClock
+) -> None:
+    hook.submit_order(new_order("A"))
+    clock.now += 3600 - 61
+    hook.submit_order(new_order("B"))
+    assert len(calls(limio_emulator, "/oauth2/token")) == 1
+    clock.now += 2  # 59 s left
+    hook.submit_order(new_order("C"))
+    assert len(calls(limio_emulator, "/oauth2/token")) == 2
+
+
+def test_401_fetches_a_new_token_once_and_replays_once(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    hook.submit_order(new_order("A"))
+    limio_emulator.revoke_tokens()
+    result = hook.submit_order(new_order("B"))
+    assert result.status == "submitted"
+    assert [r.status for r in calls(limio_emulator, "/api/order")] == [200, 401, 200]
+    assert len(calls(limio_emulator, "/oauth2/token")) == 2
+    assert len(limio_emulator.orders_with_external_id("B")) == 1
+
+
+def test_second_401_is_an_auth_error(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="status", status=401))
+    with pytest.raises(LimioAuthError, match="401") as excinfo:
+        hook.submit_order(new_order())
+    assert excinfo.value.status == 401
+    assert len(calls(limio_emulator, "/api/order")) == 2
+    assert limio_emulator.orders == {}
+
+
+def test_wrong_client_secret_is_an_auth_error_without_the_secret(
+    limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "wrong-secret-7f3a9c"
+    set_connection(monkeypatch, "limio_bad", host=limio_emulator.url, login="emulator-client", password=secret)
+    with pytest.raises(LimioAuthError, match="refused the client credentials") as excinfo:
+        LimioHook("limio_bad", sleep=lambda s: None).preview_order(new_order())
+    assert secret not in str(excinfo.value)
+    assert calls(limio_emulator, "/api/order/preview") == []
+
+
+def test_token_and_secret_are_masked_and_never_logged(
+    limio_emulator: LimioEmulator,
+    sleeps: list[float],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from airflow.providers.common.compat.sdk import redact
+
+    caplog.set_level(logging.DEBUG)
+    hook = LimioHook(sleep=sleeps.append, clock=clock, retry_limit=1)
+    limio_emulator.add_fault(Fault(route="preview", action="status", status=503, times=1))
+    hook.preview_order(new_order())
+    limio_emulator.add_fault(Fault(route="order", action="status", status=400, message="bad offer"))
+    with pytest.raises(LimioOrderRejectedError) as excinfo:
+        hook.submit_order(new_order())
+    token = hook.get_token()
+    secret = limio_emulator.client_secret
+    assert redact(f"token={token}") == "token=***"
+    assert redact(f"secret={secret}") == "secret=***"
+    logged = caplog.text + "".join(capfd.readouterr())  # stdlib logging and Airflow's structlog output
+    for text in (logged, str(excinfo.value), repr(excinfo.value)):
+        assert token not in text
+        assert secret not in text
+    assert "retrying" in logged  # the retry was logged, without the secrets
+
+
+# -- retries ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_preview_retries_transient_statuses(
+    hook: LimioHook, limio_emulator: LimioEmulator, sleeps: list[float], status: int
+) -> None:
+    limio_emulator.add_fault(Fault(route="preview", action="status", status=status, times=2))
+    preview = hook.preview_order(new_order())
+    assert preview.total_due() > 0
+    assert [r.status for r in calls(limio_emulator, "/api/order/preview")] == [status, status, 200]
+    assert len(sleeps) == 2
+    assert sleeps[1] <= 2 * hook.settings.options.retry_backoff * 2
+
+
+def test_retry_after_is_honoured_and_capped(
+    hook: LimioHook, limio_emulator: LimioEmulator, sleeps: list[float]
+) -> None:
+    limio_emulator.add_fault(Fault(route="preview", action="status", status=429, retry_after=7, times=1))
+    limio_emulator.add_fault(Fault(route="preview", action="status", status=503, retry_after=900, times=1))
+    hook.preview_order(new_order())
+    assert sleeps == [7.0, hook.settings.options.retry_after_max]
+
+
+def test_preview_retries_a_dropped_connection_and_a_read_timeout(
+    limio_emulator: LimioEmulator, sleeps: list[float]
+) -> None:
+    hook = LimioHook(sleep=sleeps.append, timeout=0.3)
+    limio_emulator.add_fault(Fault(route="preview", action="drop", times=1))
+    limio_emulator.add_fault(Fault(route="preview", action="latency_only", latency=1.0, times=1))
+    hook.preview_order(new_order())
+    assert len(calls(limio_emulator, "/api/order/preview")) == 3
+    assert len(sleeps) == 2
+
+
+def test_retries_are_bounded(limio_emulator: LimioEmulator, sleeps: list[float]) -> None:
+    hook = LimioHook(sleep=sleeps.append, retry_limit=2)
+    limio_emulator.add_fault(Fault(route="get_order", action="status", status=503))
+    with pytest.raises(LimioServerError, match="503") as excinfo:
+        hook.get_order("order-123")
+    assert excinfo.value.status == 503
+    assert len(calls(limio_emulator, "/api/objects/limio/orders/order-123")) == 3
+    assert len(sleeps) == 2
+
+
+def test_rate_limit_exhausted_is_typed(limio_emulator: LimioEmulator, sleeps: list[float]) -> None:
+    hook = LimioHook(sleep=sleeps.append, retry_limit=1)
+    limio_emulator.add_fault(Fault(route="preview", action="status", status=429, retry_after=1))
+    with pytest.raises(LimioRateLimitedError):
+        hook.preview_order(new_order())
+    assert sleeps == [1.0]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_submit_retries_only_when_the_order_was_not_processed(
+    hook: LimioHook, limio_emulator: LimioEmulator, sleeps: list[float], status: int
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="status", status=status, times=1))
+    result = hook.submit_order(new_order("EXT-R"))
+    assert result.external_id == "EXT-R"
+    assert len(limio_emulator.orders_with_external_id("EXT-R")) == 1
+    assert len(sleeps) == 1
+
+
+def test_submit_retries_a_refused_connection(sleeps: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    set_connection(monkeypatch, "limio_down", host=f"http://127.0.0.1:{port}", login="id", password="secret-x")
+    with pytest.raises(LimioServerError, match="could not connect"):
+        LimioHook("limio_down", sleep=sleeps.append, retry_limit=2).submit_order(new_order())
+    assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        (Fault(route="order", action="process_then_status", status=502), 502),
+        (Fault(route="order", action="process_then_status", status=504), 504),
+        (Fault(route="order", action="process_then_status", status=500), 500),
+        (Fault(route="order", action="process_then_hang", latency=2.0), None),
+    ],
+    ids=["502", "504", "500", "read-timeout"],
+)
+def test_ambiguous_submit_is_never_resent(
+    limio_emulator: LimioEmulator, sleeps: list[float], fault: Fault, status: int | None
+) -> None:
+    hook = LimioHook(sleep=sleeps.append, timeout=0.5)
+    limio_emulator.add_fault(fault)
+    with pytest.raises(LimioOutcomeUnknownError, match="EXT-AMB") as excinfo:
+        hook.submit_order(new_order("EXT-AMB"))
+    assert excinfo.value.external_id == "EXT-AMB"
+    assert excinfo.value.status == status
+    assert len(calls(limio_emulator, "/api/order")) == 1
+    assert len(limio_emulator.orders_with_external_id("EXT-AMB")) == 1
+    assert sleeps == []
+
+
+def test_dropped_submit_is_outcome_unknown_not_resent(
+    hook: LimioHook, limio_emulator: LimioEmulator, sleeps: list[float]
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
+    with pytest.raises(LimioOutcomeUnknownError):
+        hook.submit_order(new_order("EXT-D"))
+    assert len(calls(limio_emulator, "/api/order")) == 1
+    assert sleeps == []
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def test_rejected_order_carries_limio_message_and_status(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="status", status=422, message="Offer is not published"))
+    with pytest.raises(LimioOrderRejectedError, match="Offer is not published") as excinfo:
+        hook.submit_order(new_order())
+    assert excinfo.value.status == 422
+    assert len(calls(limio_emulator, "/api/order")) == 1
+
+
+def test_emulator_validation_message_reaches_the_user(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    # Sent raw, bypassing client validation, to prove the server's 400 message is surfaced.
+    with pytest.raises(LimioOrderRejectedError, match="checkoutId") as excinfo:
+        hook.request("POST", "/order", "submit", json={**new_order(), "checkoutId": ""})
+    assert excinfo.value.status == 400
+
+
+def test_unknown_order_is_not_found(hook: LimioHook) -> None:
+    with pytest.raises(LimioNotFoundError) as excinfo:
+        hook.get_order("order-missing")
+    assert excinfo.value.status == 404
+
+
+def test_server_error_on_a_read_is_not_retried(
+    hook: LimioHook, limio_emulator: LimioEmulator, sleeps: list[float]
+) -> None:
+    limio_emulator.add_fault(Fault(route="get_order", action="status", status=500))
+    with pytest.raises(LimioServerError):
+        hook.get_order("order-1")
+    assert sleeps == []
+
+
+def test_forbidden_is_an_auth_error(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    limio_emulator.add_fault(Fault(route="admin_order", action="status", status=403, message="Forbidden"))
+    with pytest.raises(LimioAuthError, match="403"):
+        hook.submit_admin_order(new_order(), partner="partner-1")
+
+
+# -- calls ------------------------------------------------------------------------------------------
+
+
+def test_submit_then_read_back(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    result = hook.submit_order(new_order("EXT-RB"))
+    assert result.id and result.id.startswith("order-")
+    assert result.status == "submitted"
+    assert result.model_dump(mode="json")["external_id"] == "EXT-RB"
+    order = hook.get_order(result.id)
+    assert order.id == result.id
+    assert order.external_id == "EXT-RB"
+    assert order.order_type == "new"
+
+
+def test_unknown_fields_are_sent_untouched(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    hook.submit_order(new_order("EXT-U", customFields={"crm": {"id": 7}}, orderDate="2026-01-01T00:00:00Z"))
+    (sent,) = calls(limio_emulator, "/api/order")
+    assert sent.body["customFields"] == {"crm": {"id": 7}}
+    assert sent.body["orderDate"] == "2026-01-01T00:00:00Z"
+    assert "process_immediately" not in sent.body  # defaults are Limio's, not ours
+    assert sent.headers["User-Agent"].startswith("airflow-provider-limio/")
+
+
+def test_admin_order_sends_for_partner(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    result = hook.submit_admin_order(new_order("EXT-P"), partner="partner-42")
+    (sent,) = calls(limio_emulator, "/api/admin/order")
+    assert sent.body["forPartner"] == {"id": "partner-42"}
+    assert result.external_id == "EXT-P"
+    with pytest.raises(LimioValidationError, match="forPartner"):
+        hook.submit_admin_order(new_order("EXT-Q"))
+
+
+def test_process_immediately_returns_the_final_status(hook: LimioHook) -> None:
+    assert hook.submit_order(new_order("EXT-I", process_immediately=True)).status == "complete"
+
+
+def test_list_orders_follows_the_cursor(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    ids = [hook.submit_order(new_order(f"EXT-L{i}")).id for i in range(7)]
+    listed = [o.id for o in hook.list_orders(page_size=3)]
+    assert listed == list(reversed(ids))
+    assert len(calls(limio_emulator, "/api/objects/limio/orders")) == 3
+    assert [o.id for o in hook.list_orders(page_size=3, max_pages=1)] == listed[:3]
+
+
+def test_connection_test_reports_success_and_failure(
+    limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok, message = LimioHook().test_connection()
+    assert ok, message
+    assert "token issued" in message
+    set_connection(monkeypatch, "limio_bad", host=limio_emulator.url, login="x", password="s3cr3t-value")
+    ok, message = LimioHook("limio_bad").test_connection()
+    assert not ok
+    assert "s3cr3t-value" not in message
+
+
+# -- input and configuration are refused before any network call --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("order", "field"),
+    [
+        ({"order_type": "nwe"}, "order_type"),
+        ({**new_order(), "orderItems": []}, "orderItems"),
+        ({**new_order(), "payment": {"zuora": {}}}, "payment.type"),
+        ({**new_order(), "orderDate": "tomorrow"}, "orderDate"),
+        ({"order_type": "cancel_subscription"}, "forSubscription"),
+        ("not an order", "JSON object"),
+    ],
+)
+def test_bad_orders_are_refused_before_sending(
+    hook: LimioHook, limio_emulator: LimioEmulator, order: Any, field: str
+) -> None:
+    for call in (hook.preview_order, hook.submit_order):
+        with pytest.raises(LimioValidationError, match=field.replace(".", r"\.")):
+            call(order)
+    assert limio_emulator.requests == []
+
+
+def test_plain_http_is_refused_for_remote_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "limio_http", host="http://acme.prod.limio.com", login="id", password="pw")
+    with pytest.raises(LimioConfigError, match="plain http"):
+        LimioHook("limio_http").submit_order(new_order())
+
+
+def test_unknown_extras_are_refused_with_the_accepted_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(
+        monkeypatch, "limio_x", host="acme.prod.limio.com", login="id", password="pw", extra={"X-Api-Key": "k"}
+    )
+    with pytest.raises(LimioConfigError, match="unknown extra 'X-Api-Key'.*Accepted extras: base_path"):
+        LimioHook("limio_x").get_token()
+    with pytest.raises(LimioConfigError, match="unknown LimioHook option"):
+        LimioHook(tiemout=3)
+
+
+def test_host_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "limio_us", host="acme.prod-us.limio.com", login="id", password="pw")
+    settings = LimioHook("limio_us").settings
+    assert settings.api_url == "https://acme.prod-us.limio.com/api"
+    assert settings.token_url == "https://acme.prod-us.limio.com/oauth2/token"
+    set_connection(
+        monkeypatch, "limio_s", host="https://acme-sandbox.prod.limio.com/", login="id", password="pw",
+        extra={"base_path": "/api/v2", "timeout": "12.5"},
+    )
+    settings = LimioHook("limio_s").settings
+    assert settings.api_url == "https://acme-sandbox.prod.limio.com/api/v2"
+    assert settings.options.timeout == 12.5
+
+
+def test_constructing_a_hook_does_no_io() -> None:
+    hook = LimioHook("no_such_connection")  # no connection exists: reading it would fail
+    assert hook.limio_conn_id == "no_such_connection"
+    with pytest.raises(Exception, match="no_such_connection"):
+        hook.settings

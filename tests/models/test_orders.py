@@ -1,0 +1,112 @@
+"""Order and result models: what is validated, what passes through untouched."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from limio_provider.exceptions import LimioValidationError
+from limio_provider.models import (
+    ORDER_TYPES,
+    ChangeOfferOrder,
+    NewOrder,
+    OrderResult,
+    PreviewResult,
+    UnmodelledOrder,
+    parse_order,
+    parse_partner,
+)
+
+NEW = {
+    "order_type": "new",
+    "orderItems": [{"offer": {"id": "o1", "version": "v1"}, "quantity": 2}],
+    "billingDetails": {"firstName": "Ada"},
+    "payment": {"type": "zuora", "zuora": {"refId": "pm-1"}},
+    "checkoutId": "basket-1",
+    "country": "GB",
+}
+SUB = {"forSubscription": {"id": "sub-1"}}
+MINIMAL: dict[str, dict[str, Any]] = {
+    "new": NEW,
+    "change_offer": {"order_type": "change_offer", **SUB, "offer": {"id": "o2"}},
+    "update_subscription": {"order_type": "update_subscription", "checkoutId": "basket-2"},
+    "cancel_subscription": {"order_type": "cancel_subscription", "subscriptionId": "sub-1"},
+    "change_address": {"order_type": "change_address", **SUB, "deliveryDetails": {"city": "Leeds"}},
+    "change_payment": {"order_type": "change_payment", **SUB, "payment": {"type": "stripe"}},
+    "renew": {"order_type": "renew", **SUB},
+    "add_offer": {"order_type": "add_offer", **SUB, "offer": {"id": "o3"}},
+    "gift_refund": {"order_type": "gift_refund"},
+}
+
+
+@pytest.mark.parametrize("order_type", sorted(ORDER_TYPES))
+def test_each_order_type_round_trips_exactly(order_type: str) -> None:
+    body = {**MINIMAL[order_type], "external_id": "E-1", "unknownField": {"kept": [1, "two"]}}
+    order = parse_order(body)
+    assert isinstance(order, ORDER_TYPES[order_type])
+    assert order.to_json_dict() == body
+
+
+def test_models_and_dicts_are_equivalent() -> None:
+    model = NewOrder.model_validate(NEW)
+    assert parse_order(model).to_json_dict() == parse_order(NEW).to_json_dict()
+
+
+def test_unknown_order_type_lists_the_known_ones() -> None:
+    with pytest.raises(LimioValidationError) as excinfo:
+        parse_order({"order_type": "cancel_subscripton"})
+    message = str(excinfo.value)
+    assert "'cancel_subscripton'" in message
+    for known in ORDER_TYPES:
+        assert known in message
+
+
+def test_escape_hatch_sends_unmodelled_types() -> None:
+    body = {"order_type": "pay_invoice", "invoiceId": "INV-1"}
+    assert parse_order(body, allow_unmodelled=True).to_json_dict() == body
+    assert parse_order(UnmodelledOrder(**body)).to_json_dict() == body
+    with pytest.raises(LimioValidationError, match="external_id"):
+        parse_order({**body, "external_id": ""}, allow_unmodelled=True)
+
+
+def test_every_bad_field_is_named_in_one_message() -> None:
+    bad = {**NEW, "orderItems": [{"offer": {}, "quantity": 0}], "country": "", "orderDate": "soon"}
+    with pytest.raises(LimioValidationError) as excinfo:
+        parse_order(bad)
+    message = str(excinfo.value)
+    for path in ("orderItems[0].offer.id", "orderItems[0].quantity", "country", "orderDate"):
+        assert f"  - {path}:" in message
+    assert "Field required" in message
+
+
+def test_external_id_must_be_printable_and_bounded() -> None:
+    for bad in ("has space", "x" * 256, ""):
+        with pytest.raises(LimioValidationError, match="external_id"):
+            parse_order({**NEW, "external_id": bad})
+
+
+def test_subscription_orders_need_a_subscription() -> None:
+    with pytest.raises(LimioValidationError, match="forSubscription"):
+        parse_order({"order_type": "renew"})
+    assert isinstance(parse_order({**MINIMAL["change_offer"], "forSubscription": {"name": "3V05"}}), ChangeOfferOrder)
+
+
+def test_partner_forms() -> None:
+    assert parse_partner("partner-1").to_json_dict() == {"id": "partner-1"}
+    assert parse_partner({"id": "p", "region": "eu"}).to_json_dict() == {"id": "p", "region": "eu"}
+    with pytest.raises(LimioValidationError, match="forPartner"):
+        parse_partner({})
+
+
+def test_results_keep_unknown_fields_and_read_lenient_amounts() -> None:
+    result = OrderResult.model_validate({"id": "order-1", "status": "complete", "newThing": 1})
+    assert result.to_json_dict() == {"id": "order-1", "status": "complete", "newThing": 1}
+    preview = PreviewResult.model_validate(
+        {"preview": {"previewResult": {"invoices": [{"amount": 19.99}, {"amount": "5.01"}]}}}
+    )
+    assert preview.total_due() == Decimal("25.00")
+    schedule_only = PreviewResult.model_validate({"schedule": [{"amount": "7.50"}, {"amount": "100"}]})
+    assert schedule_only.total_due() == Decimal("7.50")
+    assert PreviewResult.model_validate({}).total_due() == 0

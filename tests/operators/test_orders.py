@@ -1,0 +1,235 @@
+"""The order operators, run for real with dag.test() on SQLite against the Limio emulator."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from airflow.sdk import DAG, task
+from limio_provider.links.limio import LimioOrderLink
+from limio_provider.models import NewOrder
+from limio_provider.operators import (
+    LimioAdminSubmitOrderOperator,
+    LimioPreviewOrderOperator,
+    LimioSubmitOrderOperator,
+    external_id_for,
+)
+from limio_provider.testing import Fault, LimioEmulator
+from tests import conftest
+from tests.hooks.test_limio import new_order
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def xcom(run: Any, task_id: str, key: str = "return_value") -> list[Any]:
+    """Every value of ``key`` pushed by ``task_id`` in ``run``, ordered by map index."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(XComModel)
+            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key=key)
+            .order_by(XComModel.map_index)
+            .all()
+        )
+        return [XComModel.deserialize_value(row) for row in rows]
+
+
+def states(run: Any) -> dict[str, str]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {
+            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): ti.state
+            for ti in run.get_task_instances(session=session)
+        }
+
+
+def run_dag(dag: DAG, **kwargs: Any) -> Any:
+    return conftest.run_dag(dag, logical_date=START, **kwargs)
+
+
+# -- construction is declarative ---------------------------------------------------------------------
+
+
+def all_operators() -> list[Any]:
+    with DAG("limio_construct", schedule=None, start_date=START) as dag:
+        ops = [
+            LimioPreviewOrderOperator(task_id="preview", order=new_order("P")),
+            LimioSubmitOrderOperator(
+                task_id="submit", order=NewOrder.model_validate(new_order("S")), dry_run="{{ params.x }}"
+            ),
+            LimioAdminSubmitOrderOperator(task_id="admin", order=new_order("A"), partner="partner-1"),
+        ]
+    assert dag.task_dict
+    return ops
+
+
+def test_operators_serialize_and_deserialize() -> None:
+    from airflow.serialization.serialized_objects import OperatorSerialization
+
+    for op in all_operators():
+        data = OperatorSerialization.serialize_operator(op)
+        json.dumps(data)  # fully JSON
+        back = OperatorSerialization.deserialize_operator(data)
+        assert back.task_id == op.task_id
+        assert set(op.template_fields) <= set(back.template_fields)
+        assert "order" in back.template_fields
+        assert back.template_fields_renderers["order"] == "json"
+    submit = all_operators()[1]
+    assert submit.order == new_order("S")  # a model becomes its JSON dict at construction
+    assert [link.name for link in submit.operator_extra_links] == ["Limio order"]
+
+
+def test_constructing_does_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_LIMIO_DEFAULT", raising=False)
+    # No connection exists and no server runs: construction must not notice.
+    op = LimioSubmitOrderOperator(task_id="t", order={"order_type": "nonsense"}, limio_conn_id="missing")
+    assert "hook" not in op.__dict__
+
+
+def test_external_id_is_stable_and_distinct() -> None:
+    a = external_id_for("d", "run1", "t", -1)
+    assert a == external_id_for("d", "run1", "t", -1)
+    assert len(a) == 40 and a.startswith("airflow-")
+    assert len({a, external_id_for("d", "run2", "t"), external_id_for("d", "run1", "t", 0)}) == 3
+
+
+# -- running them ---------------------------------------------------------------------------------
+
+
+def test_preview_then_submit_chained_through_xcom(limio_emulator: LimioEmulator) -> None:
+    with DAG("limio_chain", schedule=None, start_date=START) as dag:
+
+        @task
+        def build() -> dict[str, Any]:
+            return new_order("EXT-CHAIN")
+
+        order = build()
+        preview = LimioPreviewOrderOperator(task_id="preview", order=order)
+        submit = LimioSubmitOrderOperator(task_id="submit", order=order)
+        preview >> submit
+
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (preview_json,) = xcom(run, "preview")
+    assert preview_json["preview"]["previewResult"]["invoices"]
+    (result,) = xcom(run, "submit")
+    assert result["external_id"] == "EXT-CHAIN"  # a user-provided external_id is kept
+    assert result["id"] in limio_emulator.orders
+    assert xcom(run, "submit", "order_id") == [result["id"]]
+    assert xcom(run, "submit", LimioOrderLink.key) == [f"{limio_emulator.url}/api/objects/limio/orders/{result['id']}"]
+    assert xcom(run, "submit", LimioOrderLink().xcom_key) == xcom(run, "submit", LimioOrderLink.key)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_jinja_template_orders_render_with_and_without_native_objects(
+    limio_emulator: LimioEmulator, native: bool
+) -> None:
+    with DAG(
+        f"limio_jinja_{native}", schedule=None, start_date=START, render_template_as_native_obj=native
+    ) as dag:
+
+        @task
+        def build() -> dict[str, Any]:
+            return new_order("EXT-JINJA", process_immediately=True)
+
+        build() >> LimioSubmitOrderOperator(task_id="submit", order="{{ ti.xcom_pull(task_ids='build') }}")
+
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (result,) = xcom(run, "submit")
+    assert result["status"] == "complete"
+    assert len(limio_emulator.orders_with_external_id("EXT-JINJA")) == 1
+
+
+def test_template_that_is_not_a_json_object_fails_clearly(limio_emulator: LimioEmulator) -> None:
+    with DAG("limio_bad_template", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(task_id="submit", order="{{ 'not json at all' }}")
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert limio_emulator.requests == []
+
+
+def test_missing_external_id_is_derived_from_the_task_instance(limio_emulator: LimioEmulator) -> None:
+    body = new_order()
+    del body["external_id"]
+    with DAG("limio_derived_id", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(task_id="submit", order=body)
+    run = run_dag(dag)
+    (result,) = xcom(run, "submit")
+    assert result["external_id"] == external_id_for("limio_derived_id", run.run_id, "submit", -1)
+
+
+def test_external_id_survives_a_task_retry(limio_emulator: LimioEmulator) -> None:
+    body = new_order()
+    del body["external_id"]
+    limio_emulator.add_fault(Fault(route="order", action="status", status=400, message="try again", times=1))
+    with DAG("limio_retry_id", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(task_id="submit", order=body, retries=1, retry_delay=timedelta(seconds=0))
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    first, second = (r.body["external_id"] for r in limio_emulator.requests if r.path == "/api/order")
+    assert first == second == external_id_for("limio_retry_id", run.run_id, "submit", -1)
+
+
+def test_mapped_submit_pushes_a_link_per_map_index(limio_emulator: LimioEmulator) -> None:
+    with DAG("limio_mapped", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator.partial(task_id="submit").expand(
+            order=[new_order(f"EXT-M{i}") for i in range(3)]
+        )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    results = xcom(run, "submit")
+    assert [r["external_id"] for r in results] == ["EXT-M0", "EXT-M1", "EXT-M2"]
+    links = xcom(run, "submit", LimioOrderLink().xcom_key)
+    assert links == [f"{limio_emulator.url}/api/objects/limio/orders/{r['id']}" for r in results]
+    assert len(limio_emulator.orders) == 3
+
+
+@pytest.mark.parametrize(("on_reject", "state"), [("fail", "failed"), ("skip", "skipped")])
+def test_preview_check_guards_the_submit(limio_emulator: LimioEmulator, on_reject: str, state: str) -> None:
+    with DAG(f"limio_guard_{on_reject}", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(
+            task_id="cheap",
+            order=new_order("EXT-CHEAP"),
+            preview_check=lambda preview: preview.total_due() < 100_000,
+        )
+        LimioSubmitOrderOperator(
+            task_id="dear",
+            order=new_order("EXT-DEAR"),
+            preview_check=lambda preview: "over the limit" if preview.total_due() > 0 else True,
+            on_preview_reject=on_reject,
+        )
+    run = run_dag(dag)
+    assert states(run) == {"cheap": "success", "dear": state}
+    assert len(limio_emulator.orders_with_external_id("EXT-CHEAP")) == 1
+    assert limio_emulator.orders_with_external_id("EXT-DEAR") == []
+    previews = [r for r in limio_emulator.requests if r.path == "/api/order/preview"]
+    assert len(previews) == 2
+
+
+def test_dry_run_previews_and_submits_nothing(limio_emulator: LimioEmulator) -> None:
+    with DAG("limio_dry", schedule=None, start_date=START, params={"dry_run": True}) as dag:
+        LimioSubmitOrderOperator(task_id="submit", order=new_order("EXT-DRY"), dry_run="{{ params.dry_run }}")
+    run = run_dag(dag)
+    (result,) = xcom(run, "submit")
+    assert result["dry_run"] is True
+    assert result["order"]["external_id"] == "EXT-DRY"
+    assert result["preview"]["schedule"]
+    assert limio_emulator.orders == {}
+
+
+def test_admin_operator_posts_for_partner(limio_emulator: LimioEmulator) -> None:
+    with DAG("limio_admin", schedule=None, start_date=START) as dag:
+        LimioAdminSubmitOrderOperator(task_id="admin", order=new_order("EXT-ADM"), partner="{{ 'partner-7' }}")
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (sent,) = [r for r in limio_emulator.requests if r.path == "/api/admin/order"]
+    assert sent.body["forPartner"] == {"id": "partner-7"}
+    assert xcom(run, "admin", "order_id")
