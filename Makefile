@@ -9,9 +9,14 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	test -x $(UV) || { $(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --default-pip >/dev/null; \
+		$(PY) -m pip install --quiet --disable-pip-version-check uv; }
 	$(UV) pip install --quiet --python $(PY) -c constraints.txt -e '.[test]'
 	touch $@
+
+# The main job: the scheduled-renewals example DAG against a local Limio emulator, on SQLite, in .demo/.
+demo: $(STAMP)
+	$(PY) -m limio_provider.testing.demo --dags-folder dags_examples --home .demo
 
 test: $(STAMP)
 	$(PY) -m pytest

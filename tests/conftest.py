@@ -9,7 +9,6 @@ os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="limio-airflow-home-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(os.environ["AIRFLOW_HOME"], "dags")
 os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.pop("AIRFLOW_CONN_LIMIO_DEFAULT", None)
 
 from typing import Any  # noqa: E402

@@ -233,3 +233,16 @@ def test_admin_operator_posts_for_partner(limio_emulator: LimioEmulator) -> None
     (sent,) = [r for r in limio_emulator.requests if r.path == "/api/admin/order"]
     assert sent.body["forPartner"] == {"id": "partner-7"}
     assert xcom(run, "admin", "order_id")
+
+
+def test_operators_module_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, airflow.sdk; import limio_provider.operators; "
+        "print(sorted(m for m in ('requests', 'limio_provider.hooks.limio', "
+        "'limio_provider.models.orders') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

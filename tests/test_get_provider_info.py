@@ -1,0 +1,76 @@
+"""Provider registration: metadata, and Airflow's own CLI finding the provider and its connection type."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from limio_provider import __version__
+from limio_provider.get_provider_info import CONN_FIELDS, get_provider_info
+from limio_provider.hooks.limio import OPTION_NAMES, LimioHook
+from limio_provider.testing import LimioEmulator
+
+
+def airflow_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_provider_info_matches_the_code() -> None:
+    info = get_provider_info()
+    assert info["package-name"] == "airflow-provider-limio"
+    assert info["versions"] == [__version__]
+    (conn,) = info["connection-types"]
+    assert conn["connection-type"] == LimioHook.conn_type
+    assert conn["hook-class-name"] == f"{LimioHook.__module__}.{LimioHook.__qualname__}"
+    assert list(CONN_FIELDS) == list(OPTION_NAMES)  # every extra the hook accepts is in the form, and no other
+    assert conn["ui-field-behaviour"]["relabeling"] == {
+        "host": "Tenant host",
+        "login": "Client ID",
+        "password": "Client secret",
+    }
+    assert LimioHook.get_ui_field_behaviour() == conn["ui-field-behaviour"]  # Airflow 2 reads it from the hook
+
+
+def test_provider_info_passes_airflows_schema() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert manager.providers["airflow-provider-limio"].version == __version__
+    assert "limio_provider.links.limio.LimioOrderLink" in manager.extra_links_class_names
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_airflow_cli_lists_adds_and_tests_limio_connections(limio_emulator: LimioEmulator) -> None:
+    listed = airflow_cli("providers", "list", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert any(p["package_name"] == "airflow-provider-limio" for p in json.loads(listed.stdout))
+
+    added = airflow_cli(
+        "connections", "add", "limio_cli", "--conn-type", "limio", "--conn-host", limio_emulator.url,
+        "--conn-login", limio_emulator.client_id, "--conn-password", limio_emulator.client_secret,
+    )
+    assert added.returncode == 0, added.stderr
+
+    tested = airflow_cli("connections", "test", "limio_cli", AIRFLOW__CORE__TEST_CONNECTION="Enabled")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "success" in tested.stdout.lower()
+    assert limio_emulator.client_secret not in tested.stdout + tested.stderr
+    assert [r.path for r in limio_emulator.requests] == ["/oauth2/token", "/api/objects/limio/orders"]
+
+    bad = {"conn_type": "limio", "host": limio_emulator.url, "login": "nobody", "password": "wrong-secret-123"}
+    failed = airflow_cli(
+        "connections", "test", "limio_bad", AIRFLOW__CORE__TEST_CONNECTION="Enabled", AIRFLOW_CONN_LIMIO_BAD=json.dumps(bad)
+    )
+    assert "refused the client credentials" in failed.stdout + failed.stderr
+    assert "wrong-secret-123" not in failed.stdout + failed.stderr
