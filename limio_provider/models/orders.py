@@ -289,6 +289,14 @@ def format_validation_error(what: str, error: ValidationError) -> str:
     return f"invalid {what}:\n" + "\n".join(lines)
 
 
+def _validation_error(message: str) -> Exception:
+    """A :class:`LimioValidationError`, imported only when needed: the emulator uses these models without
+    loading Airflow."""
+    from limio_provider.exceptions import LimioValidationError
+
+    return LimioValidationError(message)
+
+
 def parse_order(order: Any, *, allow_unmodelled: bool = False) -> OrderBase:
     """Validate ``order`` (a dict or a model) into the model of its ``order_type``.
 
@@ -297,24 +305,22 @@ def parse_order(order: Any, *, allow_unmodelled: bool = False) -> OrderBase:
         common fields.
     :raises LimioValidationError: naming each bad field and why; nothing is sent.
     """
-    from limio_provider.exceptions import LimioValidationError
-
     if isinstance(order, UnmodelledOrder):
         allow_unmodelled = True
     if isinstance(order, OrderBase):
         order = order.model_dump(mode="python", by_alias=True, exclude_unset=True)
     if not isinstance(order, dict):
-        raise LimioValidationError(
+        raise _validation_error(
             f"invalid order: expected a JSON object (dict) or an order model, got {type(order).__name__}"
         )
     order_type = order.get("order_type")
     if not isinstance(order_type, str) or not order_type:
-        raise LimioValidationError(
+        raise _validation_error(
             "invalid order:\n  - order_type: required, one of " + ", ".join(sorted(ORDER_TYPES))
         )
     if order_type not in ORDER_TYPES:
         if not allow_unmodelled:
-            raise LimioValidationError(
+            raise _validation_error(
                 f"invalid order:\n  - order_type: unknown order type {order_type!r}; known types are "
                 + ", ".join(sorted(ORDER_TYPES))
                 + ". To send a type this provider does not model yet, use UnmodelledOrder or "
@@ -326,16 +332,14 @@ def parse_order(order: Any, *, allow_unmodelled: bool = False) -> OrderBase:
     try:
         return adapter.validate_python(order)
     except ValidationError as exc:
-        raise LimioValidationError(format_validation_error(f"{order_type!r} order", exc)) from None
+        raise _validation_error(format_validation_error(f"{order_type!r} order", exc)) from None
 
 
 def parse_partner(partner: Any) -> AdminPartner:
     """Validate the ``forPartner`` of an admin order: a dict, a model, or a partner id string."""
-    from limio_provider.exceptions import LimioValidationError
-
     if isinstance(partner, str):
         partner = {"id": partner}
     try:
         return _PARTNER_ADAPTER.validate_python(partner)
     except ValidationError as exc:
-        raise LimioValidationError(format_validation_error("forPartner", exc)) from None
+        raise _validation_error(format_validation_error("forPartner", exc)) from None

@@ -1,0 +1,75 @@
+"""``limio-emulator`` / ``python -m limio_provider.testing``: run a Limio emulator until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from limio_provider.testing.emulator import LimioEmulator
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line options."""
+    parser = argparse.ArgumentParser(prog="limio-emulator", description="Run a local Limio Orders API.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default 8080)")
+    parser.add_argument("--client-id", default="emulator-client", help="OAuth client id to accept")
+    parser.add_argument("--client-secret", default="emulator-secret", help="OAuth client secret to accept")
+    parser.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime in s (default 3600)")
+    parser.add_argument(
+        "--processing-delay", type=float, default=0.0, help="seconds async orders stay submitted (default 0)"
+    )
+    parser.add_argument(
+        "--decline-payment-ref",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="payment refId (or payment type) whose orders fail; repeatable",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the emulator, print the Airflow connection to use, and serve until SIGINT/SIGTERM."""
+    args = _parser().parse_args(argv)
+    emulator = LimioEmulator(
+        host=args.host,
+        port=args.port,
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        token_ttl=args.token_ttl,
+        processing_delay=args.processing_delay,
+        decline_payment_refs=args.decline_payment_ref,
+    )
+    stopped = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    try:
+        emulator.start()
+    except OSError as error:  # e.g. the port is taken
+        print(f"limio-emulator: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        return 1
+    try:
+        print(f"Limio emulator listening on {emulator.url}", flush=True)
+        print("Point Airflow at it with:", flush=True)
+        for name, value in emulator.connection_env().items():
+            print(f"export {name}={shlex.quote(value)}", flush=True)
+        print("Press Ctrl+C to stop.", flush=True)
+        stopped.wait()
+    finally:
+        emulator.stop()
+    print("Limio emulator stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,725 @@
+"""A local Limio Orders API: an in-memory tenant served over real HTTP, for tests and demos.
+
+It follows what Limio documents for its OAuth, Orders and Objects APIs. Where Limio is silent, the
+behaviour is the emulator's own choice, and its docstring says "emulator behaviour".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import copy
+import hashlib
+import json
+import random
+import re
+import secrets
+import socket
+import string
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
+
+from limio_provider.models.orders import (
+    AddOfferOrder,
+    CancelSubscriptionOrder,
+    ChangeOfferOrder,
+    ForSubscription,
+    NewOrder,
+    OrderBase,
+    RenewOrder,
+    parse_order,
+    parse_partner,
+)
+from limio_provider.models.results import OrderResult
+from limio_provider.testing.faults import Fault, take_fault
+
+#: An HTTP answer: status, JSON body and extra headers.
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+class CatalogueOffer(NamedTuple):
+    """An offer the emulator can price: name, unit price, currency and billing period in months."""
+
+    name: str
+    price: Decimal
+    currency: str
+    period_months: int
+
+
+#: Offers the emulator prices, by ``offer.id`` (emulator behaviour: a real tenant prices its own catalogue).
+CATALOGUE: dict[str, CatalogueOffer] = {
+    "offer-digital-monthly": CatalogueOffer("Digital Monthly", Decimal("19.99"), "GBP", 1),
+    "offer-digital-annual": CatalogueOffer("Digital Annual", Decimal("199.00"), "GBP", 12),
+    "offer-print-digital-monthly": CatalogueOffer("Print + Digital Monthly", Decimal("29.99"), "GBP", 1),
+    "offer-digital-monthly-us": CatalogueOffer("Digital Monthly (US)", Decimal("24.99"), "USD", 1),
+}
+
+_CENT = Decimal("0.01")
+_ADMIN_ORDER_400 = "Invalid partner organisation or malformed order payload"  # Limio's documented 400
+_REFERENCE_ALPHABET = string.ascii_uppercase + string.digits
+_references = random.Random()
+_RESULT_FIELDS = tuple(OrderResult.model_fields)
+_SUMMARY_FIELDS = ("id", "status", "order_type", "external_id", "created", "updated", "order_reference")
+_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+    (method, re.compile(pattern), name)
+    for method, pattern, name in (
+        ("POST", r"/oauth2/token", "token"),
+        ("POST", r"/api/order", "order"),
+        ("POST", r"/api/admin/order", "admin_order"),
+        ("POST", r"/api/order/preview", "preview"),
+        ("GET", r"/api/objects/limio/orders", "list_orders"),
+        ("GET", r"/api/objects/limio/orders/(?P<order_id>[^/]+)", "get_order"),
+        ("POST", r"/_emulator/faults", "add_fault"),
+        ("DELETE", r"/_emulator/faults", "clear_faults"),
+        ("POST", r"/_emulator/revoke-tokens", "revoke_tokens"),
+        ("POST", r"/_emulator/reset", "reset"),
+        ("GET", r"/_emulator/requests", "list_requests"),
+    )
+)
+
+
+@dataclass
+class RecordedRequest:
+    """A request the emulator received. ``status`` is what it answered, ``None`` if it answered nothing
+    (dropped or hung); ``received_at`` is the emulator clock (see :meth:`LimioEmulator.advance`)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    status: int | None
+    received_at: float
+
+
+@dataclass
+class _Request:
+    """What a route handler sees of a request."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # names in lower case
+    body: Any
+    body_error: str | None
+    route: str | None
+    params: dict[str, str]
+    allowed: list[str]
+
+
+class HttpError(Exception):
+    """An error answer, raised from a route handler."""
+
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, **fields: Any
+    ) -> None:
+        super().__init__(message)
+        self.answer: Answer = (status, {**fields, "message": message}, headers or {})
+
+
+class LimioEmulator:
+    """An in-memory Limio tenant behind a real HTTP server (``ThreadingHTTPServer``, HTTP/1.1 keep-alive).
+
+    Use it as a context manager (or :meth:`start`/:meth:`stop`), point the Limio connection at
+    :meth:`connection_json`, and inspect :attr:`orders` and :attr:`requests`. All state sits behind one
+    lock, so tests may read it while requests are served.
+
+    :param processing_delay: emulator-clock seconds an order without ``process_immediately`` stays
+        ``submitted`` before it completes (or fails).
+    :param decline_payment_refs: payment ``refId`` s (or payment ``type`` s) whose orders fail.
+    :param clock: the emulator's time source; :meth:`advance` moves it forward.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_id: str = "emulator-client",
+        client_secret: str = "emulator-secret",
+        token_ttl: float = 3600.0,
+        processing_delay: float = 0.0,
+        decline_payment_refs: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host, self.port = host, port
+        self.client_id, self.client_secret = client_id, client_secret
+        self.token_ttl, self.processing_delay = token_ttl, processing_delay
+        self.decline_payment_refs = frozenset(decline_payment_refs)
+        self._clock, self._skew = clock, 0.0
+        self._wall_origin, self._clock_origin = time.time(), clock()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._tokens: dict[str, float] = {}  # token -> expiry (emulator clock)
+        self._orders: dict[str, dict[str, Any]] = {}  # oldest first
+        self._pending: dict[str, tuple[float, str, str | None]] = {}  # id -> (ready at, final status, reason)
+        self._requests: list[RecordedRequest] = []
+        self._faults: list[Fault] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> LimioEmulator:
+        """Bind the port and serve in a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("the Limio emulator is already running")
+        self._stopping.clear()
+        self._server = _Server((self.host, self.port), self)
+        serve = self._server.serve_forever
+        self._thread = threading.Thread(target=serve, args=(0.01,), name="limio-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every open connection, hung ones included. Safe to call twice."""
+        server, thread, self._server, self._thread = self._server, self._thread, None, None
+        if server is None or thread is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        thread.join()
+
+    def __enter__(self) -> LimioEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:8080`` (the API is under ``/api``)."""
+        if self._server is None:
+            raise RuntimeError("the Limio emulator is not running; call start() first")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def connection_json(self) -> str:
+        """The Airflow connection to this emulator, as the JSON of an ``AIRFLOW_CONN_...`` variable."""
+        return json.dumps(
+            {"conn_type": "limio", "host": self.url, "login": self.client_id, "password": self.client_secret}
+        )
+
+    def connection_env(self, conn_id: str = "limio_default") -> dict[str, str]:
+        """The environment variable defining ``conn_id`` as this emulator, e.g.
+        ``{"AIRFLOW_CONN_LIMIO_DEFAULT": "{...}"}``."""
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": self.connection_json()}
+
+    # -- state, for tests --------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, oldest first (``Authorization`` and ``client_secret`` redacted)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def orders(self) -> dict[str, dict[str, Any]]:
+        """A copy of the stored orders by id, oldest first, with their current status."""
+        with self._lock:
+            self._settle()
+            return copy.deepcopy(self._orders)
+
+    def orders_with_external_id(self, external_id: str) -> list[dict[str, Any]]:
+        """The stored orders carrying ``external_id``, oldest first (Limio itself offers no such query)."""
+        return [order for order in self.orders.values() if order.get("external_id") == external_id]
+
+    def add_fault(self, fault: Fault) -> Fault:
+        """Inject ``fault``; faults are tried in the order they were added, the first hit wins."""
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Remove every fault."""
+        with self._lock:
+            self._faults.clear()
+
+    def revoke_tokens(self) -> None:
+        """Revoke every token issued so far: requests carrying one now get 401."""
+        with self._lock:
+            self._tokens.clear()
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator clock forward (token expiry, order processing, timestamps)."""
+        if seconds < 0:
+            raise ValueError("the emulator clock only moves forward")
+        with self._lock:
+            self._skew += seconds
+
+    def reset(self) -> None:
+        """Forget every order, request, fault and token."""
+        with self._lock:
+            for state in (self._orders, self._pending, self._requests, self._faults, self._tokens):
+                state.clear()
+
+    # -- request handling --------------------------------------------------------------------------
+
+    def _serve(self, http: _Handler) -> None:
+        """Answer one request: record it, apply the first matching fault, process it and reply."""
+        url = urlsplit(http.path)
+        headers = dict(http.headers.items())
+        lower = {name.lower(): value for name, value in headers.items()}
+        raw = http.rfile.read(int(lower.get("content-length") or 0))
+        body, body_error = _parse_body(raw, lower.get("content-type", ""))
+        route, params, allowed = _route(http.command, url.path)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        request = _Request(http.command, url.path, query, lower, body, body_error, route, params, allowed)
+        if url.path.startswith("/_emulator/"):  # the emulator's own controls: not recorded, never faulted
+            http.reply(self._process(request))
+            return
+        headers = {name: "REDACTED" if name.lower() == "authorization" else v for name, v in headers.items()}
+        record = RecordedRequest(http.command, url.path, query, headers, _redacted(body), None, self._now())
+        with self._lock:
+            self._requests.append(record)
+            fault = take_fault(self._faults, route, body) if route else None
+        if fault is not None and fault.action == "revoke_tokens":
+            self.revoke_tokens()
+        answer: Answer | None = self._process(request) if fault is None or fault.processes else None
+        if fault is not None:
+            if fault.wait_seconds:
+                self._stopping.wait(fault.wait_seconds)
+            answer = {"normal": answer, "status": fault.error(), "none": None}[fault.reply]
+        record.status = None if answer is None else answer[0]
+        if answer is None:
+            http.close_connection = True
+        else:
+            http.reply(answer)
+
+    def _process(self, request: _Request) -> Answer:
+        """Route, authorise and handle a request; every error becomes a ``{"message": ...}`` answer."""
+        try:
+            if request.route is None:
+                if request.allowed:
+                    raise HttpError(405, "Method not allowed", {"Allow": ", ".join(request.allowed)})
+                raise HttpError(404, "Not found")
+            if request.path.startswith("/api/"):
+                self._authorise(request)
+            handler: Callable[[_Request], Answer] = getattr(self, f"_on_{request.route}")
+            return handler(request)
+        except HttpError as error:
+            return error.answer
+        except Exception as error:  # a bug in the emulator: say so rather than drop the connection
+            return 500, {"message": f"Limio emulator error: {error!r}"}, {}
+
+    def _authorise(self, request: _Request) -> None:
+        """Accept only a current ``Bearer`` token."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with self._lock:
+            expiry = self._tokens.get(token.strip())
+        if scheme.lower() != "bearer" or expiry is None or self._now() >= expiry:
+            raise HttpError(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+
+    def _on_token(self, request: _Request) -> Answer:
+        """``POST /oauth2/token``: client credentials in the form body or as HTTP Basic."""
+        form = request.body if isinstance(request.body, dict) else {}
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            client_id, _, client_secret = (unquote_plus(part) for part in decoded.partition(":"))
+        if (client_id, client_secret) != (self.client_id, self.client_secret):
+            raise HttpError(401, "Invalid client credentials", error="invalid_client")
+        if form.get("grant_type") != "client_credentials":
+            raise HttpError(400, "grant_type must be client_credentials", error="unsupported_grant_type")
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = self._now() + self.token_ttl
+        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": int(self.token_ttl)}, {}
+
+    def _on_order(self, request: _Request) -> Answer:
+        """``POST /api/order`` (and ``/api/admin/order``): store the order.
+
+        With ``process_immediately`` the answer carries the final status, else the order stays
+        ``submitted`` for ``processing_delay``. It ends ``complete``, or ``failed`` with a ``message`` if
+        its payment is declined (emulator behaviour). A repeated ``external_id`` makes a second order:
+        Limio documents no idempotency.
+        """
+        body, order = self._validated(request)
+        now = self._now()
+        reason = self._decline_reason(body)
+        subscription = getattr(order, "forSubscription", None)
+        reused = subscription.name if isinstance(subscription, ForSubscription) else None
+        stored = {
+            **body,
+            "id": f"order-{secrets.token_hex(16)}",
+            "order_type": order.order_type,
+            "external_id": body.get("external_id"),
+            "order_reference": _reference(),
+            "subscriptionReference": reused or _reference(),
+            "owner": f"id-{secrets.token_hex(16)}",
+            "status": "submitted",
+            "created": (created := self._timestamp(now)),
+            "updated": created,
+        }
+        outcome = ("failed" if reason else "complete", reason)
+        with self._lock:
+            self._orders[stored["id"]] = stored
+            if order.process_immediately:
+                self._finish(stored, *outcome, now)
+            else:
+                self._pending[stored["id"]] = (now + self.processing_delay, *outcome)
+            result = {key: stored.get(key) for key in _RESULT_FIELDS}
+            if "message" in stored:
+                result["message"] = stored["message"]
+        return 200, result, {}
+
+    _on_admin_order = _on_order
+
+    def _on_preview(self, request: _Request) -> Answer:
+        """``POST /api/order/preview``: a Zuora-shaped price preview; nothing is stored.
+
+        Emulator behaviour: prices come from :data:`CATALOGUE`; ``new`` charges each item times its
+        quantity, ``change_offer``/``add_offer`` charge the new offer, ``cancel_subscription`` credits
+        one period of the subscription (a credit memo with negative amounts and a zero invoice), ``renew``
+        charges one period of it (priced from the subscription id), and other types preview nothing due. One invoice per charged line, tax always zero; the period starts
+        on the order's ``effectiveDate``, ``cancelDate`` or ``orderDate``, else today.
+        """
+        _, order = self._validated(request)
+        start = _order_date(order) or datetime.fromtimestamp(self._wall(self._now()), timezone.utc).date()
+        subscription_number = f"S-{secrets.randbelow(10**9):09d}"
+        charges, refunds = _priced_lines(order)
+        lines = [_line(offer_id, quantity, start, subscription_number) for offer_id, quantity in charges]
+        credits = [_line(key, quantity, start, subscription_number, -1) for key, quantity in refunds]
+        invoices = [_document(amount, start, "invoiceItems", item) for amount, _, item in lines]
+        credit_memos = [_document(amount, start, "creditMemoItems", [item]) for amount, _, item in credits]
+        total = str(sum((amount for amount, _, _ in lines), Decimal("0.00")))
+        currency = next((currency for _, currency, _ in lines + credits), "GBP")
+        status = "cancelled" if isinstance(order, CancelSubscriptionOrder) else "active"
+        preview = {
+            "success": True,
+            "orderNumber": _reference(),
+            "orderId": secrets.token_hex(16),
+            "accountNumber": f"A-{secrets.randbelow(10**9):09d}",
+            "status": "active",
+            "subscriptions": [
+                {
+                    "status": status,
+                    "subscriptionId": secrets.token_hex(16),
+                    "subscriptionNumber": subscription_number,
+                }
+            ],
+            "previewResult": {
+                "invoices": invoices or [_document(Decimal("0.00"), start, "invoiceItems", {})],
+                "creditMemos": credit_memos,
+            },
+        }
+        schedule = {
+            "date": start.isoformat(),
+            "schedule_date": start.isoformat(),
+            "type": "Schedule",
+            "description": "Schedule",
+            "amount": total,
+            "taxAmount": 0,
+            "amountWithoutTax": total,
+            "currency": currency,
+            "lineItems": [item for _, _, item in lines],
+        }
+        return 200, {"preview": preview, "schedule": [schedule]}, {}
+
+    def _on_get_order(self, request: _Request) -> Answer:
+        """``GET /api/objects/limio/orders/{id}``: the stored order with its current status."""
+        with self._lock:
+            self._settle()
+            order = self._orders.get(request.params["order_id"])
+            if order is None:
+                raise HttpError(404, "Not found")
+            return 200, dict(order), {}
+
+    def _on_list_orders(self, request: _Request) -> Answer:
+        """``GET /api/objects/limio/orders?limit=&queryMore=``: order summaries, newest first.
+
+        Emulator behaviour: the ``queryMore`` cursor marks where the page ended, so orders created while
+        paging never shift the pages.
+        """
+        limit = request.query.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            raise HttpError(400, "limit must be an integer from 1 to 1000")
+        with self._lock:
+            self._settle()
+            ids = list(self._orders)
+            end = len(ids) if "queryMore" not in request.query else _read_cursor(request.query["queryMore"])
+            start = max(0, min(end, len(ids)) - int(limit))
+            page = [self._orders[order_id] for order_id in reversed(ids[start:end])]
+            items = [{key: order.get(key) for key in _SUMMARY_FIELDS} for order in page]
+        cursor = base64.urlsafe_b64encode(f"before:{start}".encode()).decode() if start else None
+        return 200, {"items": items, "queryMore": cursor}, {}
+
+    def _on_add_fault(self, request: _Request) -> Answer:
+        """``POST /_emulator/faults``: add the fault whose spec is the JSON body."""
+        try:
+            fault = Fault.from_dict(request.body if request.body_error is None else None)
+        except (TypeError, ValueError) as error:
+            raise HttpError(400, str(error)) from None
+        self.add_fault(fault)
+        return 200, {"fault": fault.to_dict()}, {}
+
+    def _on_clear_faults(self, request: _Request) -> Answer:
+        """``DELETE /_emulator/faults``."""
+        self.clear_faults()
+        return 200, {"message": "Faults cleared"}, {}
+
+    def _on_revoke_tokens(self, request: _Request) -> Answer:
+        """``POST /_emulator/revoke-tokens``."""
+        self.revoke_tokens()
+        return 200, {"message": "Tokens revoked"}, {}
+
+    def _on_reset(self, request: _Request) -> Answer:
+        """``POST /_emulator/reset``."""
+        self.reset()
+        return 200, {"message": "Emulator reset"}, {}
+
+    def _on_list_requests(self, request: _Request) -> Answer:
+        """``GET /_emulator/requests``: the recorded requests, oldest first."""
+        return 200, {"requests": [asdict(record) for record in self.requests]}, {}
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _validated(self, request: _Request) -> tuple[dict[str, Any], OrderBase]:
+        """The order body and its model, or a 400 naming what is wrong (``forPartner`` is required on
+        ``/admin/order`` and passes through untouched elsewhere)."""
+        admin = request.route == "admin_order"
+        prefix = _ADMIN_ORDER_400 if admin else "Malformed order payload"
+        body = request.body
+        if request.body_error or not isinstance(body, dict):
+            raise HttpError(400, f"{prefix}: {request.body_error or 'the body must be a JSON object'}")
+        try:
+            order = parse_order(body, allow_unmodelled=False)
+            if admin:
+                if body.get("forPartner") is None:
+                    raise ValueError("forPartner: required on /admin/order, e.g. {'id': 'partner-org-...'}")
+                parse_partner(body["forPartner"])
+        except ValueError as error:  # LimioValidationError is a ValueError (imported lazily by the models)
+            raise HttpError(400, f"{prefix}: {error}") from None
+        return body, order
+
+    def _decline_reason(self, body: dict[str, Any]) -> str | None:
+        """Why the billing provider declines this order's payment, if its payment ``type`` or any
+        ``refId`` of its payment sub-objects is in ``decline_payment_refs`` (emulator behaviour)."""
+        payment = body.get("payment")
+        if not isinstance(payment, dict):
+            return None
+        refs = [payment.get("type")] + [sub.get("refId") for sub in payment.values() if isinstance(sub, dict)]
+        declined = [ref for ref in refs if isinstance(ref, str) and ref in self.decline_payment_refs]
+        return f"{payment.get('type')}: payment method {declined[0]} was declined" if declined else None
+
+    def _settle(self) -> None:
+        """Finish the orders whose processing delay has passed. Call under the lock."""
+        now = self._now()
+        for order_id, (ready_at, status, reason) in list(self._pending.items()):
+            if now >= ready_at:
+                self._finish(self._orders[order_id], status, reason, ready_at)
+                del self._pending[order_id]
+
+    def _finish(self, order: dict[str, Any], status: str, reason: str | None, at: float) -> None:
+        """Give ``order`` its final status (and failure ``message``). Call under the lock."""
+        order.update(status=status, updated=self._timestamp(at))
+        if reason:
+            order["message"] = reason
+
+    def _now(self) -> float:
+        """The emulator clock: the ``clock`` given, plus every :meth:`advance`."""
+        return self._clock() + self._skew
+
+    def _wall(self, at: float) -> float:
+        """The Unix time of emulator-clock time ``at``."""
+        return self._wall_origin + (at - self._clock_origin)
+
+    def _timestamp(self, at: float) -> str:
+        """Emulator-clock time ``at`` as an ISO 8601 UTC timestamp."""
+        moment = datetime.fromtimestamp(self._wall(at), timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Hands every request to the emulator; HTTP/1.1 keep-alive, Nagle off, no per-request logging."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else small answers on loopback stall ~40 ms (delayed ACK)
+    wbufsize = -1  # buffer the answer: headers and body leave in one send, flushed after each request
+    server: _Server
+
+    def _dispatch(self) -> None:
+        self.server.emulator._serve(self)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+    def reply(self, answer: Answer) -> None:
+        """Send a JSON answer with its ``Content-Length``."""
+        status, payload, headers = answer
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: per-request logging costs throughput and clutters test output."""
+
+
+class _Server(ThreadingHTTPServer):
+    """A threading HTTP server that can close its open (keep-alive or hung) connections on stop."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], emulator: LimioEmulator) -> None:
+        self.emulator = emulator
+        self.connections: set[socket.socket] = set()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore clients that went away (e.g. timed out on a slow answer); report anything else."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def close_connections(self) -> None:
+        """Shut every open connection, which ends its handler thread."""
+        for connection in list(self.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _route(method: str, path: str) -> tuple[str | None, dict[str, str], list[str]]:
+    """The route name and path parameters of a request, or ``None`` and the methods the path allows."""
+    allowed = []
+    for route_method, pattern, name in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match and route_method == method:
+            return name, match.groupdict(), []
+        if match:
+            allowed.append(route_method)
+    return None, {}, allowed
+
+
+def _parse_body(raw: bytes, content_type: str) -> tuple[Any, str | None]:
+    """The body as a form dict or parsed JSON (``None`` if empty), and why it is not valid JSON; invalid
+    JSON is kept as text."""
+    if not raw:
+        return None, None
+    text = raw.decode("utf-8", "replace")
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(text, keep_blank_values=True)), None
+    try:
+        return json.loads(text), None
+    except ValueError as error:
+        return text, f"the body is not valid JSON ({error})"
+
+
+def _redacted(body: Any) -> Any:
+    """``body`` with any ``client_secret`` hidden, for the request log."""
+    if isinstance(body, dict) and "client_secret" in body:
+        return {**body, "client_secret": "REDACTED"}
+    return body
+
+
+def _read_cursor(cursor: str) -> int:
+    """The position a ``queryMore`` cursor points at; 400 if it is not one of ours."""
+    try:
+        tag, _, position = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        if tag == "before" and position.isdigit():
+            return int(position)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise HttpError(400, "Invalid queryMore cursor")
+
+
+def _reference() -> str:
+    """A Limio-style reference: 12 uppercase letters and digits, e.g. ``8HK92PL401QW`` (not secret)."""
+    return "".join(_references.choices(_REFERENCE_ALPHABET, k=12))
+
+
+def offer_for(offer_id: str) -> CatalogueOffer:
+    """The catalogue entry of ``offer_id``. Emulator behaviour: an unknown id gets a stable made-up price
+    (5.00 to 49.99 GBP a month) derived from the id, so any offer previews."""
+    if offer_id in CATALOGUE:
+        return CATALOGUE[offer_id]
+    cents = 500 + int.from_bytes(hashlib.sha256(offer_id.encode()).digest()[:4], "big") % 4500
+    return CatalogueOffer(f"Offer {offer_id}", (Decimal(cents) / 100).quantize(_CENT), "GBP", 1)
+
+
+def _priced_lines(order: OrderBase) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """What a preview charges and credits: ``(offer id or subscription key, quantity)`` pairs."""
+    if isinstance(order, NewOrder):
+        return [(item.offer.id, item.quantity) for item in order.orderItems], []
+    if isinstance(order, (ChangeOfferOrder, AddOfferOrder)):
+        return [(order.offer.id, order.quantity or 1)], []
+    if isinstance(order, (CancelSubscriptionOrder, RenewOrder)):
+        target = order.forSubscription
+        key = (target and (target.id or target.name)) or order.subscriptionId or "subscription"
+        return ([], [(key, 1)]) if isinstance(order, CancelSubscriptionOrder) else ([(key, 1)], [])
+    return [], []
+
+
+def _line(
+    offer_id: str, quantity: int, start: date, subscription_number: str, sign: int = 1
+) -> tuple[Decimal, str, dict[str, Any]]:
+    """One priced line: its amount, currency and Zuora-style item for ``quantity`` of ``offer_id``."""
+    offer = offer_for(offer_id)
+    amount = (offer.price * quantity * sign).quantize(_CENT)
+    month = start.month - 1 + offer.period_months
+    year, month = start.year + month // 12, month % 12 + 1
+    end = date(year, month, min(start.day, calendar.monthrange(year, month)[1])) - timedelta(days=1)
+    item = {
+        "additionalInfo": {"quantity": quantity, "unitOfMeasure": "Each"},
+        "amountWithoutTax": float(amount),
+        "chargeDescription": offer.name,
+        "chargeName": offer.name,
+        "chargeNumber": "C-00000001",
+        "processingType": "Charge" if sign > 0 else "Credit",
+        "productName": offer.name,
+        "productRatePlanChargeId": offer_id,
+        "serviceStartDate": start.isoformat(),
+        "serviceEndDate": end.isoformat(),
+        "subscriptionNumber": subscription_number,
+        "taxAmount": 0,
+        "unitPrice": float(offer.price),
+    }
+    return amount, offer.currency, item
+
+
+def _document(amount: Decimal, start: date, items_key: str, items: Any) -> dict[str, Any]:
+    """A previewed invoice or credit memo (numbers, as in Limio's sample)."""
+    return {
+        "amount": float(amount),
+        "amountWithoutTax": float(amount),
+        "targetDate": start.isoformat(),
+        "taxAmount": 0,
+        items_key: items,
+    }
+
+
+def _order_date(order: OrderBase) -> date | None:
+    """The date an order takes effect, if it names one (``effectiveDate``, ``cancelDate``, ``orderDate``)."""
+    for name in ("effectiveDate", "cancelDate", "orderDate"):
+        try:
+            return datetime.fromisoformat(getattr(order, name).replace("Z", "+00:00")).date()
+        except (AttributeError, TypeError, ValueError):  # absent, or an unvalidated pass-through field
+            continue
+    return None

@@ -1,0 +1,146 @@
+"""Injected failures for the Limio emulator: what a :class:`Fault` does and which requests it hits."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields
+from http import HTTPStatus
+from typing import Any
+
+#: Route names a fault can target; ``"*"`` targets them all.
+ROUTES = frozenset({"token", "order", "admin_order", "preview", "get_order", "list_orders", "*"})
+
+#: What each action does: (process the request first?, how to reply: "normal", "status" or "none").
+#: "none" closes the connection without a response. ``revoke_tokens`` also revokes every token first.
+ACTIONS: dict[str, tuple[bool, str]] = {
+    "status": (False, "status"),
+    "drop": (False, "none"),
+    "process_then_status": (True, "status"),
+    "process_then_hang": (True, "none"),
+    "latency_only": (True, "normal"),
+    "revoke_tokens": (True, "normal"),
+}
+
+#: How long ``process_then_hang`` holds the connection when the fault sets no ``latency``.
+DEFAULT_HANG_SECONDS = 30.0
+
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
+
+
+@dataclass
+class Fault:
+    """A failure to inject into the emulator's answers.
+
+    :param route: the route to hit (``token``, ``order``, ``admin_order``, ``preview``, ``get_order``,
+        ``list_orders``) or ``"*"`` for all of them.
+    :param action: ``status`` (answer ``status`` without processing), ``drop`` (close the connection
+        without answering, nothing processed), ``process_then_status`` (process, e.g. create the order,
+        then answer ``status``), ``process_then_hang`` (process, then hold the connection for ``latency``
+        seconds, 30 by default, and close it unanswered), ``latency_only`` (answer normally, late) or
+        ``revoke_tokens`` (revoke every token, then answer normally: 401 on ``/api`` routes).
+    :param status: the HTTP status of ``status``/``process_then_status`` answers (default 502).
+    :param retry_after: sent as the ``Retry-After`` header of those answers.
+    :param latency: seconds waited (really) after processing and before answering.
+    :param times: hit only the next ``times`` matching requests; ``None`` for no limit.
+    :param probability: chance (0..1) that a matching request is hit, drawn from a generator seeded
+        with ``seed``.
+    :param external_id: hit only requests whose JSON body has this ``external_id``.
+    :param message: the ``message`` of the error body (default: the status's reason phrase).
+    """
+
+    route: str = "*"
+    action: str = "status"
+    status: int = 502
+    retry_after: float | str | None = None
+    latency: float | None = None
+    times: int | None = None
+    probability: float = 1.0
+    seed: int | None = None
+    external_id: str | None = None
+    message: str | None = None
+    _random: random.Random = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = {
+            f"route must be one of {sorted(ROUTES)}": self.route in ROUTES,
+            f"action must be one of {sorted(ACTIONS)}": self.action in ACTIONS,
+            "status must be an HTTP status (100-599)": _is_number(self.status, int, 100, 599),
+            "probability must be between 0 and 1": _is_number(self.probability, float, 0, 1),
+            "times must be None or >= 0": self.times is None or _is_number(self.times, int, 0),
+            "latency must be None or >= 0": self.latency is None or _is_number(self.latency, float, 0),
+        }
+        problems = [problem for problem, ok in checks.items() if not ok]
+        if problems:
+            raise ValueError("invalid fault: " + "; ".join(problems))
+        self._random = random.Random(self.seed)
+
+    @classmethod
+    def from_dict(cls, spec: Any) -> Fault:
+        """Build a fault from its JSON spec (the dataclass's fields); raises ``ValueError`` if malformed."""
+        if not isinstance(spec, dict):
+            raise ValueError("invalid fault: expected a JSON object")
+        unknown = set(spec) - set(cls.field_names())
+        if unknown:
+            raise ValueError(f"invalid fault: unknown fields {sorted(unknown)}; known: {cls.field_names()}")
+        return cls(**spec)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The fields of a fault spec."""
+        return [f.name for f in fields(cls) if f.init]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON spec of this fault."""
+        return {name: getattr(self, name) for name in self.field_names()}
+
+    @property
+    def processes(self) -> bool:
+        """Whether the request is processed (e.g. the order created) despite the fault."""
+        return ACTIONS[self.action][0]
+
+    @property
+    def reply(self) -> str:
+        """How the emulator replies: ``normal``, ``status`` (this fault's error) or ``none`` (no answer)."""
+        return ACTIONS[self.action][1]
+
+    @property
+    def wait_seconds(self) -> float:
+        """How long to wait before answering (or, for ``process_then_hang``, before closing)."""
+        if self.latency is None:
+            return DEFAULT_HANG_SECONDS if self.action == "process_then_hang" else 0.0
+        return float(self.latency)
+
+    def error(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The answer of a ``status`` reply: status, ``{"message": ...}`` body and headers."""
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return self.status, {"message": self.message or _PHRASES.get(self.status, "Injected fault")}, headers
+
+    def matches(self, route: str, body: Any) -> bool:
+        """Whether this fault hits a request to ``route`` with ``body`` (draws a random number only when
+        everything else matches, so a seeded fault is reproducible)."""
+        if self.times == 0 or self.route not in ("*", route):
+            return False
+        sent_id = body.get("external_id") if isinstance(body, dict) else None
+        if self.external_id is not None and sent_id != self.external_id:
+            return False
+        return self.probability >= 1 or self._random.random() < self.probability
+
+
+def take_fault(faults: list[Fault], route: str, body: Any) -> Fault | None:
+    """The first fault in ``faults`` that hits this request, with one of its ``times`` used up.
+
+    Not thread-safe on its own: the emulator calls it under its lock.
+    """
+    for fault in faults:
+        if fault.matches(route, body):
+            if fault.times is not None:
+                fault.times -= 1
+            return fault
+    return None
+
+
+def _is_number(value: Any, kind: type, low: float, high: float = float("inf")) -> bool:
+    """Whether ``value`` is a number of ``kind`` (an ``int`` also counts as a ``float``; a bool never does)
+    between ``low`` and ``high``."""
+    kinds = (int, float) if kind is float else (int,)
+    return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high

@@ -1,0 +1,524 @@
+"""The Limio emulator, over real HTTP on loopback (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import requests
+
+from limio_provider.models import OrderPage, OrderResult, PreviewResult
+from limio_provider.testing import Fault, LimioEmulator
+
+CLIENT_ID, SECRET = "emulator-client", "emulator-secret"
+
+
+def new_order(**fields: Any) -> dict[str, Any]:
+    """A valid ``new`` order, with ``fields`` overriding."""
+    return {
+        "order_type": "new",
+        "external_id": "EXT-1",
+        "orderItems": [{"offer": {"id": "offer-digital-monthly"}, "quantity": 1}],
+        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"},
+        "payment": {"type": "zuora", "zuora": {"refId": "pm-ok", "paymentGateway": "CreditCard_UK"}},
+        "checkoutId": "basket-1",
+        "country": "GB",
+        **fields,
+    }
+
+
+def token_form(secret: str = SECRET, **fields: str) -> dict[str, str]:
+    """The form body of a client-credentials token request."""
+    return {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": secret, **fields}
+
+
+class Client:
+    """A keep-alive session to an emulator; paths are relative to its URL."""
+
+    def __init__(self, emulator: LimioEmulator, authorised: bool = True) -> None:
+        self.emulator = emulator
+        self.session = requests.Session()
+        self.session.trust_env = False
+        if authorised:
+            token = self.post("/oauth2/token", data=token_form()).json()["access_token"]
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send ``method path`` to the emulator."""
+        return self.session.request(method, f"{self.emulator.url}{path}", **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def order(self, path: str = "/api/order", **fields: Any) -> requests.Response:
+        """Submit (or preview, with ``path``) a valid ``new`` order with ``fields`` overriding."""
+        return self.post(path, json=new_order(**fields))
+
+
+Connect = Callable[..., Client]
+Start = Callable[..., LimioEmulator]
+
+
+@pytest.fixture
+def connect() -> Iterator[Connect]:
+    """``connect(emulator, authorised=True)``: a :class:`Client`, closed after the test."""
+    clients: list[Client] = []
+
+    def _connect(emulator: LimioEmulator, authorised: bool = True) -> Client:
+        clients.append(Client(emulator, authorised))
+        return clients[-1]
+
+    yield _connect
+    for client in clients:
+        client.session.close()
+
+
+@pytest.fixture
+def emulators() -> Iterator[Start]:
+    """``emulators(**options)``: a started emulator with those options, stopped after the test."""
+    started: list[LimioEmulator] = []
+
+    def _start(**options: Any) -> LimioEmulator:
+        started.append(LimioEmulator(**options).start())
+        return started[-1]
+
+    yield _start
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def emu(limio_emulator: LimioEmulator) -> LimioEmulator:
+    """The ``limio_emulator`` fixture, under a shorter name."""
+    return limio_emulator
+
+
+@pytest.fixture
+def api(emu: LimioEmulator, connect: Connect) -> Client:
+    """An authorised client of ``emu``."""
+    return connect(emu)
+
+
+# -- OAuth ---------------------------------------------------------------------------------------------
+
+
+def test_token_from_form_body_opens_the_api(emu: LimioEmulator, connect: Connect) -> None:
+    client = connect(emu, authorised=False)
+    answer = client.post("/oauth2/token", data=token_form())
+    assert answer.status_code == 200
+    token = answer.json()
+    assert token["token_type"] == "Bearer" and token["expires_in"] == 3600
+    assert len(token["access_token"]) >= 32
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    listed = client.get("/api/objects/limio/orders", headers=bearer)
+    assert listed.status_code == 200 and listed.json() == {"items": [], "queryMore": None}
+
+
+def test_token_from_http_basic(emu: LimioEmulator, connect: Connect) -> None:
+    client = connect(emu, authorised=False)
+    form = {"grant_type": "client_credentials"}
+    answer = client.post("/oauth2/token", data=form, auth=(CLIENT_ID, SECRET))
+    assert answer.status_code == 200 and answer.json()["token_type"] == "Bearer"
+    wrong = client.post("/oauth2/token", data=form, auth=(CLIENT_ID, "not-it"))
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    "form",
+    [token_form(secret="wrong"), token_form(client_id="someone-else"), {"grant_type": "client_credentials"}],
+    ids=["wrong-secret", "wrong-id", "missing"],
+)
+def test_bad_client_credentials_get_401(emu: LimioEmulator, connect: Connect, form: dict) -> None:
+    answer = connect(emu, authorised=False).post("/oauth2/token", data=form)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "invalid_client" and answer.json()["message"]
+
+
+def test_wrong_grant_type_gets_400(emu: LimioEmulator, connect: Connect) -> None:
+    answer = connect(emu, authorised=False).post("/oauth2/token", data=token_form(grant_type="password"))
+    assert answer.status_code == 400 and answer.json()["error"] == "unsupported_grant_type"
+
+
+def test_api_needs_a_current_bearer_token(emulators: Start, connect: Connect) -> None:
+    emulator = emulators(token_ttl=60)
+    orders = "/api/objects/limio/orders"
+    anonymous = connect(emulator, authorised=False)
+    refused = anonymous.get(orders)
+    assert refused.status_code == 401 and refused.json() == {"message": "Unauthorized"}
+    assert anonymous.get(orders, headers={"Authorization": "Bearer made-up"}).status_code == 401
+    client = connect(emulator)
+    assert client.get(orders).status_code == 200
+    emulator.advance(59.9)
+    assert client.get(orders).status_code == 200
+    emulator.advance(0.1)
+    assert client.get(orders).status_code == 401  # expired
+    fresh = connect(emulator)
+    assert fresh.get(orders).status_code == 200
+    emulator.revoke_tokens()
+    assert fresh.get(orders).status_code == 401
+
+
+# -- submitting orders ---------------------------------------------------------------------------------
+
+
+def test_async_order_is_submitted_then_completes_after_the_processing_delay(
+    emulators: Start, connect: Connect
+) -> None:
+    emulator = emulators(processing_delay=30)
+    client = connect(emulator)
+    answer = client.order(external_id="EXT-ASYNC")
+    assert answer.status_code == 200 and set(answer.json()) == set(OrderResult.model_fields)
+    result = OrderResult.model_validate(answer.json())
+    assert result.status == "submitted" and result.external_id == "EXT-ASYNC"
+    assert re.fullmatch(r"order-[0-9a-f]{32}", result.id or "")
+    assert re.fullmatch(r"[A-Z0-9]{12}", result.order_reference or "")
+    assert re.fullmatch(r"[A-Z0-9]{12}", result.subscriptionReference or "")
+    assert re.fullmatch(r"id-[0-9a-f]{32}", result.owner or "")
+    url = f"/api/objects/limio/orders/{result.id}"
+    assert client.get(url).json()["status"] == "submitted"
+    emulator.advance(29.9)
+    assert client.get(url).json()["status"] == "submitted"
+    emulator.advance(0.1)
+    stored = client.get(url).json()
+    assert stored["status"] == "complete" and "message" not in stored
+    assert stored["order_type"] == "new" and stored["external_id"] == "EXT-ASYNC"
+    assert stored["orderItems"] == new_order()["orderItems"]  # the body is kept
+    assert stored["created"].endswith("Z") and stored["updated"] > stored["created"]
+    assert emulator.orders[result.id]["status"] == "complete"
+
+
+def test_process_immediately_answers_the_final_status(api: Client) -> None:
+    answer = api.order(process_immediately=True)
+    assert answer.status_code == 200 and answer.json()["status"] == "complete"
+
+
+def test_declined_payment_fails_the_order_with_a_reason(emulators: Start, connect: Connect) -> None:
+    emulator = emulators(decline_payment_refs=["pm-declined"], processing_delay=5)
+    client = connect(emulator)
+    declined = {"type": "zuora", "zuora": {"refId": "pm-declined"}}
+    now = client.order(payment=declined, process_immediately=True).json()
+    assert now["status"] == "failed" and "pm-declined" in now["message"]
+    later = client.order(payment=declined).json()
+    assert later["status"] == "submitted"
+    emulator.advance(5)
+    stored = client.get(f"/api/objects/limio/orders/{later['id']}").json()
+    assert stored["status"] == "failed" and "declined" in stored["message"]
+    assert client.order(process_immediately=True).json()["status"] == "complete"  # another payment method
+
+
+def test_repeated_external_id_creates_a_second_order(api: Client, emu: LimioEmulator) -> None:
+    first, second = (api.order(external_id="EXT-TWICE").json()["id"] for _ in range(2))
+    assert first != second
+    assert [order["id"] for order in emu.orders_with_external_id("EXT-TWICE")] == [first, second]
+
+
+def test_subscription_order_reuses_the_subscription_name(api: Client) -> None:
+    answer = api.post("/api/order", json={"order_type": "renew", "forSubscription": {"name": "3V053CN9SFIG"}})
+    assert answer.status_code == 200 and answer.json()["subscriptionReference"] == "3V053CN9SFIG"
+
+
+def test_admin_order_needs_a_valid_for_partner(api: Client, emu: LimioEmulator) -> None:
+    for partner in ({}, {"forPartner": {}}, {"forPartner": None}):
+        answer = api.post("/api/admin/order", json={**new_order(), **partner})
+        assert answer.status_code == 400
+        message = answer.json()["message"]
+        assert message.startswith("Invalid partner organisation or malformed order payload: ")
+        assert "forPartner" in message
+    created = api.order("/api/admin/order", forPartner={"id": "partner-org-1"})
+    assert created.status_code == 200
+    assert emu.orders[created.json()["id"]]["forPartner"] == {"id": "partner-org-1"}
+    plain = api.order(forPartner={"any": "thing"})
+    assert emu.orders[plain.json()["id"]]["forPartner"] == {"any": "thing"}  # passed through on /order
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (new_order(orderItems=[{"offer": {}, "quantity": 1}]), "orderItems[0].offer.id"),
+        ({k: v for k, v in new_order().items() if k != "checkoutId"}, "checkoutId"),
+        (new_order(order_type="teleport"), "unknown order type 'teleport'"),
+        ([new_order()], "JSON object"),
+    ],
+    ids=["missing-offer-id", "missing-checkout", "unknown-order-type", "not-an-object"],
+)
+def test_malformed_order_gets_400_naming_it(api: Client, emu: LimioEmulator, body: Any, named: str) -> None:
+    for path in ("/api/order", "/api/admin/order", "/api/order/preview"):
+        answer = api.post(path, json=body)
+        assert answer.status_code == 400 and named in answer.json()["message"]
+    assert emu.orders == {}
+
+
+def test_invalid_json_gets_400(api: Client, emu: LimioEmulator) -> None:
+    answer = api.post("/api/order", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400 and "not valid JSON" in answer.json()["message"]
+    assert emu.requests[-1].body == "{not json"
+
+
+# -- preview -------------------------------------------------------------------------------------------
+
+
+def preview(api: Client, order: dict[str, Any]) -> dict[str, Any]:
+    """Preview ``order`` and check the answer's shape."""
+    answer = api.post("/api/order/preview", json=order)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["preview"]["success"] is True and body["preview"]["previewResult"]["invoices"]
+    assert body["schedule"][0]["type"] == "Schedule"
+    return body
+
+
+def test_preview_prices_new_orders_from_the_catalogue(api: Client, emu: LimioEmulator) -> None:
+    items = [
+        {"offer": {"id": "offer-digital-monthly"}, "quantity": 2},
+        {"offer": {"id": "offer-digital-annual"}, "quantity": 1},
+    ]
+    body = preview(api, new_order(orderItems=items, orderDate="2026-01-31T00:00:00Z"))
+    invoices = body["preview"]["previewResult"]["invoices"]
+    assert [invoice["amount"] for invoice in invoices] == [39.98, 199.0]
+    assert invoices[0]["targetDate"] == "2026-01-31" and invoices[0]["invoiceItems"]["unitPrice"] == 19.99
+    assert invoices[0]["invoiceItems"]["serviceEndDate"] == "2026-02-27"
+    schedule = body["schedule"][0]
+    assert schedule["amount"] == "238.98" and schedule["amountWithoutTax"] == "238.98"  # strings, like Limio
+    assert schedule["currency"] == "GBP" and schedule["schedule_date"] == "2026-01-31"
+    assert PreviewResult.model_validate(body).total_due() == Decimal("238.98")
+    assert emu.orders == {}  # nothing persisted
+
+
+def test_preview_of_other_order_types(api: Client) -> None:
+    target = {"forSubscription": {"id": "sub-1"}}
+    change = preview(api, {"order_type": "change_offer", "offer": {"id": "offer-digital-annual"}, **target})
+    assert PreviewResult.model_validate(change).total_due() == Decimal("199.00")
+    cancel = preview(api, {"order_type": "cancel_subscription", **target})["preview"]["previewResult"]
+    assert cancel["invoices"][0]["amount"] == 0 and cancel["creditMemos"][0]["amount"] < 0
+    renew = preview(api, {"order_type": "renew", **target})
+    assert PreviewResult.model_validate(renew).total_due() == -Decimal(str(cancel["creditMemos"][0]["amount"]))
+    assert renew["preview"]["previewResult"]["creditMemos"] == [] and Decimal(renew["schedule"][0]["amount"]) > 0
+    update = preview(api, {"order_type": "change_address", **target, "billingDetails": {"city": "Leeds"}})
+    assert PreviewResult.model_validate(update).total_due() == 0
+
+
+def test_preview_of_an_unknown_offer_has_a_stable_price(api: Client) -> None:
+    order = new_order(orderItems=[{"offer": {"id": "4f0c1e5b7d9a"}, "quantity": 1}])
+    first, again = (PreviewResult.model_validate(preview(api, order)).total_due() for _ in range(2))
+    assert first == again and Decimal("5.00") <= first < Decimal("50.00")
+
+
+# -- reading orders ------------------------------------------------------------------------------------
+
+
+def test_unknown_order_is_404(api: Client) -> None:
+    answer = api.get("/api/objects/limio/orders/order-missing")
+    assert answer.status_code == 404 and answer.json() == {"message": "Not found"}
+
+
+def test_list_pages_newest_first_and_covers_every_order_once(api: Client) -> None:
+    url = "/api/objects/limio/orders"
+    created = [api.order(external_id=f"EXT-{i}").json()["id"] for i in range(7)]
+    page = OrderPage.model_validate(api.get(url, params={"limit": 3}).json())
+    late = api.order().json()["id"]  # created while paging: must not shift the pages
+    seen: list[str | None] = []
+    while True:
+        seen += [item.id for item in page.items]
+        assert all(item.status and item.order_type == "new" and item.created for item in page.items)
+        if page.queryMore is None:
+            break
+        page = OrderPage.model_validate(api.get(url, params={"limit": 3, "queryMore": page.queryMore}).json())
+    assert seen == created[::-1]
+    assert [item["id"] for item in api.get(url).json()["items"]] == [late, *created[::-1]]
+
+
+@pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 1001}, {"limit": "ten"}, {"queryMore": "bogus"}])
+def test_list_rejects_bad_paging(api: Client, query: dict) -> None:
+    answer = api.get("/api/objects/limio/orders", params=query)
+    assert answer.status_code == 400 and answer.json()["message"]
+
+
+def test_unknown_route_is_404_and_wrong_method_405(api: Client) -> None:
+    assert api.get("/api/nothing-here").status_code == 404
+    wrong = api.get("/api/order")
+    assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST"
+
+
+def test_requests_are_recorded_with_secrets_redacted(api: Client, emu: LimioEmulator) -> None:
+    api.post("/api/order", json=new_order(), params={"trace": "1"})
+    token, order = emu.requests
+    assert (token.method, token.path, token.status) == ("POST", "/oauth2/token", 200)
+    assert token.body["client_secret"] == "REDACTED" and token.body["client_id"] == CLIENT_ID
+    assert (order.path, order.query, order.status) == ("/api/order", {"trace": "1"}, 200)
+    assert order.headers["Authorization"] == "REDACTED" and order.body == new_order()
+    assert token.received_at <= order.received_at
+
+
+def test_concurrent_submits_are_all_kept(emu: LimioEmulator, connect: Connect) -> None:
+    clients = [connect(emu) for _ in range(4)]
+    statuses: list[int] = []
+
+    def submit(client: Client) -> None:
+        statuses.extend(client.order().status_code for _ in range(10))
+
+    threads = [threading.Thread(target=submit, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 40 and len(emu.orders) == 40
+
+
+# -- faults --------------------------------------------------------------------------------------------
+
+
+def test_status_fault_answers_without_processing(api: Client, emu: LimioEmulator) -> None:
+    emu.add_fault(Fault(route="order", status=429, retry_after=7, message="Slow down"))
+    answer = api.order()
+    assert answer.status_code == 429 and answer.json() == {"message": "Slow down"}
+    assert answer.headers["Retry-After"] == "7"
+    assert emu.orders == {} and emu.requests[-1].status == 429
+    assert api.order("/api/order/preview").status_code == 200  # another route
+
+
+def test_drop_fault_closes_the_connection_before_processing(api: Client, emu: LimioEmulator) -> None:
+    emu.add_fault(Fault(route="order", action="drop", times=1))
+    with pytest.raises(requests.ConnectionError):
+        api.order()
+    assert emu.orders == {} and emu.requests[-1].status is None
+    assert api.order().status_code == 200  # a new connection works
+
+
+def test_process_then_status_creates_the_order_but_answers_502(api: Client, emu: LimioEmulator) -> None:
+    emu.add_fault(Fault(route="order", action="process_then_status"))
+    answer = api.order(external_id="EXT-AMBIGUOUS")
+    assert answer.status_code == 502 and answer.json() == {"message": "Bad Gateway"}
+    assert len(emu.orders_with_external_id("EXT-AMBIGUOUS")) == 1
+
+
+def test_process_then_hang_creates_the_order_and_never_answers(
+    emulators: Start, connect: Connect
+) -> None:
+    emulator = emulators()
+    client = connect(emulator)
+    emulator.add_fault(Fault(route="admin_order", action="process_then_hang"))  # holds 30 s by default
+    with pytest.raises(requests.ReadTimeout):
+        order = new_order(external_id="EXT-HUNG", forPartner="partner-org-1")
+        client.post("/api/admin/order", json=order, timeout=0.3)
+    assert len(emulator.orders_with_external_id("EXT-HUNG")) == 1
+    assert emulator.requests[-1].status is None
+    started = time.monotonic()
+    emulator.stop()  # must not wait for the hang
+    assert time.monotonic() - started < 2
+
+
+def test_latency_only_fault_answers_normally_but_late(api: Client) -> None:
+    api.emulator.add_fault(Fault(route="get_order", action="latency_only", latency=0.2))
+    started = time.monotonic()
+    assert api.get("/api/objects/limio/orders/order-missing").status_code == 404
+    assert time.monotonic() - started >= 0.2
+
+
+def test_revoke_tokens_fault_gets_401_until_a_new_token(
+    emu: LimioEmulator, api: Client, connect: Connect
+) -> None:
+    emu.add_fault(Fault(route="list_orders", action="revoke_tokens", times=1))
+    assert api.get("/api/objects/limio/orders").status_code == 401
+    assert api.get("/api/objects/limio/orders").status_code == 401  # the token stays revoked
+    assert connect(emu).get("/api/objects/limio/orders").status_code == 200
+
+
+def test_token_route_fault(emu: LimioEmulator, connect: Connect) -> None:
+    emu.add_fault(Fault(route="token", status=503, times=1))
+    client = connect(emu, authorised=False)
+    assert client.post("/oauth2/token", data=token_form()).status_code == 503
+    assert client.post("/oauth2/token", data=token_form()).status_code == 200
+
+
+def test_times_limits_a_fault_and_the_first_match_wins(api: Client, emu: LimioEmulator) -> None:
+    fault = emu.add_fault(Fault(route="order", status=503, times=2))
+    emu.add_fault(Fault(route="*", status=500, times=1))
+    assert [api.order().status_code for _ in range(4)] == [503, 503, 500, 200]
+    assert fault.times == 0
+
+
+def test_probability_with_a_seed_is_reproducible(api: Client, emu: LimioEmulator) -> None:
+    draws = random.Random(42)
+    expected = [503 if draws.random() < 0.5 else 200 for _ in range(12)]
+    emu.add_fault(Fault(route="preview", status=503, probability=0.5, seed=42))
+    assert [api.order("/api/order/preview").status_code for _ in range(12)] == expected
+    assert 200 in expected and 503 in expected
+
+
+def test_external_id_fault_only_hits_that_order(api: Client, emu: LimioEmulator) -> None:
+    emu.add_fault(Fault(route="order", status=502, external_id="EXT-BAD"))
+    assert api.order(external_id="EXT-GOOD").status_code == 200
+    assert api.order(external_id="EXT-BAD").status_code == 502
+    assert [order["external_id"] for order in emu.orders.values()] == ["EXT-GOOD"]
+
+
+def test_invalid_faults_are_refused() -> None:
+    with pytest.raises(ValueError, match="action"):
+        Fault(action="explode")
+    with pytest.raises(ValueError, match="probability"):
+        Fault(probability=1.5)
+    with pytest.raises(ValueError, match="unknown fields"):
+        Fault.from_dict({"route": "order", "colour": "red"})
+
+
+def test_admin_http_routes(api: Client, emu: LimioEmulator, connect: Connect) -> None:
+    admin = connect(emu, authorised=False)  # the emulator's own routes need no token
+    added = admin.post("/_emulator/faults", json={"route": "order", "status": 503, "times": 1})
+    assert added.status_code == 200 and added.json()["fault"]["action"] == "status"
+    assert [api.order().status_code for _ in range(2)] == [503, 200]
+    assert admin.post("/_emulator/faults", json={"action": "explode"}).status_code == 400
+    admin.post("/_emulator/faults", json={"route": "order", "action": "drop"})
+    assert admin.request("DELETE", "/_emulator/faults").status_code == 200
+    assert api.order().status_code == 200
+    recorded = admin.get("/_emulator/requests").json()["requests"]
+    assert [r["status"] for r in recorded] == [200, 503, 200, 200]  # token + 3 orders; admin calls unrecorded
+    assert recorded[1]["headers"]["Authorization"] == "REDACTED"
+    assert admin.post("/_emulator/revoke-tokens").status_code == 200
+    assert api.order().status_code == 401
+    assert admin.post("/_emulator/reset").status_code == 200
+    assert emu.orders == {} and emu.requests == []
+
+
+# -- CLI and pytest plugin -----------------------------------------------------------------------------
+
+
+def test_cli_prints_the_connection_and_serves_until_sigterm() -> None:
+    command = [sys.executable, "-m", "limio_provider.testing", "--port", "0", "--client-secret", "s3cret"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        export = next(line for line in lines if line.startswith("export AIRFLOW_CONN_LIMIO_DEFAULT="))
+        connection = json.loads(shlex.split(export.split("=", 1)[1])[0])
+        assert connection["conn_type"] == "limio" and connection["password"] == "s3cret"
+        assert connection["host"] in lines[0]
+        url = f"{connection['host']}/oauth2/token"
+        assert requests.post(url, data=token_form(secret="s3cret"), timeout=5).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_limio_emulator_fixture_sets_the_airflow_connection(limio_emulator: LimioEmulator) -> None:
+    connection = json.loads(os.environ["AIRFLOW_CONN_LIMIO_DEFAULT"])
+    expected = {"conn_type": "limio", "host": limio_emulator.url, "login": CLIENT_ID, "password": SECRET}
+    assert connection == expected
+    url = f"{connection['host']}/oauth2/token"
+    assert requests.post(url, data=token_form(), timeout=5).status_code == 200
