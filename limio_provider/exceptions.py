@@ -68,3 +68,16 @@ class LimioOutcomeUnknownError(LimioError):
         super().__init__(message)
         self.external_id = external_id
         self.status = status
+
+
+class LimioOrderFailedError(LimioError):
+    """Limio finished processing the order with a failure status; carries Limio's reason."""
+
+    def __init__(self, message: str, *, order_id: str | None, status: str | None) -> None:
+        super().__init__(message)
+        self.order_id = order_id
+        self.status = status
+
+
+class LimioWaitTimeoutError(LimioError):
+    """The order did not reach a final status within the wait timeout."""

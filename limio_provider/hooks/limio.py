@@ -499,6 +499,19 @@ class LimioHook(BaseHook):
                 return
             params = {"limit": page_size, "queryMore": page.queryMore}
 
+    def find_order(self, external_id: str, *, page_size: int = 100, max_pages: int = 5) -> OrderObject | None:
+        """The newest order carrying ``external_id`` among the ``page_size * max_pages`` newest orders, or None.
+
+        Limio documents no filter by ``external_id``, so this walks the order list newest first within a
+        bounded budget: ``None`` means "not among the newest orders", not "never submitted".
+        """
+        if not isinstance(external_id, str) or not external_id:
+            raise LimioValidationError(f"invalid external_id: expected a non-empty string, got {external_id!r}")
+        return next(
+            (o for o in self.list_orders(page_size=page_size, max_pages=max_pages) if o.external_id == external_id),
+            None,
+        )
+
     def test_connection(self) -> tuple[bool, str]:
         """Fetch a token and read one order: ``(True, message)`` if both work, else ``(False, reason)``."""
         try:

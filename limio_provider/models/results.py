@@ -55,6 +55,12 @@ class PreviewResult(LimioModel):
         return sum((a for a in amounts if a is not None), Decimal(0))
 
 
+#: Order statuses read as finished. Limio documents only ``complete`` and mentions "order complete" and
+#: "change complete"; the rest are inferred. Compared case-insensitively; any other status is "processing".
+SUCCESS_STATUSES = frozenset({"complete", "completed", "order complete", "change complete", "success", "succeeded"})
+FAILURE_STATUSES = frozenset({"failed", "failure", "error", "errored", "rejected", "cancelled", "canceled"})
+
+
 class OrderObject(LimioModel):
     """An order as the Objects API returns it (``GET /objects/limio/orders/{id}``).
 
@@ -67,6 +73,17 @@ class OrderObject(LimioModel):
     external_id: str | None = None
     created: str | None = None
     updated: str | None = None
+    message: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Limio finished processing the order successfully."""
+        return (self.status or "").strip().lower() in SUCCESS_STATUSES
+
+    @property
+    def failed(self) -> bool:
+        """Limio stopped processing the order with a failure (see :attr:`message` for its reason)."""
+        return (self.status or "").strip().lower() in FAILURE_STATUSES
 
 
 class OrderPage(LimioModel):

@@ -1,0 +1,176 @@
+"""Exactly-once submit and waiting for completion, run with dag.test() against the emulator with faults."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from airflow.sdk import DAG
+from limio_provider.operators import LimioSubmitOrderOperator
+from limio_provider.sensors.limio import LimioOrderSensor
+from limio_provider.testing import Fault, LimioEmulator
+from tests.hooks.test_limio import new_order
+from tests.operators.test_orders import START, run_dag, states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+FAST = {"hook_params": {"timeout": 0.5, "retry_backoff": 0.01}}
+
+
+def submit_dag(dag_id: str, **op_kwargs: Any) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(task_id="submit", **{**FAST, **op_kwargs})
+    return dag
+
+
+def sent_external_ids(emulator: LimioEmulator) -> list[str]:
+    return [r.body["external_id"] for r in emulator.requests if r.path == "/api/order"]
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(route="order", action="process_then_status", status=502, times=1),
+        Fault(route="order", action="process_then_hang", latency=2.0, times=1),
+    ],
+    ids=["processed-then-502", "processed-then-no-answer"],
+)
+def test_ambiguous_submit_is_reconciled_and_adopted_in_the_same_try(
+    limio_emulator: LimioEmulator, fault: Fault
+) -> None:
+    limio_emulator.add_fault(fault)
+    run = run_dag(submit_dag(f"limio_amb_{fault.action}", order=new_order("EXT-AMB")))
+    assert run.state == "success", states(run)
+    (order,) = limio_emulator.orders_with_external_id("EXT-AMB")
+    (result,) = xcom(run, "submit")
+    assert result["id"] == order["id"]
+    assert xcom(run, "submit", "adopted") == [True]
+    assert sent_external_ids(limio_emulator) == ["EXT-AMB"]  # sent once, never resent
+
+
+def test_unknown_outcome_not_found_fails_by_default_naming_the_external_id(
+    limio_emulator: LimioEmulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))  # not processed, but ambiguous
+    dag = submit_dag("limio_amb_fail", order=new_order("EXT-LOST"), retries=1, retry_delay=timedelta(0))
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert limio_emulator.orders == {}
+    assert sent_external_ids(limio_emulator) == ["EXT-LOST"]  # the retry looked it up and did not resend
+    output = "".join(capfd.readouterr())
+    assert "Limio may have received order EXT-LOST" in output
+
+
+def test_unknown_outcome_not_found_resubmits_when_asked(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
+    run = run_dag(submit_dag("limio_amb_resubmit", order=new_order("EXT-RE"), on_unknown_outcome="resubmit"))
+    assert run.state == "success", states(run)
+    assert len(limio_emulator.orders_with_external_id("EXT-RE")) == 1
+    assert sent_external_ids(limio_emulator) == ["EXT-RE", "EXT-RE"]
+
+
+def test_a_rejected_submit_clears_the_intent_so_a_retry_submits(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="status", status=503, times=5))  # retries exhausted
+    dag = submit_dag("limio_clear_intent", order=new_order("EXT-503"), retries=1, retry_delay=timedelta(0))
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    assert len(limio_emulator.orders_with_external_id("EXT-503")) == 1
+
+
+def test_an_order_a_previous_run_completed_is_adopted_not_duplicated(limio_emulator: LimioEmulator) -> None:
+    first = run_dag(submit_dag("limio_adopt_1", order=new_order("EXT-ONCE", process_immediately=True)))
+    second = run_dag(submit_dag("limio_adopt_2", order=new_order("EXT-ONCE", process_immediately=True)))
+    assert first.state == second.state == "success"
+    (order,) = limio_emulator.orders_with_external_id("EXT-ONCE")
+    assert xcom(second, "submit")[0]["id"] == order["id"]
+    assert xcom(first, "submit", "adopted") == [False]
+    assert xcom(second, "submit", "adopted") == [True]
+
+
+def test_a_failed_earlier_order_is_not_adopted(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    run_dag(submit_dag("limio_failed_1", order=new_order("EXT-F", process_immediately=True)))
+    limio_emulator.decline_payment_refs = frozenset()
+    run = run_dag(submit_dag("limio_failed_2", order=new_order("EXT-F", process_immediately=True)))
+    assert [o["status"] for o in limio_emulator.orders_with_external_id("EXT-F")] == ["failed", "complete"]
+    assert xcom(run, "submit")[0]["status"] == "complete"
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_wait_for_completion_returns_the_final_status(limio_emulator: LimioEmulator, deferrable: bool) -> None:
+    limio_emulator.processing_delay = 0.3
+    dag = submit_dag(
+        f"limio_wait_{deferrable}",
+        order=new_order("EXT-W"),
+        wait_for_completion=True,
+        poll_interval=0.1,
+        deferrable=deferrable,
+    )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (result,) = xcom(run, "submit")
+    assert result["status"] == "complete"
+    gets = [r for r in limio_emulator.requests if r.path.startswith("/api/objects/limio/orders/")]
+    assert len(gets) >= 2  # it polled while the order was "submitted"
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_a_failed_order_fails_the_task_with_limios_reason(
+    limio_emulator: LimioEmulator, deferrable: bool, capfd: pytest.CaptureFixture[str]
+) -> None:
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    dag = submit_dag(
+        f"limio_wait_fail_{deferrable}",
+        order=new_order("EXT-DECLINED"),
+        wait_for_completion=True,
+        poll_interval=0.05,
+        deferrable=deferrable,
+    )
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    (order,) = limio_emulator.orders_with_external_id("EXT-DECLINED")
+    assert order["status"] == "failed"
+    assert order["message"] in "".join(capfd.readouterr())
+
+
+def test_waiting_is_bounded(limio_emulator: LimioEmulator, capfd: pytest.CaptureFixture[str]) -> None:
+    limio_emulator.processing_delay = 3600
+    dag = submit_dag(
+        "limio_wait_timeout", order=new_order("EXT-SLOW"), wait_for_completion=True, poll_interval=0.05, wait_timeout=0.3
+    )
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert "did not finish in time" in "".join(capfd.readouterr())
+
+
+@pytest.mark.parametrize(("mode", "deferrable"), [("poke", False), ("reschedule", False), ("poke", True)])
+def test_sensor_waits_for_the_submitted_order(limio_emulator: LimioEmulator, mode: str, deferrable: bool) -> None:
+    limio_emulator.processing_delay = 0.3
+    with DAG(f"limio_sensor_{mode}_{deferrable}", schedule=None, start_date=START) as dag:
+        submit = LimioSubmitOrderOperator(task_id="submit", order=new_order("EXT-S"))
+        sense = LimioOrderSensor(
+            task_id="wait",
+            order_id="{{ ti.xcom_pull(task_ids='submit', key='order_id') }}",
+            poke_interval=0.1,
+            timeout=30,
+            mode=mode,
+            deferrable=deferrable,
+        )
+        submit >> sense
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (order,) = limio_emulator.orders_with_external_id("EXT-S")
+    assert order["status"] == "complete"
+
+
+def test_sensor_fails_on_a_failed_order(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    with DAG("limio_sensor_fail", schedule=None, start_date=START) as dag:
+        submit = LimioSubmitOrderOperator(task_id="submit", order=new_order("EXT-SF"))
+        sense = LimioOrderSensor(
+            task_id="wait", order_id="{{ ti.xcom_pull(task_ids='submit', key='order_id') }}", poke_interval=0.05
+        )
+        submit >> sense
+    run = run_dag(dag)
+    assert states(run) == {"submit": "success", "wait": "failed"}
