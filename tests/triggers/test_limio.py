@@ -1,0 +1,69 @@
+"""LimioOrderTrigger against the emulator: JSON-only kwargs and events, one event per outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from limio_provider.hooks.limio import LimioHook
+from limio_provider.testing import LimioEmulator
+from limio_provider.triggers.limio import LimioOrderTrigger
+from tests.hooks.test_limio import new_order
+
+
+def first_event(trigger: LimioOrderTrigger) -> dict[str, Any]:
+    async def collect() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(asyncio.wait_for(collect(), timeout=20))
+
+
+def trigger_for(order_id: str, timeout: float = 10) -> LimioOrderTrigger:
+    return LimioOrderTrigger(
+        order_id=order_id, limio_conn_id="limio_default", poll_interval=0.05, end_time=time.time() + timeout
+    )
+
+
+def test_serialized_kwargs_hold_ids_and_timing_only(limio_emulator: LimioEmulator) -> None:
+    token = LimioHook().get_token()
+    classpath, kwargs = trigger_for("order-1").serialize()
+    assert classpath == "limio_provider.triggers.limio.LimioOrderTrigger"
+    assert set(kwargs) == {"order_id", "limio_conn_id", "poll_interval", "end_time"}
+    text = json.dumps(kwargs)
+    assert token not in text and limio_emulator.client_secret not in text
+    assert LimioOrderTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("decline", "delay", "timeout", "status", "order_status"),
+    [
+        (False, 0.2, 10, "success", "complete"),
+        (True, 0.2, 10, "failed", "failed"),
+        (False, 3600, 0.3, "timeout", "submitted"),
+    ],
+    ids=["complete", "failed", "timeout"],
+)
+def test_one_json_event_per_outcome(
+    limio_emulator: LimioEmulator, decline: bool, delay: float, timeout: float, status: str, order_status: str
+) -> None:
+    limio_emulator.processing_delay = delay
+    if decline:
+        limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    order_id = LimioHook().submit_order(new_order(f"EXT-T-{status}")).id
+    event = first_event(trigger_for(order_id, timeout))
+    assert json.loads(json.dumps(event)) == event
+    assert (event["status"], event["order_id"], event["order_status"]) == (status, order_id, order_status)
+    if decline:
+        assert "declined" in event["message"]
+
+
+def test_a_missing_order_is_an_error_event(limio_emulator: LimioEmulator) -> None:
+    event = first_event(trigger_for("order-missing"))
+    assert event["status"] == "error"
+    assert "404" in event["message"]
