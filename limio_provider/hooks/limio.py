@@ -31,7 +31,7 @@ from limio_provider.exceptions import (
     LimioServerError,
     LimioValidationError,
 )
-from limio_provider.models.orders import OrderBase, parse_order, parse_partner
+from limio_provider.models.orders import OrderBase, order_body, parse_partner
 from limio_provider.models.results import OrderObject, OrderPage, OrderResult, PreviewResult
 
 #: How a call may be retried: reads and previews are safe to repeat; a submit only where it provably
@@ -440,7 +440,7 @@ class LimioHook(BaseHook):
         :param order: the order body (a dict as Limio spells it, or a model), validated before sending.
         :param allow_unmodelled: accept an ``order_type`` this provider does not model.
         """
-        body = parse_order(order, allow_unmodelled=allow_unmodelled).to_json_dict()
+        body = order_body(order, allow_unmodelled=allow_unmodelled)
         return PreviewResult.model_validate(self.request("POST", "/order/preview", "read", json=body))
 
     def submit_order(self, order: OrderBase | dict[str, Any], *, allow_unmodelled: bool = False) -> OrderResult:
@@ -448,7 +448,7 @@ class LimioHook(BaseHook):
 
         :raises LimioOutcomeUnknownError: the order may have been created; reconcile by ``external_id``.
         """
-        body = parse_order(order, allow_unmodelled=allow_unmodelled).to_json_dict()
+        body = order_body(order, allow_unmodelled=allow_unmodelled)
         return OrderResult.model_validate(self.request("POST", "/order", "submit", json=body))
 
     def submit_admin_order(
@@ -463,7 +463,7 @@ class LimioHook(BaseHook):
         :param partner: the partner organisation, sent as ``forPartner``: an id string or an object.
             May be omitted when the order already carries ``forPartner``.
         """
-        body = parse_order(order, allow_unmodelled=allow_unmodelled).to_json_dict()
+        body = order_body(order, allow_unmodelled=allow_unmodelled)
         if partner is not None and "forPartner" in body:
             raise LimioValidationError("invalid admin order: give the partner either as 'partner' or in forPartner, not both")
         if partner is None and "forPartner" not in body:

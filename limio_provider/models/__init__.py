@@ -24,6 +24,7 @@ from limio_provider.models.orders import (
     SubscriptionOrder,
     UnmodelledOrder,
     UpdateSubscriptionOrder,
+    order_body,
     parse_order,
     parse_partner,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "SubscriptionOrder",
     "UnmodelledOrder",
     "UpdateSubscriptionOrder",
+    "order_body",
     "parse_order",
     "parse_partner",
     "to_amount",

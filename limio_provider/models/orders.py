@@ -335,6 +335,31 @@ def parse_order(order: Any, *, allow_unmodelled: bool = False) -> OrderBase:
         raise _validation_error(format_validation_error(f"{order_type!r} order", exc)) from None
 
 
+def order_body(order: Any, *, allow_unmodelled: bool = False) -> dict[str, Any]:
+    """:func:`parse_order`, then the JSON body to send: only the fields that were set, spelt as Limio does.
+
+    :raises LimioValidationError: also when a pass-through value cannot be sent as JSON (not JSON, or
+        nested too deeply), naming the field.
+    """
+    model = parse_order(order, allow_unmodelled=allow_unmodelled)
+    try:
+        return model.to_json_dict()
+    except ValueError:  # PydanticSerializationError
+        raise _validation_error(_unserializable(f"{model.order_type!r} order", model)) from None
+
+
+def _unserializable(what: str, model: LimioModel) -> str:
+    """The message for a valid ``model`` that cannot be sent as JSON, naming each top-level field at fault."""
+    lines = []
+    declared = [name for name in type(model).model_fields if name in model.model_fields_set]
+    for name in (*declared, *(model.model_extra or {})):
+        try:
+            model.model_dump(mode="json", include={name})
+        except ValueError as exc:
+            lines.append(f"  - {name}: cannot be sent as JSON ({exc})")
+    return f"invalid {what}:\n" + "\n".join(lines or ["  - (order): cannot be sent as JSON"])
+
+
 def parse_partner(partner: Any) -> AdminPartner:
     """Validate the ``forPartner`` of an admin order: a dict, a model, or a partner id string."""
     if isinstance(partner, str):

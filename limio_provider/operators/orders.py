@@ -61,13 +61,17 @@ def _as_dict(name: str, value: Any) -> dict[str, Any]:
         return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
     if isinstance(value, str):
         text = value.strip()
+        shown = text if len(text) <= 80 else text[:80] + "..."
         try:
             value = json.loads(text)
+        except RecursionError:
+            raise LimioValidationError(
+                f"invalid {name}: the template rendered to JSON nested too deeply to read: {shown!r}"
+            ) from None
         except ValueError:
             try:  # a dict rendered without render_template_as_native_obj comes out as its Python repr
                 value = ast.literal_eval(text)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                shown = text if len(text) <= 80 else text[:80] + "..."
+            except Exception:  # not a literal: SyntaxError, ValueError, TypeError ({[]: 1}), RecursionError...
                 raise LimioValidationError(
                     f"invalid {name}: the template rendered to a string that is not a JSON object: {shown!r}"
                 ) from None
@@ -118,10 +122,9 @@ class _LimioOrderOperator(BaseOperator):
 
     def _order_body(self) -> dict[str, Any]:
         """The rendered order, validated: the JSON body to send."""
-        from limio_provider.models.orders import parse_order
+        from limio_provider.models.orders import order_body
 
-        body = _as_dict("order", self.order)
-        return parse_order(body, allow_unmodelled=self.allow_unmodelled).to_json_dict()
+        return order_body(_as_dict("order", self.order), allow_unmodelled=self.allow_unmodelled)
 
 
 class LimioPreviewOrderOperator(_LimioOrderOperator):
