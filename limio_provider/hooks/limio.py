@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,6 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import requests
-import tenacity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from urllib3.exceptions import NewConnectionError
 
@@ -230,13 +231,21 @@ class LimioHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        """One keep-alive session per hook."""
+        """One keep-alive session per hook.
+
+        The hook talks to one host, so the environment's proxy settings (``HTTPS_PROXY``, ``NO_PROXY``...) and
+        CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) are read once here rather than by requests on
+        every call, which scans the whole environment each time; the connection's extras win over them.
+        """
+        options = self.settings.options
         session = requests.Session()
+        session.trust_env = False
         session.headers["User-Agent"] = f"airflow-provider-limio/{__version__} requests/{requests.__version__}"
         session.headers["Accept"] = "application/json"
-        session.verify = self.settings.options.verify
-        if self.settings.options.proxies:
-            session.proxies.update(self.settings.options.proxies)
+        session.proxies.update(requests.utils.get_environ_proxies(self.settings.api_url))
+        session.proxies.update(options.proxies or {})
+        env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        session.verify = env_bundle if options.verify is True and env_bundle else options.verify
         return session
 
     def order_url(self, order_id: str) -> str:
@@ -379,40 +388,31 @@ class LimioHook(BaseHook):
                 raise self._outcome_unknown(what, body, response.status_code) from None
             raise LimioServerError(what, status=response.status_code) from None
 
-    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+    def _backoff(self, error: LimioError, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt``: Limio's ``Retry-After`` (capped), else an
+        exponential backoff with full jitter."""
         options = self.settings.options
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
+        retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return min(retry_after, options.retry_after_max)
-        backoff = tenacity.wait_random_exponential(multiplier=options.retry_backoff, max=options.retry_max_backoff)
-        return backoff(retry_state)
-
-    def _log_retry(self, retry_state: tenacity.RetryCallState) -> None:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        self.log.warning(
-            "%s (attempt %d of %d); retrying in %.1f s",
-            exc,
-            retry_state.attempt_number,
-            self.settings.options.retry_limit + 1,
-            wait,
-        )
+        return random.uniform(0, min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1)))
 
     def request(
         self, method: str, path: str, kind: CallKind, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
         """Call ``{api_url}{path}`` with the bearer token and the retry rules of ``kind``; return its JSON."""
         url = self.settings.api_url + path
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.settings.options.retry_limit + 1),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, LimioError) and exc.retryable),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        return retrying(self._authorized_call, method, url, kind, json, params)
+        attempts = self.settings.options.retry_limit + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._authorized_call(method, url, kind, json, params)
+            except LimioError as error:
+                if not error.retryable or attempt == attempts:
+                    raise
+                wait = self._backoff(error, attempt)
+                self.log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt, attempts, wait)
+                self._sleep(wait)
+        raise AssertionError("unreachable")
 
     def _authorized_call(self, method: str, url: str, kind: CallKind, body: Any, params: dict[str, Any] | None) -> Any:
         token = self.get_token()

@@ -430,3 +430,24 @@ def test_constructing_a_hook_does_no_io() -> None:
     assert hook.limio_conn_id == "no_such_connection"
     with pytest.raises(Exception, match="no_such_connection"):
         hook.settings
+
+
+def test_environment_proxies_and_ca_bundle_are_read_once_and_extras_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corporate.pem")
+    set_connection(monkeypatch, "limio_p", host="acme.prod.limio.com", login="id", password="pw")
+    session = LimioHook("limio_p").session
+    assert session.proxies["https"] == "http://proxy.internal:3128"
+    assert session.verify == "/etc/ssl/corporate.pem"
+    assert session.trust_env is False  # requests need not scan the environment again on every call
+
+    monkeypatch.setenv("NO_PROXY", "acme.prod.limio.com")
+    assert "https" not in LimioHook("limio_p").session.proxies
+    set_connection(
+        monkeypatch, "limio_q", host="acme.prod.limio.com", login="id", password="pw",
+        extra={"proxies": {"https": "http://other:8080"}, "verify": False},
+    )
+    session = LimioHook("limio_q").session
+    assert session.proxies["https"] == "http://other:8080"
+    assert session.verify is False
