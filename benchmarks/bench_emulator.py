@@ -18,15 +18,9 @@ import sys
 import time
 from urllib.parse import urlencode, urlsplit
 
-ORDER = {
-    "order_type": "new",
-    "external_id": "BENCH-1",
-    "orderItems": [{"offer": {"id": "offer-digital-monthly"}, "quantity": 1}],
-    "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"},
-    "payment": {"type": "zuora", "zuora": {"refId": "pm-bench", "paymentGateway": "CreditCard_UK"}},
-    "checkoutId": "basket-bench",
-    "country": "GB",
-}
+from limio_provider.testing import sample_order
+
+ORDER = sample_order("BENCH-1")
 
 
 def main() -> None:

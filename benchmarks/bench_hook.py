@@ -25,15 +25,9 @@ from typing import Any
 import requests
 
 from limio_provider.hooks.limio import LimioHook
+from limio_provider.testing import sample_order
 
-ORDER = {
-    "order_type": "new",
-    "orderItems": [{"offer": {"id": "offer-digital-monthly"}, "quantity": 1}],
-    "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"},
-    "payment": {"type": "zuora", "zuora": {"refId": "pm-bench", "paymentGateway": "CreditCard_UK"}},
-    "checkoutId": "basket-bench",
-    "country": "GB",
-}
+ORDER = sample_order("BENCH-1")
 
 
 def start_emulator() -> tuple[subprocess.Popen[str], dict[str, str]]:

@@ -12,7 +12,24 @@ from limio_provider.testing.faults import Fault
 if TYPE_CHECKING:
     from limio_provider.testing.emulator import LimioEmulator
 
-__all__ = ["Fault", "LimioEmulator"]
+__all__ = ["Fault", "LimioEmulator", "sample_order"]
+
+
+def sample_order(external_id: str = "EXT-1", **fields: Any) -> dict[str, Any]:
+    """A valid ``new`` order for an offer in the emulator's catalogue; ``fields`` override or add fields.
+
+    Its payment ``refId`` is ``pm-1``: pass ``decline_payment_refs={"pm-1"}`` to the emulator to see it fail.
+    """
+    return {
+        "order_type": "new",
+        "external_id": external_id,
+        "orderItems": [{"offer": {"id": "offer-digital-monthly"}, "quantity": 1}],
+        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com", "country": "GB"},
+        "payment": {"type": "zuora", "zuora": {"refId": "pm-1", "paymentGateway": "CreditCard_UK"}},
+        "checkoutId": "basket-22e3d318",
+        "country": "GB",
+        **fields,
+    }
 
 
 def __getattr__(name: str) -> Any:

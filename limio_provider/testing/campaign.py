@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from limio_provider.testing import sample_order
 from limio_provider.testing.emulator import LimioEmulator
 from limio_provider.testing.faults import Fault
 
@@ -100,19 +101,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _order(external_id: str) -> dict[str, Any]:
-    return {
-        "order_type": "new",
-        "external_id": external_id,
-        "orderItems": [{"offer": {"id": "offer-digital-monthly"}, "quantity": 1}],
-        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"},
-        "payment": {"type": "zuora", "zuora": {"refId": "pm-campaign", "paymentGateway": "CreditCard_UK"}},
-        "checkoutId": "basket-campaign",
-        "country": "GB",
-        "process_immediately": True,
-    }
-
-
 def _inject(emulator: LimioEmulator, kind: str, external_id: str) -> None:
     """Arm the one fault ``kind`` for the next request of this order."""
     if kind == "429 + Retry-After":
@@ -169,7 +157,7 @@ def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int =
                     ti.try_number, ti.xcoms, outcome.tries = try_number, {}, try_number
                     operator = LimioSubmitOrderOperator(
                         task_id="submit",
-                        order=_order(external_id),
+                        order=sample_order(external_id, process_immediately=True),
                         limio_conn_id="limio_campaign",
                         on_unknown_outcome="resubmit",
                     )

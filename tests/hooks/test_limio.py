@@ -20,22 +20,10 @@ from limio_provider.exceptions import (
     LimioValidationError,
 )
 from limio_provider.hooks.limio import LimioHook
-from limio_provider.testing import Fault, LimioEmulator
-
-OFFER = {"id": "a" * 40, "version": "b" * 40}
-
+from limio_provider.testing import Fault, LimioEmulator, sample_order
 
 def new_order(external_id: str = "EXT-1", **extra: Any) -> dict[str, Any]:
-    return {
-        "order_type": "new",
-        "external_id": external_id,
-        "orderItems": [{"offer": OFFER, "quantity": 1}],
-        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "country": "GB"},
-        "payment": {"type": "zuora", "zuora": {"refId": "pm-1", "paymentGateway": "CreditCard_UK"}},
-        "checkoutId": "basket-22e3d318",
-        "country": "GB",
-        **extra,
-    }
+    return sample_order(external_id, **extra)
 
 
 class FakeClock:

@@ -20,23 +20,14 @@ import pytest
 import requests
 
 from limio_provider.models import OrderPage, OrderResult, PreviewResult
-from limio_provider.testing import Fault, LimioEmulator
+from limio_provider.testing import Fault, LimioEmulator, sample_order
 
 CLIENT_ID, SECRET = "emulator-client", "emulator-secret"
 
 
 def new_order(**fields: Any) -> dict[str, Any]:
     """A valid ``new`` order, with ``fields`` overriding."""
-    return {
-        "order_type": "new",
-        "external_id": "EXT-1",
-        "orderItems": [{"offer": {"id": "offer-digital-monthly"}, "quantity": 1}],
-        "billingDetails": {"firstName": "Ada", "lastName": "Lovelace", "email": "ada@example.com"},
-        "payment": {"type": "zuora", "zuora": {"refId": "pm-ok", "paymentGateway": "CreditCard_UK"}},
-        "checkoutId": "basket-1",
-        "country": "GB",
-        **fields,
-    }
+    return sample_order(**{"payment": {"type": "zuora", "zuora": {"refId": "pm-ok"}}, "checkoutId": "basket-1", **fields})
 
 
 def token_form(secret: str = SECRET, **fields: str) -> dict[str, str]:
