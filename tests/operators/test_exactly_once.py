@@ -174,3 +174,32 @@ def test_sensor_fails_on_a_failed_order(limio_emulator: LimioEmulator) -> None:
         submit >> sense
     run = run_dag(dag)
     assert states(run) == {"submit": "success", "wait": "failed"}
+
+
+def test_without_task_state_store_every_retry_reconciles_first(limio_emulator: LimioEmulator) -> None:
+    """Airflow before 3.3 has no task_state_store: a retry (try_number > 1) must look before it sends."""
+    from airflow.sdk.bases.operator import ExecutorSafeguard
+
+    from limio_provider.exceptions import LimioOutcomeUnknownError
+    from limio_provider.hooks.limio import LimioHook
+    from limio_provider.testing.campaign import _TaskInstance
+
+    def attempt(try_number: int, external_id: str) -> dict[str, Any]:
+        operator = LimioSubmitOrderOperator(
+            task_id="submit", order=new_order(external_id), adopt_existing=False, **FAST
+        )
+        ti = _TaskInstance("old_airflow", "submit", -1, try_number=try_number)
+        as_task_runner = {f"{type(operator).__name__}__sentinel": ExecutorSafeguard.sentinel_value}
+        return operator.execute({"ti": ti, "run_id": "r1"}, **as_task_runner)  # no task_state_store
+
+    # Try 1 died after Limio created the order: try 2 adopts it and sends nothing.
+    created = LimioHook().submit_order(new_order("EXT-OLD-SENT")).id
+    assert attempt(2, "EXT-OLD-SENT")["id"] == created
+    # Try 1 got no answer and Limio never saw the order: try 2 does not resend blindly.
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
+    with pytest.raises(LimioOutcomeUnknownError):
+        attempt(1, "EXT-OLD-LOST")
+    with pytest.raises(LimioOutcomeUnknownError, match="an earlier try may have sent it"):
+        attempt(2, "EXT-OLD-LOST")
+    assert sent_external_ids(limio_emulator) == ["EXT-OLD-SENT", "EXT-OLD-LOST"]
+    assert limio_emulator.orders_with_external_id("EXT-OLD-LOST") == []
