@@ -101,17 +101,22 @@ def _is_loopback(hostname: str) -> bool:
 
 
 def _parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (a number or an HTTP date); ``None`` if absent or unreadable."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def _limio_message(response: requests.Response) -> str:
-    """Limio's own ``message`` from an error body, shortened; never the body itself."""
+    """Limio's own ``message`` from an error body, shortened; never the body itself (the hook also
+    scrubs its secrets from it, in case Limio echoes them)."""
     try:
         body = response.json()
     except ValueError:
@@ -285,7 +290,7 @@ class LimioHook(BaseHook):
         if response.status_code >= 400:
             raise LimioAuthError(
                 f"Limio refused the client credentials of connection {self.limio_conn_id!r} "
-                f"(HTTP {response.status_code}: {_limio_message(response)})",
+                f"(HTTP {response.status_code}: {self._scrub(_limio_message(response))})",
                 status=response.status_code,
             )
         body = self._json(response, "POST", settings.token_url, "token")
@@ -299,6 +304,13 @@ class LimioHook(BaseHook):
             lifetime = 3600.0
         lead = min(TOKEN_REFRESH_LEAD_SECONDS, lifetime / 2)
         return _Token(access_token, self._clock() + lifetime - lead)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the client secret and the current token replaced by ``***``."""
+        secrets = [self.settings.client_secret, self._token.value if self._token else ""]
+        for secret in filter(None, secrets):
+            text = text.replace(secret, "***")
+        return text
 
     def _discard_token(self, value: str) -> None:
         with self._token_lock:
@@ -361,7 +373,7 @@ class LimioHook(BaseHook):
         self, method: str, url: str, kind: CallKind, response: requests.Response, body: Any
     ) -> LimioError:
         status = response.status_code
-        what = f"Limio {method} {self._path(url)} answered HTTP {status}: {_limio_message(response)}"
+        what = f"Limio {method} {self._path(url)} answered HTTP {status}: {self._scrub(_limio_message(response))}"
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
         error: LimioResponseError
         if kind == "submit" and status in SUBMIT_OUTCOME_UNKNOWN_STATUSES:
@@ -426,7 +438,7 @@ class LimioHook(BaseHook):
             if response.status_code == 401:
                 raise LimioAuthError(
                     f"Limio {method} {self._path(url)} answered HTTP 401 with a fresh token: "
-                    f"{_limio_message(response)}",
+                    f"{self._scrub(_limio_message(response))}",
                     status=401,
                 )
         self.log.debug("Limio %s %s -> HTTP %s", method, self._path(url), response.status_code)

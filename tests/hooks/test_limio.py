@@ -439,3 +439,24 @@ def test_environment_proxies_and_ca_bundle_are_read_once_and_extras_win(monkeypa
     session = LimioHook("limio_q").session
     assert session.proxies["https"] == "http://other:8080"
     assert session.verify is False
+
+
+@pytest.mark.parametrize(("header", "expected"), [("7", 7.0), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)])
+def test_retry_after_forms(
+    hook: LimioHook, limio_emulator: LimioEmulator, sleeps: list[float], header: str, expected: float | None
+) -> None:
+    limio_emulator.add_fault(Fault(route="preview", action="status", status=429, retry_after=header, times=1))
+    hook.preview_order(new_order())
+    if expected is None:  # unreadable: the ordinary backoff applies
+        assert 0 <= sleeps[0] <= hook.settings.options.retry_backoff
+    else:
+        assert sleeps == [expected]
+
+
+def test_a_secret_echoed_by_limio_is_scrubbed_from_the_error(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    secret = limio_emulator.client_secret
+    limio_emulator.add_fault(Fault(route="order", action="status", status=400, message=f"bad client {secret}"))
+    with pytest.raises(LimioOrderRejectedError) as excinfo:
+        hook.submit_order(new_order())
+    assert secret not in str(excinfo.value)
+    assert "bad client ***" in str(excinfo.value)
