@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from urllib3.exceptions import NewConnectionError
 
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
@@ -71,6 +71,15 @@ class LimioConnectionOptions(BaseModel):
         None,
         description="URL of an order for the 'Limio order' link, with {order_id}; default: the order in the Objects API.",
     )
+
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify_flag(cls, value: Any) -> Any:
+        """Form fields arrive as text: "true"/"false" are flags, anything else a CA bundle path."""
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        return value
 
 
 OPTION_NAMES = tuple(LimioConnectionOptions.model_fields)

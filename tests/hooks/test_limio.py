@@ -411,6 +411,15 @@ def test_host_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = LimioHook("limio_s").settings
     assert settings.api_url == "https://acme-sandbox.prod.limio.com/api/v2"
     assert settings.options.timeout == 12.5
+    set_connection(
+        monkeypatch, "limio_t", host="acme.prod.limio.com:8443", login="id", password="pw",
+        extra={"extra__limio__verify": "false", "extra__limio__retry_limit": "", "token_auth": "basic"},
+    )
+    settings = LimioHook("limio_t").settings  # Airflow 2 form fields: prefixed, text, empty meaning unset
+    assert settings.api_url == "https://acme.prod.limio.com:8443/api"
+    assert settings.options.verify is False
+    assert settings.options.retry_limit == 4
+    assert settings.options.token_auth == "basic"
 
 
 def test_constructing_a_hook_does_no_io() -> None:
