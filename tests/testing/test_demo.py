@@ -1,0 +1,27 @@
+"""`make demo` end to end: its own Airflow home, a real `airflow dags test`, an emulator, a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from limio_provider.testing.demo import main
+
+ROOT = Path(__file__).parent.parent.parent
+
+
+def test_demo_runs_the_renewals_example_and_can_run_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_LIMIO_DEFAULT", raising=False)
+    args = ["--dags-folder", str(ROOT / "dags_examples"), "--home", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "DAG run limio_scheduled_renewals (2026-01-01): success" in out
+    assert "Orders previewed: 4" in out and "Orders submitted: 4" in out
+    assert out.count(" complete") == 4
+    assert (tmp_path / "airflow-home" / "airflow.db").exists()
+    assert "Submitted order renew-sub-1001-2025-12-28" in (tmp_path / "airflow-dags-test.log").read_text()
+    assert main(args) == 0  # a second run reuses the home and starts a fresh emulator
+    assert "Orders submitted: 4" in capsys.readouterr().out
