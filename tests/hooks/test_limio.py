@@ -184,9 +184,9 @@ def test_retry_after_is_honoured_and_capped(
 def test_preview_retries_a_dropped_connection_and_a_read_timeout(
     limio_emulator: LimioEmulator, sleeps: list[float]
 ) -> None:
-    hook = LimioHook(sleep=sleeps.append, timeout=0.3)
+    hook = LimioHook(sleep=sleeps.append, timeout=1.0)
     limio_emulator.add_fault(Fault(route="preview", action="drop", times=1))
-    limio_emulator.add_fault(Fault(route="preview", action="latency_only", latency=1.0, times=1))
+    limio_emulator.add_fault(Fault(route="preview", action="latency_only", latency=2.5, times=1))
     hook.preview_order(new_order())
     assert len(calls(limio_emulator, "/api/order/preview")) == 3
     assert len(sleeps) == 2
@@ -237,14 +237,14 @@ def test_submit_retries_a_refused_connection(sleeps: list[float], monkeypatch: p
         (Fault(route="order", action="process_then_status", status=502), 502),
         (Fault(route="order", action="process_then_status", status=504), 504),
         (Fault(route="order", action="process_then_status", status=500), 500),
-        (Fault(route="order", action="process_then_hang", latency=2.0), None),
+        (Fault(route="order", action="process_then_hang", latency=3.0), None),
     ],
     ids=["502", "504", "500", "read-timeout"],
 )
 def test_ambiguous_submit_is_never_resent(
     limio_emulator: LimioEmulator, sleeps: list[float], fault: Fault, status: int | None
 ) -> None:
-    hook = LimioHook(sleep=sleeps.append, timeout=0.5)
+    hook = LimioHook(sleep=sleeps.append, timeout=1.5)
     limio_emulator.add_fault(fault)
     with pytest.raises(LimioOutcomeUnknownError, match="EXT-AMB") as excinfo:
         hook.submit_order(new_order("EXT-AMB"))

@@ -15,7 +15,7 @@ from tests.hooks.test_limio import new_order
 from tests.operators.test_orders import START, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-FAST = {"hook_params": {"timeout": 0.5, "retry_backoff": 0.01}}
+FAST = {"hook_params": {"timeout": 1.5, "retry_backoff": 0.01}}  # short, yet far above a loaded CI box
 
 
 def submit_dag(dag_id: str, **op_kwargs: Any) -> DAG:
@@ -32,7 +32,7 @@ def sent_external_ids(emulator: LimioEmulator) -> list[str]:
     "fault",
     [
         Fault(route="order", action="process_then_status", status=502, times=1),
-        Fault(route="order", action="process_then_hang", latency=2.0, times=1),
+        Fault(route="order", action="process_then_hang", latency=3.0, times=1),
     ],
     ids=["processed-then-502", "processed-then-no-answer"],
 )
@@ -99,7 +99,7 @@ def test_a_failed_earlier_order_is_not_adopted(limio_emulator: LimioEmulator) ->
 
 @pytest.mark.parametrize("deferrable", [False, True])
 def test_wait_for_completion_returns_the_final_status(limio_emulator: LimioEmulator, deferrable: bool) -> None:
-    limio_emulator.processing_delay = 0.3
+    limio_emulator.processing_delay = 1.0  # several polls before it completes
     dag = submit_dag(
         f"limio_wait_{deferrable}",
         order=new_order("EXT-W"),
