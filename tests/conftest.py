@@ -11,8 +11,6 @@ os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.pop("AIRFLOW_CONN_LIMIO_DEFAULT", None)
 
-from typing import Any  # noqa: E402
-
 import pytest  # noqa: E402
 
 
@@ -23,14 +21,3 @@ def airflow_db() -> None:
 
     db.resetdb()
 
-
-def run_dag(dag: Any, **kwargs: Any) -> Any:
-    """``dag.test()`` for a DAG defined in a test: Airflow 3 runs only DAGs it has serialized, so write it first."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder=os.devnull)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag.test(**kwargs)

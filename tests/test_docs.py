@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from limio_provider.testing import LimioEmulator
-from tests.conftest import run_dag
-from tests.operators.test_orders import START, states, xcom
+from tests.helpers import START, run_dag, states, xcom
 
 ROOT = Path(__file__).parent.parent
 

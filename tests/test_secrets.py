@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
-
 from airflow.sdk import DAG, task
+
 from limio_provider.exceptions import (
     LimioAuthError,
     LimioError,
@@ -42,9 +42,7 @@ from limio_provider.exceptions import (
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.testing import Fault, LimioEmulator
-from tests.conftest import run_dag
-from tests.hooks.test_limio import new_order
-from tests.operators.test_orders import START, states, xcom
+from tests.helpers import START, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -96,7 +94,6 @@ def test_control_find_leaks_finds_a_secret_wherever_it_sits() -> None:
 def run_rows(run: Any) -> dict[str, list[dict[str, Any]]]:
     """Every row of every metadata table that belongs to ``run`` (tables with ``dag_id`` and ``run_id``)."""
     import sqlalchemy as sa
-
     from airflow.models.base import Base
     from airflow.utils.session import create_session
 

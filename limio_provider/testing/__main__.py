@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="REF",
         help="payment refId (or payment type) whose orders fail; repeatable",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="serve HTTPS with a fresh self-signed certificate (needs cryptography)"
+    )
     return parser
 
 
@@ -45,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         token_ttl=args.token_ttl,
         processing_delay=args.processing_delay,
         decline_payment_refs=args.decline_payment_ref,
+        tls=args.tls,
     )
     stopped = threading.Event()
 
@@ -60,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         print(f"Limio emulator listening on {emulator.url}", flush=True)
+        if emulator.ca_path:
+            print(f"Its self-signed TLS certificate (curl --cacert ...): {emulator.ca_path}", flush=True)
         print("Point Airflow at it with:", flush=True)
         for name, value in emulator.connection_env().items():
             print(f"export {name}={shlex.quote(value)}", flush=True)

@@ -11,13 +11,18 @@ import binascii
 import calendar
 import copy
 import hashlib
+import ipaddress
 import json
 import random
 import re
 import secrets
+import shutil
 import socket
+import ssl
 import string
+import struct
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,10 +45,10 @@ from limio_provider.models.orders import (
     parse_partner,
 )
 from limio_provider.models.results import OrderResult
-from limio_provider.testing.faults import Fault, take_fault
+from limio_provider.testing.faults import NOT_TLS, Fault, take_fault
 
-#: An HTTP answer: status, JSON body and extra headers.
-Answer = tuple[int, dict[str, Any], dict[str, str]]
+#: An HTTP answer: status, JSON body (or bytes, sent as they are, with the JSON content type) and extra headers.
+Answer = tuple[int, dict[str, Any] | bytes, dict[str, str]]
 
 
 class CatalogueOffer(NamedTuple):
@@ -127,7 +132,7 @@ class HttpError(Exception):
 
 
 class LimioEmulator:
-    """An in-memory Limio tenant behind a real HTTP server (``ThreadingHTTPServer``, HTTP/1.1 keep-alive).
+    """An in-memory Limio tenant behind a real HTTP(S) server (``ThreadingHTTPServer``, HTTP/1.1 keep-alive).
 
     Use it as a context manager (or :meth:`start`/:meth:`stop`), point the Limio connection at
     :meth:`connection_json`, and inspect :attr:`orders` and :attr:`requests`. All state sits behind one
@@ -137,6 +142,8 @@ class LimioEmulator:
         ``submitted`` before it completes (or fails).
     :param decline_payment_refs: payment ``refId`` s (or payment ``type`` s) whose orders fail.
     :param clock: the emulator's time source; :meth:`advance` moves it forward.
+    :param tls: serve HTTPS with a self-signed certificate made on :meth:`start` (needs ``cryptography``)
+        and removed on :meth:`stop`; :attr:`ca_path` is its file, which :meth:`connection_json` trusts.
     """
 
     def __init__(
@@ -149,11 +156,14 @@ class LimioEmulator:
         processing_delay: float = 0.0,
         decline_payment_refs: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        tls: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.client_id, self.client_secret = client_id, client_secret
         self.token_ttl, self.processing_delay = token_ttl, processing_delay
         self.decline_payment_refs = frozenset(decline_payment_refs)
+        self.tls = tls
+        self._tls_dir: str | None = None
         self._clock, self._skew = clock, 0.0
         self._wall_origin, self._clock_origin = time.time(), clock()
         self._lock = threading.Lock()
@@ -173,7 +183,11 @@ class LimioEmulator:
         if self._server is not None:
             raise RuntimeError("the Limio emulator is already running")
         self._stopping.clear()
-        self._server = _Server((self.host, self.port), self)
+        try:
+            self._server = _Server((self.host, self.port), self, self._tls_context() if self.tls else None)
+        except BaseException:
+            self._remove_certificate()
+            raise
         serve = self._server.serve_forever
         self._thread = threading.Thread(target=serve, args=(0.01,), name="limio-emulator", daemon=True)
         self._thread.start()
@@ -189,6 +203,20 @@ class LimioEmulator:
         server.close_connections()
         server.server_close()
         thread.join()
+        self._remove_certificate()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """A server context with a fresh self-signed certificate, written to a new temporary directory."""
+        self._tls_dir = tempfile.mkdtemp(prefix="limio-emulator-tls-")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*_self_signed_certificate(self._tls_dir, self.host))
+        return context
+
+    def _remove_certificate(self) -> None:
+        """Delete the TLS certificate's directory, if any."""
+        directory, self._tls_dir = self._tls_dir, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def __enter__(self) -> LimioEmulator:
         return self.start()
@@ -198,17 +226,29 @@ class LimioEmulator:
 
     @property
     def url(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:8080`` (the API is under ``/api``)."""
+        """The base URL, e.g. ``http://127.0.0.1:8080`` (``https://`` with ``tls``; the API is under ``/api``)."""
         if self._server is None:
             raise RuntimeError("the Limio emulator is not running; call start() first")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    @property
+    def ca_path(self) -> str | None:
+        """The running TLS emulator's self-signed certificate (PEM), to trust as a CA bundle; else ``None``."""
+        return None if self._tls_dir is None else f"{self._tls_dir}/cert.pem"
 
     def connection_json(self) -> str:
-        """The Airflow connection to this emulator, as the JSON of an ``AIRFLOW_CONN_...`` variable."""
-        return json.dumps(
-            {"conn_type": "limio", "host": self.url, "login": self.client_id, "password": self.client_secret}
-        )
+        """The Airflow connection to this emulator, as the JSON of an ``AIRFLOW_CONN_...`` variable (with
+        ``tls``, its ``verify`` extra trusts :attr:`ca_path`)."""
+        connection: dict[str, Any] = {
+            "conn_type": "limio",
+            "host": self.url,
+            "login": self.client_id,
+            "password": self.client_secret,
+        }
+        if self.ca_path is not None:
+            connection["extra"] = {"verify": self.ca_path}
+        return json.dumps(connection)
 
     def connection_env(self, conn_id: str = "limio_default") -> dict[str, str]:
         """The environment variable defining ``conn_id`` as this emulator, e.g.
@@ -271,11 +311,12 @@ class LimioEmulator:
         headers = dict(http.headers.items())
         lower = {name.lower(): value for name, value in headers.items()}
         raw = http.rfile.read(int(lower.get("content-length") or 0))
-        body, body_error = _parse_body(raw, lower.get("content-type", ""))
+        control = url.path.startswith("/_emulator/")  # the emulator's own routes: JSON whatever the type
+        body, body_error = _parse_body(raw, "application/json" if control else lower.get("content-type", ""))
         route, params, allowed = _route(http.command, url.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         request = _Request(http.command, url.path, query, lower, body, body_error, route, params, allowed)
-        if url.path.startswith("/_emulator/"):  # the emulator's own controls: not recorded, never faulted
+        if control:  # not recorded, never faulted
             http.reply(self._process(request))
             return
         headers = {name: "REDACTED" if name.lower() == "authorization" else v for name, v in headers.items()}
@@ -286,15 +327,18 @@ class LimioEmulator:
         if fault is not None and fault.action == "revoke_tokens":
             self.revoke_tokens()
         answer: Answer | None = self._process(request) if fault is None or fault.processes else None
+        how = "normal" if fault is None else fault.reply
         if fault is not None:
             if fault.wait_seconds:
                 self._stopping.wait(fault.wait_seconds)
-            answer = {"normal": answer, "status": fault.error(), "none": None}[fault.reply]
+            if how == "status":
+                answer = fault.error()
+            elif how == "garbage":
+                answer = (200, fault.raw_body(), {})
+            elif how in ("none", "reset", "tls_error"):
+                answer = None
         record.status = None if answer is None else answer[0]
-        if answer is None:
-            http.close_connection = True
-        else:
-            http.reply(answer)
+        http.reply(answer, how)
 
     def _process(self, request: _Request) -> Answer:
         """Route, authorise and handle a request; every error becomes a ``{"message": ...}`` answer."""
@@ -552,20 +596,42 @@ class _Handler(BaseHTTPRequestHandler):
     wbufsize = -1  # buffer the answer: headers and body leave in one send, flushed after each request
     server: _Server
 
+    def setup(self) -> None:
+        """Do the TLS handshake, if any, here in the connection's thread rather than in the accept loop."""
+        if isinstance(self.request, ssl.SSLSocket):
+            try:
+                self.request.do_handshake()
+            except (OSError, ValueError) as error:  # the client hung up, or does not trust the certificate
+                raise ConnectionAbortedError(f"TLS handshake failed: {error}") from error
+        super().setup()
+
     def _dispatch(self) -> None:
         self.server.emulator._serve(self)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
-    def reply(self, answer: Answer) -> None:
-        """Send a JSON answer with its ``Content-Length``."""
+    def reply(self, answer: Answer | None, how: str = "normal") -> None:
+        """Send ``answer`` with its ``Content-Length``, spoilt as a fault's reply kind ``how`` says (see
+        :data:`~limio_provider.testing.faults.ACTIONS`); ``None`` answers nothing and closes the connection."""
+        if answer is None:
+            self.close_connection = True
+            if how == "reset":  # the server closes it without a FIN: SO_LINGER 0 makes that a RST
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.server.resets.add(self.connection)
+            elif how == "tls_error":  # under the SSL object, straight onto the TCP stream
+                socket.socket.sendall(self.connection, NOT_TLS)
+            return
         status, payload, headers = answer
-        data = json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}
+        if how == "undecodable":
+            headers["Content-Encoding"] = "gzip"
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
+        if how == "truncate":
+            data, self.close_connection = data[: len(data) // 2], True
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -573,16 +639,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    """A threading HTTP server that can close its open (keep-alive or hung) connections on stop."""
+    """A threading HTTP(S) server that can close its open (keep-alive or hung) connections on stop.
+
+    With an SSL ``context`` the listening socket is wrapped without handshaking on accept: each
+    connection's handler thread does its handshake.
+    """
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], emulator: LimioEmulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], emulator: LimioEmulator, context: ssl.SSLContext | None = None
+    ) -> None:
         self.emulator = emulator
         self.connections: set[socket.socket] = set()
+        self.resets: set[socket.socket] = set()  # connections to close with a RST, without a FIN first
         super().__init__(address, _Handler)
+        if context is not None:
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.connections.add(request)
@@ -590,11 +665,15 @@ class _Server(ThreadingHTTPServer):
 
     def shutdown_request(self, request: Any) -> None:
         self.connections.discard(request)
-        super().shutdown_request(request)
+        if request in self.resets:
+            self.resets.discard(request)
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Ignore clients that went away (e.g. timed out on a slow answer); report anything else."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        """Ignore clients that went away (e.g. timed out on a slow answer) or broke TLS; report anything else."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
             super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
@@ -604,6 +683,68 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _self_signed_certificate(directory: str, host: str) -> tuple[str, str]:
+    """Write a fresh self-signed CA certificate for ``127.0.0.1``, ``::1``, ``localhost`` and ``host``, and
+    its key, to ``directory``; return their paths. Imports ``cryptography`` (an Airflow dependency)."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as error:
+        raise RuntimeError("the Limio emulator needs the cryptography package for tls=True") from error
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+        x509.DNSName("localhost"),
+    ]
+    try:
+        address = ipaddress.ip_address(host)
+        extra: x509.GeneralName | None = None if address.is_unspecified else x509.IPAddress(address)
+    except ValueError:
+        extra = x509.DNSName(host) if host else None
+    if extra is not None and extra not in names:
+        names.append(extra)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Limio emulator")])
+    now = datetime.now(timezone.utc)
+    public_key = key.public_key()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = f"{directory}/cert.pem", f"{directory}/key.pem"
+    with open(cert_path, "wb") as file:
+        file.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as file:  # the directory is private (mkdtemp)
+        file.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return cert_path, key_path
 
 
 def _route(method: str, path: str) -> tuple[str | None, dict[str, str], list[str]]:

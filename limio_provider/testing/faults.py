@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field, fields
 from http import HTTPStatus
@@ -10,16 +11,29 @@ from typing import Any
 #: Route names a fault can target; ``"*"`` targets them all.
 ROUTES = frozenset({"token", "order", "admin_order", "preview", "get_order", "list_orders", "*"})
 
-#: What each action does: (process the request first?, how to reply: "normal", "status" or "none").
-#: "none" closes the connection without a response. ``revoke_tokens`` also revokes every token first.
+#: What each action does: (process the request first?, how to reply). The replies: ``normal`` (the normal
+#: answer), ``status`` (this fault's error answer), ``none`` (close the connection without answering),
+#: ``truncate`` (the normal answer's headers, full ``Content-Length``, half its body, then close),
+#: ``undecodable`` (the normal answer labelled ``Content-Encoding: gzip``, not gzipped), ``garbage`` (200 with
+#: :meth:`Fault.raw_body` as the JSON body), ``reset`` (a TCP RST, no answer) and ``tls_error``
+#: (:data:`NOT_TLS` written on the raw TCP socket, under any TLS, then close).
+#: ``revoke_tokens`` also revokes every token first.
 ACTIONS: dict[str, tuple[bool, str]] = {
     "status": (False, "status"),
     "drop": (False, "none"),
     "process_then_status": (True, "status"),
     "process_then_hang": (True, "none"),
+    "process_then_truncate": (True, "truncate"),
+    "process_then_undecodable": (True, "undecodable"),
+    "process_then_garbage": (True, "garbage"),
+    "process_then_reset": (True, "reset"),
+    "process_then_tls_error": (True, "tls_error"),
     "latency_only": (True, "normal"),
     "revoke_tokens": (True, "normal"),
 }
+
+#: What ``process_then_tls_error`` writes: neither a TLS record nor an HTTP status line.
+NOT_TLS = b"\xff\xffnot a TLS record\r\n\r\n"
 
 #: How long ``process_then_hang`` holds the connection when the fault sets no ``latency``.
 DEFAULT_HANG_SECONDS = 30.0
@@ -36,9 +50,15 @@ class Fault:
     :param action: ``status`` (answer ``status`` without processing), ``drop`` (close the connection
         without answering, nothing processed), ``process_then_status`` (process, e.g. create the order,
         then answer ``status``), ``process_then_hang`` (process, then hold the connection for ``latency``
-        seconds, 30 by default, and close it unanswered), ``latency_only`` (answer normally, late) or
-        ``revoke_tokens`` (revoke every token, then answer normally: 401 on ``/api`` routes).
-    :param status: the HTTP status of ``status``/``process_then_status`` answers (default 502).
+        seconds, 30 by default, and close it unanswered), ``process_then_truncate`` (process, then send
+        the answer's headers with its full ``Content-Length`` but only half its body, and close),
+        ``process_then_undecodable`` (process, then answer labelled ``Content-Encoding: gzip`` with a body
+        that is not gzip), ``process_then_garbage`` (process, then answer 200 with ``body`` instead of the
+        order), ``process_then_reset`` (process, then reset the connection: TCP RST, no answer),
+        ``process_then_tls_error`` (process, then write bytes that are not TLS on the raw socket and close;
+        meant for a ``tls=True`` emulator), ``latency_only`` (answer normally, late) or ``revoke_tokens``
+        (revoke every token, then answer normally: 401 on ``/api`` routes).
+    :param status: the HTTP status of ``status``/``process_then_status`` answers (default 502), 3xx too.
     :param retry_after: sent as the ``Retry-After`` header of those answers.
     :param latency: seconds waited (really) after processing and before answering.
     :param times: hit only the next ``times`` matching requests; ``None`` for no limit.
@@ -46,6 +66,10 @@ class Fault:
         with ``seed``.
     :param external_id: hit only requests whose JSON body has this ``external_id``.
     :param message: the ``message`` of the error body (default: the status's reason phrase).
+    :param location: sent as the ``Location`` header of ``status``/``process_then_status`` answers, e.g.
+        with a 307 to another host.
+    :param body: what ``process_then_garbage`` sends: a string verbatim, anything else as its JSON
+        (default ``{}``).
     """
 
     route: str = "*"
@@ -58,6 +82,8 @@ class Fault:
     seed: int | None = None
     external_id: str | None = None
     message: str | None = None
+    location: str | None = None
+    body: Any = None
     _random: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +94,8 @@ class Fault:
             "probability must be between 0 and 1": _is_number(self.probability, float, 0, 1),
             "times must be None or >= 0": self.times is None or _is_number(self.times, int, 0),
             "latency must be None or >= 0": self.latency is None or _is_number(self.latency, float, 0),
+            "location must be None or a one-line string": self.location is None or _is_header(self.location),
+            "body must be a string or JSON-serialisable": _is_json(self.body),
         }
         problems = [problem for problem, ok in checks.items() if not ok]
         if problems:
@@ -100,7 +128,7 @@ class Fault:
 
     @property
     def reply(self) -> str:
-        """How the emulator replies: ``normal``, ``status`` (this fault's error) or ``none`` (no answer)."""
+        """How the emulator replies: one of the replies listed above :data:`ACTIONS`."""
         return ACTIONS[self.action][1]
 
     @property
@@ -113,7 +141,14 @@ class Fault:
     def error(self) -> tuple[int, dict[str, Any], dict[str, str]]:
         """The answer of a ``status`` reply: status, ``{"message": ...}`` body and headers."""
         headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        if self.location is not None:
+            headers["Location"] = self.location
         return self.status, {"message": self.message or _PHRASES.get(self.status, "Injected fault")}, headers
+
+    def raw_body(self) -> bytes:
+        """The body of a ``garbage`` reply: ``body`` itself if a string, else its JSON (``{}`` if ``None``)."""
+        body = {} if self.body is None else self.body
+        return (body if isinstance(body, str) else json.dumps(body)).encode()
 
     def matches(self, route: str, body: Any) -> bool:
         """Whether this fault hits a request to ``route`` with ``body`` (draws a random number only when
@@ -144,3 +179,17 @@ def _is_number(value: Any, kind: type, low: float, high: float = float("inf")) -
     between ``low`` and ``high``."""
     kinds = (int, float) if kind is float else (int,)
     return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_header(value: Any) -> bool:
+    """Whether ``value`` can be sent as an HTTP header value."""
+    return isinstance(value, str) and "\r" not in value and "\n" not in value
+
+
+def _is_json(value: Any) -> bool:
+    """Whether ``value`` is a string or serialises to JSON."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

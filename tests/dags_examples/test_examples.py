@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from limio_provider.testing import LimioEmulator
-from tests.conftest import run_dag
-from tests.operators.test_orders import states, xcom
+from tests.helpers import run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

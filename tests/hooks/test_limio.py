@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from typing import Any
@@ -20,10 +19,8 @@ from limio_provider.exceptions import (
     LimioValidationError,
 )
 from limio_provider.hooks.limio import LimioHook
-from limio_provider.testing import Fault, LimioEmulator, sample_order
-
-def new_order(external_id: str = "EXT-1", **extra: Any) -> dict[str, Any]:
-    return sample_order(external_id, **extra)
+from limio_provider.testing import Fault, LimioEmulator
+from tests.helpers import calls, new_order, set_connection
 
 
 class FakeClock:
@@ -47,14 +44,6 @@ def clock() -> FakeClock:
 @pytest.fixture
 def hook(limio_emulator: LimioEmulator, sleeps: list[float], clock: FakeClock) -> LimioHook:
     return LimioHook(sleep=sleeps.append, clock=clock)
-
-
-def calls(emulator: LimioEmulator, path: str) -> list[Any]:
-    return [r for r in emulator.requests if r.path == path]
-
-
-def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any) -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "limio", **fields}))
 
 
 # -- tokens -----------------------------------------------------------------------------------------

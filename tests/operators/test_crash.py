@@ -38,8 +38,7 @@ import psutil
 import pytest
 
 from limio_provider.testing import Fault, LimioEmulator
-from tests.hooks.test_limio import new_order
-from tests.operators.test_orders import xcom
+from tests.helpers import new_order, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

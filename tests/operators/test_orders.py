@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import pytest
-
 from airflow.sdk import DAG, task
+
 from limio_provider.links.limio import LimioOrderLink
 from limio_provider.models import NewOrder
 from limio_provider.operators import (
@@ -18,40 +18,9 @@ from limio_provider.operators import (
     external_id_for,
 )
 from limio_provider.testing import Fault, LimioEmulator
-from tests import conftest
-from tests.hooks.test_limio import new_order
+from tests.helpers import START, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-
-def xcom(run: Any, task_id: str, key: str = "return_value") -> list[Any]:
-    """Every value of ``key`` pushed by ``task_id`` in ``run``, ordered by map index."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(XComModel)
-            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key=key)
-            .order_by(XComModel.map_index)
-            .all()
-        )
-        return [XComModel.deserialize_value(row) for row in rows]
-
-
-def states(run: Any) -> dict[str, str]:
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return {
-            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): ti.state
-            for ti in run.get_task_instances(session=session)
-        }
-
-
-def run_dag(dag: DAG, **kwargs: Any) -> Any:
-    return conftest.run_dag(dag, logical_date=START, **kwargs)
 
 
 # -- construction is declarative ---------------------------------------------------------------------

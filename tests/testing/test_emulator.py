@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -20,90 +19,9 @@ import pytest
 import requests
 
 from limio_provider.models import OrderPage, OrderResult, PreviewResult
-from limio_provider.testing import Fault, LimioEmulator, sample_order
-
-CLIENT_ID, SECRET = "emulator-client", "emulator-secret"
-
-
-def new_order(**fields: Any) -> dict[str, Any]:
-    """A valid ``new`` order, with ``fields`` overriding."""
-    return sample_order(**{"payment": {"type": "zuora", "zuora": {"refId": "pm-ok"}}, "checkoutId": "basket-1", **fields})
-
-
-def token_form(secret: str = SECRET, **fields: str) -> dict[str, str]:
-    """The form body of a client-credentials token request."""
-    return {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": secret, **fields}
-
-
-class Client:
-    """A keep-alive session to an emulator; paths are relative to its URL."""
-
-    def __init__(self, emulator: LimioEmulator, authorised: bool = True) -> None:
-        self.emulator = emulator
-        self.session = requests.Session()
-        self.session.trust_env = False
-        if authorised:
-            token = self.post("/oauth2/token", data=token_form()).json()["access_token"]
-            self.session.headers["Authorization"] = f"Bearer {token}"
-
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Send ``method path`` to the emulator."""
-        return self.session.request(method, f"{self.emulator.url}{path}", **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.request("POST", path, **kwargs)
-
-    def order(self, path: str = "/api/order", **fields: Any) -> requests.Response:
-        """Submit (or preview, with ``path``) a valid ``new`` order with ``fields`` overriding."""
-        return self.post(path, json=new_order(**fields))
-
-
-Connect = Callable[..., Client]
-Start = Callable[..., LimioEmulator]
-
-
-@pytest.fixture
-def connect() -> Iterator[Connect]:
-    """``connect(emulator, authorised=True)``: a :class:`Client`, closed after the test."""
-    clients: list[Client] = []
-
-    def _connect(emulator: LimioEmulator, authorised: bool = True) -> Client:
-        clients.append(Client(emulator, authorised))
-        return clients[-1]
-
-    yield _connect
-    for client in clients:
-        client.session.close()
-
-
-@pytest.fixture
-def emulators() -> Iterator[Start]:
-    """``emulators(**options)``: a started emulator with those options, stopped after the test."""
-    started: list[LimioEmulator] = []
-
-    def _start(**options: Any) -> LimioEmulator:
-        started.append(LimioEmulator(**options).start())
-        return started[-1]
-
-    yield _start
-    for emulator in started:
-        emulator.stop()
-
-
-@pytest.fixture
-def emu(limio_emulator: LimioEmulator) -> LimioEmulator:
-    """The ``limio_emulator`` fixture, under a shorter name."""
-    return limio_emulator
-
-
-@pytest.fixture
-def api(emu: LimioEmulator, connect: Connect) -> Client:
-    """An authorised client of ``emu``."""
-    return connect(emu)
-
+from limio_provider.testing import Fault, LimioEmulator
+from tests.helpers import CLIENT_ID, SECRET, Client, Connect, Start, token_form
+from tests.helpers import emulator_order as new_order
 
 # -- OAuth ---------------------------------------------------------------------------------------------
 

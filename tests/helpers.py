@@ -1,0 +1,115 @@
+"""Helpers shared by the tests (the one place they live; test modules never import each other)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+import requests
+
+from limio_provider.testing import LimioEmulator, sample_order
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def new_order(external_id: str = "EXT-1", **extra: Any) -> dict[str, Any]:
+    return sample_order(external_id, **extra)
+
+
+def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "limio", **fields}))
+
+
+def calls(emulator: Any, path: str) -> list[Any]:
+    """The requests ``emulator`` received on ``path``."""
+    return [r for r in emulator.requests if r.path == path]
+
+
+def run_dag(dag: Any, **kwargs: Any) -> Any:
+    """``dag.test()`` for a DAG defined in a test (logical date ``START`` unless given): Airflow 3 runs only
+    DAGs it has serialized, so write it first."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=os.devnull)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+    kwargs.setdefault("logical_date", START)
+    return dag.test(**kwargs)
+
+
+def xcom(run: Any, task_id: str, key: str = "return_value") -> list[Any]:
+    """Every value of ``key`` pushed by ``task_id`` in ``run``, ordered by map index."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(XComModel)
+            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key=key)
+            .order_by(XComModel.map_index)
+            .all()
+        )
+        return [XComModel.deserialize_value(row) for row in rows]
+
+
+def states(run: Any) -> dict[str, str]:
+    """Task states of ``run`` by task id (``task[i]`` for mapped instances)."""
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {
+            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): ti.state
+            for ti in run.get_task_instances(session=session)
+        }
+
+
+# -- raw clients of the emulator (tests of the emulator itself) ---------------------------------------
+
+CLIENT_ID, SECRET = "emulator-client", "emulator-secret"
+
+
+def emulator_order(**fields: Any) -> dict[str, Any]:
+    """A valid ``new`` order with a payment the emulator accepts, with ``fields`` overriding."""
+    return sample_order(**{"payment": {"type": "zuora", "zuora": {"refId": "pm-ok"}}, "checkoutId": "basket-1", **fields})
+
+
+def token_form(secret: str = SECRET, **fields: str) -> dict[str, str]:
+    """The form body of a client-credentials token request."""
+    return {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": secret, **fields}
+
+
+class Client:
+    """A keep-alive session to an emulator; paths are relative to its URL."""
+
+    def __init__(self, emulator: LimioEmulator, authorised: bool = True) -> None:
+        self.emulator = emulator
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.verify = emulator.ca_path or True  # a TLS emulator's self-signed certificate
+        if authorised:
+            token = self.post("/oauth2/token", data=token_form()).json()["access_token"]
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send ``method path`` to the emulator."""
+        return self.session.request(method, f"{self.emulator.url}{path}", **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("POST", path, **kwargs)
+
+    def order(self, path: str = "/api/order", **fields: Any) -> requests.Response:
+        """Submit (or preview, with ``path``) a valid ``new`` order with ``fields`` overriding."""
+        return self.post(path, json=emulator_order(**fields))
+
+
+Connect = Callable[..., Client]
+Start = Callable[..., LimioEmulator]
