@@ -6,10 +6,14 @@ from airflow.providers.common.compat.sdk import AirflowException
 
 
 class LimioError(AirflowException):
-    """Base class of every error the Limio provider raises."""
+    """Base class of every error the Limio provider raises.
 
-    #: Set by the hook on errors that are safe to retry for the call that raised them.
-    retryable: bool = False
+    :param retryable: the call that raised it may safely be repeated (set by the hook).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class LimioConfigError(LimioError):
@@ -31,8 +35,15 @@ class LimioResponseError(LimioError):
     token).
     """
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, retryable=retryable)
         self.status = status
         self.retry_after = retry_after
 
@@ -42,7 +53,8 @@ class LimioAuthError(LimioResponseError):
 
 
 class LimioOrderRejectedError(LimioResponseError):
-    """Limio rejected the request as invalid (400, 404, 409, 422 and other 4xx): permanent, never retried."""
+    """Limio refused the request as invalid (400, 404, 422 and the other 4xx it answers before processing):
+    permanent, never retried."""
 
 
 class LimioNotFoundError(LimioOrderRejectedError):
@@ -54,11 +66,17 @@ class LimioRateLimitedError(LimioResponseError):
 
 
 class LimioServerError(LimioResponseError):
-    """Limio answered 5xx (or the connection failed) and retries ran out."""
+    """Limio answered 5xx, or could not be reached, and retries ran out."""
+
+
+class LimioConnectionError(LimioServerError):
+    """No HTTP exchange took place, or it broke off: the cause is in words in the message (connection refused,
+    name not resolved, TLS certificate not trusted...)."""
 
 
 class LimioOutcomeUnknownError(LimioError):
-    """A submit was sent but no trustworthy answer came back (read timeout, dropped connection, 500/502/504).
+    """A submit reached Limio but no answer proves whether it was processed (a read timeout, a reset, a 5xx
+    other than 503, a 3xx, a truncated or unreadable body...).
 
     Limio may or may not have created the order. The request is never resent blindly: reconcile by
     :attr:`external_id` before submitting again.

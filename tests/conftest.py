@@ -11,7 +11,11 @@ os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.pop("AIRFLOW_CONN_LIMIO_DEFAULT", None)
 
+from collections.abc import Iterator  # noqa: E402
+
 import pytest  # noqa: E402
+
+from tests.helpers import Capture  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +25,10 @@ def airflow_db() -> None:
 
     db.resetdb()
 
+
+
+@pytest.fixture
+def capture() -> Iterator[Capture]:
+    """A loopback server that records what reaches it: a redirect target or a proxy must see nothing."""
+    with Capture() as server:
+        yield server

@@ -42,7 +42,7 @@ from limio_provider.exceptions import (
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import START, new_order, run_dag, states, xcom
+from tests.helpers import START, Capture, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -52,6 +52,10 @@ CLIENT_ID = "client-secret-tests"
 SECRET = "cs-DISTINCTIVE-" + uuid.uuid4().hex[:12]
 WRONG_SECRET = "cs-WRONG-DISTINCTIVE-" + uuid.uuid4().hex[:12]  # on a second connection; Limio refuses it
 EXAMPLES = Path(__file__).resolve().parents[1] / "dags_examples"
+#: The secret as the hook itself sends it: the form body, a URL, JSON, and the HTTP Basic header.
+SENT_FORMS = (
+    quote_plus(SECRET), json.dumps(SECRET)[1:-1], SECRET, base64.b64encode(f"{CLIENT_ID}:{SECRET}".encode()).decode()
+)
 FAST = {"timeout": 2.0, "retry_backoff": 0.01, "retry_max_backoff": 0.05}
 
 
@@ -280,7 +284,7 @@ EXAMPLE_RUNS = [
         "limio_scheduled_renewals",
         [Fault(route="order", action="status", status=401)],  # the refreshed token is refused too
         "failed",
-        "answered HTTP 401 with a fresh token",
+        "(with a freshly issued token)",
         id="renewals-401",
     ),
     pytest.param("limio_billing_reconciliation", [], "success", None, id="reconciliation-happy"),
@@ -355,7 +359,7 @@ SUBMIT_PATHS = [
         "limio_default",
         [Fault(route="order", action="status", status=401)],
         "failed",
-        "answered HTTP 401 with a fresh token",
+        "(with a freshly issued token)",
         id="401-refresh-fails-too",
     ),
     pytest.param(
@@ -383,6 +387,20 @@ SUBMIT_PATHS = [
     pytest.param(
         "limio_default", [Fault(route="order", action="drop")], "failed", "Limio may have received order", id="dropped"
     ),
+    pytest.param(
+        "limio_default",
+        [Fault(route="order", action="status", status=400, message=f"echo {' '.join(SENT_FORMS)}")],
+        "failed",
+        "answered HTTP 400: echo *** *** *** ***",
+        id="400-echoes-the-secret-in-every-encoding",
+    ),
+    pytest.param(
+        "limio_default",
+        [Fault(route="token", action="status", status=400, message=f"bad {quote_plus(SECRET)}&{SECRET}")],
+        "failed",
+        "refused the client credentials",
+        id="token-400-echoes-the-secret",
+    ),
 ]
 
 
@@ -405,6 +423,9 @@ def test_submit_operator_leaks_no_secret(
     if conn_id == "limio_wrong":
         assert watch.spied_tokens == set()
         assert [r.status for r in watch.emulator.requests] == [401]  # the token request, refused
+    elif faults and faults[0].route == "token":
+        assert watch.spied_tokens == set()
+        assert [r.status for r in watch.emulator.requests] == [400]
     else:
         assert watch.spied_tokens
     if expected == "failed":
@@ -482,3 +503,26 @@ def test_hook_exceptions_leak_no_secret(
     assert len(tokens) == (0 if conn_id == "limio_wrong" else 2 if fault and fault.status == 401 else 1)
     # and the hook did hold the secret it must not show
     assert hook.settings.client_secret == (WRONG_SECRET if conn_id == "limio_wrong" else SECRET)
+
+
+# -- the secret never travels to another host: redirects, proxies ----------------------------------------
+
+
+@pytest.mark.parametrize("route", ["token", "order"])
+def test_a_redirect_sends_nothing_to_its_target(watch: Watch, capture: Capture, route: str) -> None:
+    watch.emulator.add_fault(Fault(route=route, action="status", status=307, location=f"{capture.url}/elsewhere"))
+    run, channels = watch.run(submit_dag(f"limio_secrets_redirect_{route}", f"EXT-REDIRECT-{route}"))
+    assert states(run) == {"submit": "failed"}
+    assert "a redirect to 127.0.0.1, not followed" in channels["task logs"]  # the failure was searched
+    assert capture.requests == []  # neither the form with the secret nor the order went there
+
+
+def test_a_proxy_in_the_environment_never_sees_a_loopback_tenant(
+    watch: Watch, capture: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, capture.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    run, _ = watch.run(submit_dag("limio_secrets_proxy", "EXT-PROXY"))
+    assert states(run) == {"submit": "success"}
+    assert capture.requests == []

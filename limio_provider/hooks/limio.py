@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import ipaddress
+import json
 import os
 import random
+import re
+import ssl
+import string
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from urllib3.exceptions import NewConnectionError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from limio_provider import __version__
 from limio_provider.exceptions import (
     LimioAuthError,
     LimioConfigError,
+    LimioConnectionError,
     LimioError,
     LimioNotFoundError,
     LimioOrderRejectedError,
@@ -32,21 +39,59 @@ from limio_provider.exceptions import (
     LimioServerError,
     LimioValidationError,
 )
-from limio_provider.models.orders import OrderBase, order_body, parse_partner
+from limio_provider.models.orders import OrderBase, admin_order_body, order_body
 from limio_provider.models.results import OrderObject, OrderPage, OrderResult, PreviewResult
 
 #: How a call may be retried: reads and previews are safe to repeat; a submit only where it provably
-#: was not processed; the token call is always safe.
+#: was not processed (see :func:`submit_outcome`); the token call is always safe.
 CallKind = Literal["read", "submit", "token"]
-RETRY_STATUSES: dict[str, frozenset[int]] = {
-    "read": frozenset({429, 502, 503, 504}),
-    "submit": frozenset({429, 503}),
-    "token": frozenset({429, 500, 502, 503, 504}),
-}
-#: A submit answered with one of these may have been processed: never resent, reported as unknown.
-SUBMIT_OUTCOME_UNKNOWN_STATUSES = frozenset({500, 502, 504})
+
+# -- The one rule that protects orders (docs/reliability.md) -------------------------------------------
+#: Answers to a submit that prove Limio did not process it and that it is worth asking again: 429 (rate
+#: limited) and 503 (Limio documents it as "not accepted"); 401 is replayed once with a fresh token.
+SUBMIT_NOT_PROCESSED_STATUSES = frozenset({401, 429, 503})
+#: Answers to a submit that prove Limio refused it for good: the request itself is at fault.
+SUBMIT_REFUSED_STATUSES = frozenset({400, 403, 404, 405, 410, 411, 413, 414, 415, 422})
+#: Statuses a read (GET or preview) is retried on; a token call is also retried on any other 5xx.
+READ_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+SubmitOutcome = Literal["not_processed", "refused", "unknown"]
+
+
+def submit_outcome(status: int | None, *, reached_limio: bool) -> SubmitOutcome:
+    """What a submit's fate proves. ``status`` is Limio's HTTP status (``None`` if no answer was read);
+    ``reached_limio`` is whether any byte of the request may have been written.
+
+    ``not_processed`` (safe to send again) and ``refused`` (permanent) are allow-lists; everything else
+    (any other 5xx, 3xx, 409, a timeout or reset after sending, a cut-short or unreadable body, a 2xx
+    that is not an order) is ``unknown``: the order may exist and is never resent blindly.
+    """
+    if not reached_limio:
+        return "not_processed"
+    if status in SUBMIT_NOT_PROCESSED_STATUSES:
+        return "not_processed"
+    if status in SUBMIT_REFUSED_STATUSES:
+        return "refused"
+    return "unknown"
+
+
 TOKEN_REFRESH_LEAD_SECONDS = 60.0
 MAX_MESSAGE_CHARS = 500
+
+
+def _check_link_template(template: str | None) -> str | None:
+    """``order_link_template`` may use ``{order_id}`` and nothing else: checked before any network call."""
+    if template is None:
+        return None
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); use {{order_id}} for the order id") from None
+    unknown = sorted({name for name in names if name != "order_id"})
+    if unknown:
+        shown = ", ".join("{" + name + "}" for name in unknown)
+        raise ValueError(f"unknown placeholder {shown}; the only placeholder is {{order_id}}")
+    return template
 
 
 class LimioConnectionOptions(BaseModel):
@@ -72,7 +117,6 @@ class LimioConnectionOptions(BaseModel):
         description="URL of an order for the 'Limio order' link, with {order_id}; default: the order in the Objects API.",
     )
 
-
     @field_validator("verify", mode="before")
     @classmethod
     def _verify_flag(cls, value: Any) -> Any:
@@ -80,6 +124,11 @@ class LimioConnectionOptions(BaseModel):
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         return value
+
+    @field_validator("order_link_template")
+    @classmethod
+    def _link_template(cls, value: str | None) -> str | None:
+        return _check_link_template(value)
 
 
 OPTION_NAMES = tuple(LimioConnectionOptions.model_fields)
@@ -92,12 +141,79 @@ class _Settings:
     client_id: str
     client_secret: str
     options: LimioConnectionOptions
+    loopback: bool
 
 
 @dataclass
 class _Token:
     value: str
     expires_at: float
+
+
+# -- Knowing whether a request left this process ---------------------------------------------------------
+# requests raises the same exception types (SSLError, ConnectionError) whether the connection failed before
+# the request was written or after, so the hook's connections record how far each exchange got: a submit
+# is "not sent" only when the pool was entered and no connection to Limio was established for it.
+
+_wire = threading.local()
+
+
+class _Tracked:
+    """Marks the exchange "sending" once a connection is established (a request on a fresh connection
+    connects first; one on a kept-alive connection sends at once)."""
+
+    sock: Any
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _wire.phase = "sending"
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is not None:
+            _wire.phase = "sending"
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
+        _wire.phase = "connecting"
+        return super().urlopen(*args, **kwargs)
+
+
+class _TrackedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
+        _wire.phase = "connecting"
+        return super().urlopen(*args, **kwargs)
+
+
+_TRACKED_POOLS = {"http": _TrackedHTTPConnectionPool, "https": _TrackedHTTPSConnectionPool}
+
+
+class _TrackedAdapter(requests.adapters.HTTPAdapter):
+    """An adapter whose pools record whether a request was started (SOCKS proxies are not tracked, so
+    every failure through them counts as "may have been sent")."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _TRACKED_POOLS
+        return manager
 
 
 def _is_loopback(hostname: str) -> bool:
@@ -140,11 +256,61 @@ def _limio_message(response: requests.Response) -> str:
     return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: ``__cause__``/``__context__``, urllib3's ``reason`` and ``args[0]``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for nested in (current.__cause__, current.__context__, getattr(current, "reason", None)):
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+        todo.extend(arg for arg in current.args[:1] if isinstance(arg, BaseException))
+
+
+def _cause_in_words(exc: BaseException) -> str:
+    """What went wrong on the wire, in words a person can act on."""
+    from urllib3.exceptions import DecodeError, NameResolutionError, ProtocolError
+
+    causes = list(_causes(exc))
+    if isinstance(exc, requests.exceptions.ContentDecodingError):
+        return "the answer could not be decoded"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut short"
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({cause.verify_message or cause.reason})"
+        if isinstance(cause, ssl.SSLError) and cause.reason in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"):
+            return "TLS protocol mismatch: the server did not answer TLS (is the host http://?)"
+        if isinstance(cause, NameResolutionError):
+            return "host name not resolved"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (is the host or port right, and is Limio reachable from here?)"
+    for cause in causes:
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error ({cause.reason or type(cause).__name__})"
+        if isinstance(cause, DecodeError):
+            return "the answer could not be decoded"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+    if isinstance(exc, requests.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(exc, requests.Timeout):
+        return "timed out waiting for the answer"
+    if any(isinstance(cause, ProtocolError) for cause in causes):
+        return "connection closed without a complete answer"
+    return type(exc).__name__
+
+
 class LimioHook(BaseHook):
     """Talks to Limio's Orders and Objects APIs with OAuth2 client credentials.
 
     The connection is read lazily, once; the token is cached and refreshed before it expires; each call
-    is retried only where retrying cannot duplicate an order.
+    is retried only where retrying cannot duplicate an order. Redirects are never followed.
 
     :param limio_conn_id: the Airflow connection: host = tenant host, login = client id,
         password = client secret, extras = :class:`LimioConnectionOptions`.
@@ -199,10 +365,26 @@ class LimioHook(BaseHook):
             raise LimioConfigError(
                 f"connection {self.limio_conn_id!r} needs the client id (login) and client secret (password)"
             )
-        extras = {k.removeprefix("extra__limio__"): v for k, v in (conn.extra_dejson or {}).items()}
+        options = self._options(conn.extra_dejson or {})
+        root, loopback = self._root_url(conn.host, conn.port)
+        settings = _Settings(
+            api_url=root + "/" + options.base_path.strip("/"),
+            token_url=root + "/" + options.token_path.lstrip("/"),
+            client_id=conn.login,
+            client_secret=conn.password,
+            options=options,
+            loopback=loopback,
+        )
+        self.__dict__["settings"] = settings  # _secret_forms reads it
+        for form in self._secret_forms():
+            mask_secret(form)
+        return settings
+
+    def _options(self, extra: dict[str, Any]) -> LimioConnectionOptions:
+        extras = {k.removeprefix("extra__limio__"): v for k, v in extra.items()}
         extras = {k: v for k, v in extras.items() if v not in ("", None)}
         try:
-            options = LimioConnectionOptions(**{**extras, **self._overrides})
+            return LimioConnectionOptions(**{**extras, **self._overrides})
         except ValidationError as exc:
             problems = []
             for error in exc.errors(include_url=False, include_input=False):
@@ -210,54 +392,71 @@ class LimioHook(BaseHook):
                 if error["type"] == "extra_forbidden":
                     problems.append(f"unknown extra {name!r}")
                 else:
-                    problems.append(f"{name}: {error['msg']}")
+                    problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
             raise LimioConfigError(
                 f"connection {self.limio_conn_id!r}: {'; '.join(problems)}. "
                 f"Accepted extras: {', '.join(OPTION_NAMES)}"
             ) from None
 
-        host = (conn.host or "").strip()
-        if not host:
-            raise LimioConfigError(f"connection {self.limio_conn_id!r} needs the tenant host, e.g. acme.prod.limio.com")
-        parts = urlsplit(host if "://" in host else f"https://{host}")
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise LimioConfigError(f"connection {self.limio_conn_id!r}: host must be a tenant host, got {host!r}")
-        if parts.path.strip("/") or parts.query:
+    def _root_url(self, host: str | None, port: int | None) -> tuple[str, bool]:
+        """``scheme://host[:port]`` of the tenant, and whether it is a loopback host. Errors never repeat
+        the host as given: it may carry credentials."""
+        where = f"connection {self.limio_conn_id!r}"
+        text = (host or "").strip()
+        if not text:
+            raise LimioConfigError(f"{where} needs the tenant host, e.g. acme.prod.limio.com")
+        try:
+            parts = urlsplit(text if "://" in text else f"https://{text}")
+            hostname, host_port = parts.hostname, parts.port
+        except ValueError:
             raise LimioConfigError(
-                f"connection {self.limio_conn_id!r}: host must be the tenant host only (no path); "
-                "set the 'base_path' extra to change the API path"
-            )
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+                f"{where}: the host is not a valid tenant host (expected e.g. acme.prod.limio.com, "
+                "optionally with https:// and a numeric port)"
+            ) from None
+        if "@" in parts.netloc:
             raise LimioConfigError(
-                f"connection {self.limio_conn_id!r}: refusing to send credentials over plain http:// to "
-                f"{parts.hostname}; use https:// (http:// is allowed only for loopback hosts)"
+                f"{where}: the host must not contain credentials; put the client id in login and the client "
+                "secret in password"
             )
-        port = conn.port or parts.port
-        netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        root = f"{parts.scheme}://{netloc}{f':{port}' if port else ''}"
-        return _Settings(
-            api_url=root + "/" + options.base_path.strip("/"),
-            token_url=root + "/" + options.token_path.lstrip("/"),
-            client_id=conn.login,
-            client_secret=conn.password,
-            options=options,
-        )
+        if parts.scheme not in ("https", "http") or not hostname:
+            raise LimioConfigError(
+                f"{where}: the host must be an https:// tenant host (http:// only for a loopback emulator)"
+            )
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise LimioConfigError(
+                f"{where}: host must be the tenant host only (no path); set the 'base_path' extra to change the "
+                "API path"
+            )
+        loopback = _is_loopback(hostname)
+        if parts.scheme == "http" and not loopback:
+            raise LimioConfigError(
+                f"{where}: refusing to send credentials over plain http:// to {hostname}; use https:// "
+                "(http:// is allowed only for loopback hosts)"
+            )
+        port = port or host_port
+        netloc = f"[{hostname}]" if ":" in hostname else hostname
+        return f"{parts.scheme}://{netloc}{f':{port}' if port else ''}", loopback
 
     @cached_property
     def session(self) -> requests.Session:
-        """One keep-alive session per hook.
+        """One keep-alive session per hook, which never follows redirects.
 
         The hook talks to one host, so the environment's proxy settings (``HTTPS_PROXY``, ``NO_PROXY``...) and
         CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) are read once here rather than by requests on
-        every call, which scans the whole environment each time; the connection's extras win over them.
+        every call; the connection's extras win over them. A loopback host never goes through a proxy.
         """
-        options = self.settings.options
+        settings = self.settings
+        options = settings.options
         session = requests.Session()
         session.trust_env = False
+        adapter = _TrackedAdapter()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
         session.headers["User-Agent"] = f"airflow-provider-limio/{__version__} requests/{requests.__version__}"
         session.headers["Accept"] = "application/json"
-        session.proxies.update(requests.utils.get_environ_proxies(self.settings.api_url))
-        session.proxies.update(options.proxies or {})
+        if not settings.loopback:
+            session.proxies.update(requests.utils.get_environ_proxies(settings.api_url))
+            session.proxies.update(options.proxies or {})
         env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         session.verify = env_bundle if options.verify is True and env_bundle else options.verify
         return session
@@ -295,18 +494,12 @@ class LimioHook(BaseHook):
         else:
             data |= {"client_id": settings.client_id, "client_secret": settings.client_secret}
         self.token_requests += 1
-        response = self._send("POST", settings.token_url, "token", data=data, auth=auth)
-        if response.status_code >= 400:
-            raise LimioAuthError(
-                f"Limio refused the client credentials of connection {self.limio_conn_id!r} "
-                f"(HTTP {response.status_code}: {self._scrub(_limio_message(response))})",
-                status=response.status_code,
-            )
-        body = self._json(response, "POST", settings.token_url, "token")
+        body = self._call("POST", settings.token_url, "token", data=data, auth=auth)
         access_token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(access_token, str) or not access_token:
-            raise LimioAuthError("Limio's token endpoint answered without an access_token", status=response.status_code)
-        mask_secret(access_token)
+            raise LimioAuthError("Limio's token endpoint answered without an access_token")
+        for form in (access_token, quote_plus(access_token), quote(access_token, safe="")):
+            mask_secret(form)
         try:
             lifetime = float(body.get("expires_in") or 3600)
         except (TypeError, ValueError):
@@ -314,12 +507,25 @@ class LimioHook(BaseHook):
         lead = min(TOKEN_REFRESH_LEAD_SECONDS, lifetime / 2)
         return _Token(access_token, self._clock() + lifetime - lead)
 
+    def _secret_forms(self) -> list[str]:
+        """The client secret and the token in every encoding the hook ever sends them in."""
+        settings = self.settings
+        forms = []
+        for secret in filter(None, (settings.client_secret, self._token.value if self._token else "")):
+            forms += [secret, quote_plus(secret), quote(secret, safe=""), json.dumps(secret)[1:-1]]
+            forms.append(base64.b64encode(secret.encode()).decode())
+        for user, password in (
+            (settings.client_id, settings.client_secret),
+            (quote_plus(settings.client_id), quote_plus(settings.client_secret)),
+        ):
+            forms.append(base64.b64encode(f"{user}:{password}".encode("latin-1", "replace")).decode())
+        return sorted({form for form in forms if len(form) >= 4}, key=len, reverse=True)
+
     def _scrub(self, text: str) -> str:
-        """``text`` with the client secret and the current token replaced by ``***``."""
-        secrets = [self.settings.client_secret, self._token.value if self._token else ""]
-        for secret in filter(None, secrets):
-            text = text.replace(secret, "***")
-        return text
+        """``text`` with the client secret and the current token, in any encoding the hook sends them in,
+        replaced by ``***``."""
+        pattern = "|".join(re.escape(form) for form in self._secret_forms())
+        return re.sub(pattern, "***", text, flags=re.IGNORECASE) if pattern else text
 
     def _discard_token(self, value: str) -> None:
         with self._token_lock:
@@ -329,45 +535,41 @@ class LimioHook(BaseHook):
     # -- HTTP ---------------------------------------------------------------------------------------
 
     def _send(self, method: str, url: str, kind: CallKind, **kwargs: Any) -> requests.Response:
-        """One HTTP exchange; transport failures become typed errors marked retryable where safe."""
+        """One HTTP exchange: a 2xx answer, or a typed error (``retryable`` where repeating it is safe)."""
         options = self.settings.options
+        _wire.phase = None
         try:
             response = self.session.request(
-                method, url, timeout=(options.connect_timeout, options.timeout), **kwargs
+                method,
+                url,
+                timeout=(options.connect_timeout, options.timeout),
+                allow_redirects=False,
+                **kwargs,
             )
-        except (requests.ConnectTimeout, requests.exceptions.SSLError) as exc:
-            raise self._not_sent(method, url, exc) from None
-        except requests.ConnectionError as exc:
-            reason = getattr(exc.args[0], "reason", None) if exc.args else None
-            if isinstance(reason, NewConnectionError):
-                raise self._not_sent(method, url, exc) from None
-            raise self._lost_answer(method, url, kind, exc, kwargs.get("json")) from None
-        except requests.Timeout as exc:
-            raise self._lost_answer(method, url, kind, exc, kwargs.get("json")) from None
         except requests.RequestException as exc:
-            raise LimioError(f"Limio {method} {self._path(url)} failed: {type(exc).__name__}") from None
-        status = response.status_code
-        if status < 400 or status == 401 or (kind == "token" and status < 500 and status != 429):
-            return response  # 401: the caller refreshes the token once and replays; token 4xx: bad credentials
-        raise self._http_error(method, url, kind, response, kwargs.get("json"))
+            reached = getattr(_wire, "phase", None) != "connecting"
+            raise self._transport_error(method, url, kind, exc, reached, kwargs.get("json")) from None
+        if 200 <= response.status_code < 300:
+            return response
+        raise self._answer_error(method, url, kind, response, kwargs.get("json"))
 
-    def _path(self, url: str) -> str:
-        return urlsplit(url).path
+    def _what(self, method: str, url: str) -> str:
+        return f"Limio {method} {urlsplit(url).path} (connection {self.limio_conn_id!r})"
 
-    def _not_sent(self, method: str, url: str, exc: Exception) -> LimioServerError:
-        error = LimioServerError(f"could not connect to Limio for {method} {self._path(url)}: {type(exc).__name__}")
-        error.retryable = True
-        return error
-
-    def _lost_answer(
-        self, method: str, url: str, kind: CallKind, exc: Exception, body: Any
+    def _transport_error(
+        self, method: str, url: str, kind: CallKind, exc: Exception, reached: bool, body: Any
     ) -> LimioError:
-        what = f"Limio {method} {self._path(url)}: the request was sent but no answer came back ({type(exc).__name__})"
+        parts = urlsplit(url)
+        cause = _cause_in_words(exc)
+        if not reached:
+            message = f"could not connect to Limio at {parts.scheme}://{parts.netloc} for {method} {parts.path}: {cause}"
+            if kind == "token" and "refused" in cause:
+                message += "; on a first call this is more often a wrong host or port than an outage"
+            return LimioConnectionError(f"{message} (connection {self.limio_conn_id!r})", retryable=True)
+        what = f"{self._what(method, url)}: the request was sent but no complete answer came back: {cause}"
         if kind == "submit":
             return self._outcome_unknown(what, body, None)
-        error = LimioServerError(what)
-        error.retryable = True
-        return error
+        return LimioConnectionError(what, retryable=True)
 
     def _outcome_unknown(self, what: str, body: Any, status: int | None) -> LimioOutcomeUnknownError:
         external_id = body.get("external_id") if isinstance(body, dict) else None
@@ -378,36 +580,57 @@ class LimioHook(BaseHook):
             status=status,
         )
 
-    def _http_error(
+    def _answer_error(
         self, method: str, url: str, kind: CallKind, response: requests.Response, body: Any
     ) -> LimioError:
         status = response.status_code
-        what = f"Limio {method} {self._path(url)} answered HTTP {status}: {self._scrub(_limio_message(response))}"
-        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        error: LimioResponseError
-        if kind == "submit" and status in SUBMIT_OUTCOME_UNKNOWN_STATUSES:
-            return self._outcome_unknown(what, body, status)
-        if status == 403:
-            error = LimioAuthError(what, status=status)
-        elif status == 429:
-            error = LimioRateLimitedError(what, status=status, retry_after=retry_after)
-        elif status == 404 and method == "GET":
-            error = LimioNotFoundError(what, status=status)
-        elif status < 500:
-            error = LimioOrderRejectedError(what, status=status)
+        if 300 <= status < 400:
+            target = urlsplit(response.headers.get("Location") or "").hostname or "an unnamed location"
+            detail = f"a redirect to {target}, not followed (the provider never follows redirects)"
         else:
-            error = LimioServerError(what, status=status, retry_after=retry_after)
-        error.retryable = status in RETRY_STATUSES[kind]
-        return error
+            detail = self._scrub(_limio_message(response))
+        what = f"{self._what(method, url)} answered HTTP {status}: {detail}"
+        if status == 401 and kind != "token":  # LimioHook.request fetches a new token once and replays
+            return LimioAuthError(what, status=status)
+        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+        if kind == "submit":
+            outcome = submit_outcome(status, reached_limio=True)
+            if outcome == "unknown":
+                return self._outcome_unknown(what, body, status)
+            retryable = outcome == "not_processed"
+        elif kind == "token":
+            retryable = status == 429 or status >= 500
+        else:
+            retryable = status in READ_RETRY_STATUSES
+        if kind == "token" and 400 <= status < 500 and status != 429:
+            return LimioAuthError(
+                f"Limio refused the client credentials of connection {self.limio_conn_id!r} "
+                f"(HTTP {status}: {detail})",
+                status=status,
+            )
+        error_type: type[LimioResponseError]
+        if status in (401, 403):
+            error_type = LimioAuthError
+        elif status == 429:
+            error_type = LimioRateLimitedError
+        elif status == 404 and method == "GET":
+            error_type = LimioNotFoundError
+        elif 400 <= status < 500:
+            error_type = LimioOrderRejectedError
+        elif status >= 500:
+            error_type = LimioServerError
+        else:
+            error_type = LimioResponseError
+        return error_type(what, status=status, retry_after=retry_after, retryable=retryable)
 
     def _json(self, response: requests.Response, method: str, url: str, kind: CallKind, body: Any = None) -> Any:
         try:
             return response.json()
         except ValueError:
-            what = f"Limio {method} {self._path(url)} answered HTTP {response.status_code} with a body that is not JSON"
+            what = f"{self._what(method, url)} answered HTTP {response.status_code} with a body that is not JSON"
             if kind == "submit":
                 raise self._outcome_unknown(what, body, response.status_code) from None
-            raise LimioServerError(what, status=response.status_code) from None
+            raise LimioServerError(what, status=response.status_code, retryable=kind == "token") from None
 
     def _backoff(self, error: LimioError, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt``: Limio's ``Retry-After`` (capped), else an
@@ -418,40 +641,46 @@ class LimioHook(BaseHook):
             return min(retry_after, options.retry_after_max)
         return random.uniform(0, min(options.retry_max_backoff, options.retry_backoff * 2 ** (attempt - 1)))
 
+    def _call(self, method: str, url: str, kind: CallKind, **kwargs: Any) -> Any:
+        """One call with the retry rules of ``kind``; its JSON answer."""
+        retries = self.settings.options.retry_limit
+        attempt = 1
+        while True:
+            try:
+                response = self._send(method, url, kind, **kwargs)
+                return self._json(response, method, url, kind, kwargs.get("json"))
+            except LimioError as error:
+                if not error.retryable or attempt > retries:
+                    if attempt > 1:
+                        error.args = (f"{error} (gave up after {attempt} attempts)",)
+                    raise
+                wait = self._backoff(error, attempt)
+                self.log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt, retries + 1, wait)
+                self._sleep(wait)
+                attempt += 1
+
     def request(
         self, method: str, path: str, kind: CallKind, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
-        """Call ``{api_url}{path}`` with the bearer token and the retry rules of ``kind``; return its JSON."""
-        url = self.settings.api_url + path
-        attempts = self.settings.options.retry_limit + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return self._authorized_call(method, url, kind, json, params)
-            except LimioError as error:
-                if not error.retryable or attempt == attempts:
-                    raise
-                wait = self._backoff(error, attempt)
-                self.log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt, attempts, wait)
-                self._sleep(wait)
-        raise AssertionError("unreachable")
+        """Call ``{api_url}{path}`` with the bearer token and the retry rules of ``kind``; return its JSON.
 
-    def _authorized_call(self, method: str, url: str, kind: CallKind, body: Any, params: dict[str, Any] | None) -> Any:
+        A 401 fetches a new token once and replays the call once (Limio's guidance).
+        """
+        url = self.settings.api_url + path
         token = self.get_token()
-        response = self._send(method, url, kind, json=body, params=params, headers={"Authorization": f"Bearer {token}"})
-        if response.status_code == 401:
+        try:
+            return self._call(method, url, kind, json=json, params=params, headers={"Authorization": f"Bearer {token}"})
+        except LimioAuthError as error:
+            if error.status != 401:
+                raise
             self._discard_token(token)
-            token = self.get_token()
-            response = self._send(
-                method, url, kind, json=body, params=params, headers={"Authorization": f"Bearer {token}"}
-            )
-            if response.status_code == 401:
-                raise LimioAuthError(
-                    f"Limio {method} {self._path(url)} answered HTTP 401 with a fresh token: "
-                    f"{self._scrub(_limio_message(response))}",
-                    status=401,
-                )
-        self.log.debug("Limio %s %s -> HTTP %s", method, self._path(url), response.status_code)
-        return self._json(response, method, url, kind, body)
+        token = self.get_token()
+        try:
+            return self._call(method, url, kind, json=json, params=params, headers={"Authorization": f"Bearer {token}"})
+        except LimioAuthError as error:
+            if error.status == 401:
+                error.args = (f"{error} (with a freshly issued token)",)
+            raise
 
     # -- Limio calls --------------------------------------------------------------------------------
 
@@ -462,7 +691,10 @@ class LimioHook(BaseHook):
         :param allow_unmodelled: accept an ``order_type`` this provider does not model.
         """
         body = order_body(order, allow_unmodelled=allow_unmodelled)
-        return PreviewResult.model_validate(self.request("POST", "/order/preview", "read", json=body))
+        answer = self.request("POST", "/order/preview", "read", json=body)
+        if not isinstance(answer, dict):
+            raise LimioServerError(f"Limio POST /order/preview answered a {type(answer).__name__}, not a preview")
+        return PreviewResult.model_validate(answer)
 
     def submit_order(self, order: OrderBase | dict[str, Any], *, allow_unmodelled: bool = False) -> OrderResult:
         """Submit an order (``POST /order``). Never resent when the outcome is unknown.
@@ -470,7 +702,7 @@ class LimioHook(BaseHook):
         :raises LimioOutcomeUnknownError: the order may have been created; reconcile by ``external_id``.
         """
         body = order_body(order, allow_unmodelled=allow_unmodelled)
-        return OrderResult.model_validate(self.request("POST", "/order", "submit", json=body))
+        return self._submit("/order", body)
 
     def submit_admin_order(
         self,
@@ -482,25 +714,27 @@ class LimioHook(BaseHook):
         """Submit an order with management credentials on behalf of a partner (``POST /admin/order``).
 
         :param partner: the partner organisation, sent as ``forPartner``: an id string or an object.
-            May be omitted when the order already carries ``forPartner``.
+            Give it here or as the order's own ``forPartner``, not both.
         """
-        body = order_body(order, allow_unmodelled=allow_unmodelled)
-        if partner is not None and "forPartner" in body:
-            raise LimioValidationError("invalid admin order: give the partner either as 'partner' or in forPartner, not both")
-        if partner is None and "forPartner" not in body:
-            raise LimioValidationError("invalid admin order:\n  - forPartner: required (pass partner=...)")
-        partner_value = partner if partner is not None else body["forPartner"]
-        if isinstance(partner_value, BaseModel):
-            partner_value = partner_value.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        body["forPartner"] = parse_partner(partner_value).to_json_dict()
-        return OrderResult.model_validate(self.request("POST", "/admin/order", "submit", json=body))
+        body = admin_order_body(order_body(order, allow_unmodelled=allow_unmodelled), partner)
+        return self._submit("/admin/order", body)
+
+    def _submit(self, path: str, body: dict[str, Any]) -> OrderResult:
+        """Send a submit; an answer that is not an order with an ``id`` is an unknown outcome."""
+        answer = self.request("POST", path, "submit", json=body)
+        result = OrderResult.model_validate(answer) if isinstance(answer, dict) else None
+        if result is None or not result.id:
+            shape = "an object without an order id" if isinstance(answer, dict) else f"a {type(answer).__name__}"
+            raise self._outcome_unknown(f"Limio POST {path} answered {shape}, not an order", body, 200)
+        return result
 
     def get_order(self, order_id: str) -> OrderObject:
         """Read an order through the Objects API (``GET /objects/limio/orders/{id}``)."""
-        if not isinstance(order_id, str) or not order_id.strip():
-            raise LimioValidationError(f"invalid order_id: expected a non-empty string, got {order_id!r}")
+        if not isinstance(order_id, str) or not order_id.strip() or order_id.strip() == "None":
+            raise LimioValidationError(f"invalid order_id: expected a Limio order id, got {order_id!r}")
         path = "/objects/limio/orders/" + quote(order_id, safe="")
-        return OrderObject.model_validate(self.request("GET", path, "read"))
+        answer = self.request("GET", path, "read")
+        return OrderObject.model_validate(answer if isinstance(answer, dict) else {})
 
     def list_orders(self, *, page_size: int = 50, max_pages: int | None = None) -> Iterator[OrderObject]:
         """Yield orders (newest first, as Limio lists them), following the ``queryMore`` cursor.
@@ -513,25 +747,28 @@ class LimioHook(BaseHook):
         params: dict[str, Any] = {"limit": page_size}
         pages = 0
         while max_pages is None or pages < max_pages:
-            page = OrderPage.model_validate(self.request("GET", "/objects/limio/orders", "read", params=params))
+            answer = self.request("GET", "/objects/limio/orders", "read", params=params)
+            page = OrderPage.model_validate(answer if isinstance(answer, dict) else {})
             pages += 1
             yield from page.items
             if not page.queryMore:
                 return
             params = {"limit": page_size, "queryMore": page.queryMore}
 
-    def find_order(self, external_id: str, *, page_size: int = 100, max_pages: int = 5) -> OrderObject | None:
-        """The newest order carrying ``external_id`` among the ``page_size * max_pages`` newest orders, or None.
+    def find_orders(self, external_id: str, *, page_size: int = 100, max_pages: int = 5) -> list[OrderObject]:
+        """Every order carrying ``external_id`` among the ``page_size * max_pages`` newest, newest first.
 
-        Limio documents no filter by ``external_id``, so this walks the order list newest first within a
-        bounded budget: ``None`` means "not among the newest orders", not "never submitted".
+        Limio documents no filter by ``external_id``, so this walks the order list within a bounded budget:
+        an empty list means "not among the newest orders", not "never submitted".
         """
         if not isinstance(external_id, str) or not external_id:
             raise LimioValidationError(f"invalid external_id: expected a non-empty string, got {external_id!r}")
-        return next(
-            (o for o in self.list_orders(page_size=page_size, max_pages=max_pages) if o.external_id == external_id),
-            None,
-        )
+        orders = self.list_orders(page_size=page_size, max_pages=max_pages)
+        return [order for order in orders if order.external_id == external_id and order.id]
+
+    def find_order(self, external_id: str, *, page_size: int = 100, max_pages: int = 5) -> OrderObject | None:
+        """The newest order carrying ``external_id`` among the ``page_size * max_pages`` newest, or None."""
+        return next(iter(self.find_orders(external_id, page_size=page_size, max_pages=max_pages)), None)
 
     def test_connection(self) -> tuple[bool, str]:
         """Fetch a token and read one order: ``(True, message)`` if both work, else ``(False, reason)``."""

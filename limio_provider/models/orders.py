@@ -8,7 +8,10 @@ exactly as Limio spells them (a mix of camelCase and snake_case).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -342,10 +345,35 @@ def order_body(order: Any, *, allow_unmodelled: bool = False) -> dict[str, Any]:
         nested too deeply), naming the field.
     """
     model = parse_order(order, allow_unmodelled=allow_unmodelled)
+    what = f"{model.order_type!r} order"
+    problems = list(_unsendable(model.model_dump(mode="python", by_alias=True, exclude_unset=True), ""))
+    if problems:
+        raise _validation_error(f"invalid {what}:\n" + "\n".join(f"  - {path}: {why}" for path, why in problems))
     try:
         return model.to_json_dict()
     except ValueError:  # PydanticSerializationError
-        raise _validation_error(_unserializable(f"{model.order_type!r} order", model)) from None
+        raise _validation_error(_unserializable(what, model)) from None
+
+
+def _unsendable(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:
+    """Numbers JSON cannot carry, with their field path: NaN and infinities (pydantic would send them as
+    ``null``) and integers too long to write out."""
+    if depth > 200:
+        return  # left to the serialiser, which names the field
+    if isinstance(value, float | Decimal) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            yield path or "(order)", f"{value} is not a number JSON can carry; send a finite number"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            str(value)
+        except ValueError:
+            yield path or "(order)", "integer too large to send; send it as a string"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unsendable(item, f"{path}.{key}" if path else str(key), depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _unsendable(item, f"{path}[{index}]", depth + 1)
 
 
 def _unserializable(what: str, model: LimioModel) -> str:
@@ -358,6 +386,27 @@ def _unserializable(what: str, model: LimioModel) -> str:
         except ValueError as exc:
             lines.append(f"  - {name}: cannot be sent as JSON ({exc})")
     return f"invalid {what}:\n" + "\n".join(lines or ["  - (order): cannot be sent as JSON"])
+
+
+def admin_order_body(body: dict[str, Any], partner: Any = None) -> dict[str, Any]:
+    """``body`` (a validated order body) with its ``forPartner`` checked, given either in the order or as
+    ``partner`` (an id string, a dict or a model), never both.
+
+    :raises LimioValidationError: both or neither were given, or the partner is malformed.
+    """
+    if partner is not None and body.get("forPartner") is not None:
+        raise _validation_error(
+            "invalid admin order:\n  - forPartner: given both in the order and as partner=; give the partner once"
+        )
+    value = partner if partner is not None else body.get("forPartner")
+    if value is None:
+        raise _validation_error(
+            "invalid admin order:\n  - forPartner: required; pass partner='partner-org-...' or put forPartner in "
+            "the order"
+        )
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return {**body, "forPartner": parse_partner(value).to_json_dict()}
 
 
 def parse_partner(partner: Any) -> AdminPartner:

@@ -5,10 +5,35 @@ All fields are optional and unknown fields are kept: Limio documents these respo
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 from limio_provider.models.orders import LimioModel
+
+
+def _as_text(value: Any) -> str | None:
+    """Read a field Limio documents loosely: text stays text, a number (e.g. epoch milliseconds) becomes
+    its digits, and any other shape is kept as its JSON text. Never fatal."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except ValueError:
+        return str(value)
+
+
+#: A string field of an answer, read leniently (see :func:`_as_text`).
+Text = Annotated[str | None, BeforeValidator(_as_text)]
+
+
+def _orders_only(value: Any) -> Any:
+    """The items of an order page that are objects; anything else in the list is skipped, not fatal."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def to_amount(value: Any) -> Decimal | None:
@@ -24,12 +49,22 @@ def to_amount(value: Any) -> Decimal | None:
 class OrderResult(LimioModel):
     """The answer to ``POST /order`` and ``POST /admin/order``."""
 
-    id: str | None = None
-    order_reference: str | None = None
-    status: str | None = None
-    external_id: str | None = None
-    subscriptionReference: str | None = None
-    owner: str | None = None
+    id: Text = None
+    order_reference: Text = None
+    status: Text = None
+    external_id: Text = None
+    subscriptionReference: Text = None
+    owner: Text = None
+
+    @property
+    def failed(self) -> bool:
+        """Limio answered that it processed the order and it failed (its reason: :attr:`reason`)."""
+        return (self.status or "").strip().lower() in FAILURE_STATUSES
+
+    @property
+    def reason(self) -> str | None:
+        """Limio's ``message`` on a failed order, if it sent one."""
+        return _as_text((self.model_extra or {}).get("message"))
 
 
 class PreviewResult(LimioModel):
@@ -67,13 +102,13 @@ class OrderObject(LimioModel):
     Limio does not publish this schema or its status values; ``status`` is read as a plain string.
     """
 
-    id: str | None = None
-    status: str | None = None
-    order_type: str | None = None
-    external_id: str | None = None
-    created: str | None = None
-    updated: str | None = None
-    message: str | None = None
+    id: Text = None
+    status: Text = None
+    order_type: Text = None
+    external_id: Text = None
+    created: Text = None
+    updated: Text = None
+    message: Text = None
 
     @property
     def succeeded(self) -> bool:
@@ -89,5 +124,5 @@ class OrderObject(LimioModel):
 class OrderPage(LimioModel):
     """One page of ``GET /objects/limio/orders``: ``items`` and the ``queryMore`` cursor (shape inferred)."""
 
-    items: list[OrderObject] = []
-    queryMore: str | None = None
+    items: Annotated[list[OrderObject], BeforeValidator(_orders_only)] = []
+    queryMore: Text = None

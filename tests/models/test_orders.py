@@ -110,3 +110,57 @@ def test_results_keep_unknown_fields_and_read_lenient_amounts() -> None:
     schedule_only = PreviewResult.model_validate({"schedule": [{"amount": "7.50"}, {"amount": "100"}]})
     assert schedule_only.total_due() == Decimal("7.50")
     assert PreviewResult.model_validate({}).total_due() == 0
+
+
+# -- numbers JSON cannot carry are refused before sending, naming the field --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ({"tracking": {"score": float("nan")}}, "tracking.score"),
+        ({"tracking": {"weights": [1.0, float("inf")]}}, r"tracking.weights\[1\]"),
+        ({"custom": -float("inf")}, "custom"),
+        ({"custom": Decimal("NaN")}, "custom"),
+        ({"tracking": {"big": 10**5000}}, "tracking.big"),
+    ],
+    ids=["nan", "inf-in-list", "minus-inf", "decimal-nan", "huge-int"],
+)
+def test_numbers_json_cannot_carry_are_refused_naming_the_field(extra: dict[str, Any], path: str) -> None:
+    from limio_provider.models import order_body
+
+    with pytest.raises(LimioValidationError, match=path):
+        order_body({**NEW, **extra})
+
+
+def test_a_rendered_template_with_nan_is_refused() -> None:
+    import json as _json
+
+    from limio_provider.models import order_body
+    from limio_provider.operators.orders import _as_dict
+
+    rendered = _json.dumps({**NEW, "tracking": {"score": 1.5}}).replace("1.5", "NaN")
+    with pytest.raises(LimioValidationError, match="tracking.score"):
+        order_body(_as_dict("order", rendered))
+
+
+# -- admin orders: the partner once, in the order or as partner= -------------------------------------------
+
+
+def test_admin_order_body_takes_the_partner_once() -> None:
+    from limio_provider.models import admin_order_body
+
+    assert admin_order_body(dict(NEW), "partner-1")["forPartner"] == {"id": "partner-1"}
+    assert admin_order_body({**NEW, "forPartner": {"id": "p2"}})["forPartner"] == {"id": "p2"}
+    with pytest.raises(LimioValidationError, match="given both in the order and as partner="):
+        admin_order_body({**NEW, "forPartner": {"id": "p2"}}, "partner-1")
+    with pytest.raises(LimioValidationError, match="forPartner: required"):
+        admin_order_body(dict(NEW))
+
+
+def test_results_are_read_leniently() -> None:
+    from limio_provider.models import OrderObject
+
+    order = OrderObject.model_validate({"id": 7, "created": 1767225600000, "status": None, "updated": {"a": 1}})
+    assert (order.id, order.created, order.updated) == ("7", "1767225600000", '{"a": 1}')
+    assert OrderResult.model_validate({"id": "o", "status": "failed", "message": "declined"}).reason == "declined"
