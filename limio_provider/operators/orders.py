@@ -9,18 +9,19 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.providers.common.compat.sdk import BaseOperator, ResumableJobMixin
+from airflow.providers.common.compat.sdk import BaseOperator
 
 from limio_provider.links.limio import LimioOrderLink
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
     from limio_provider.hooks.limio import LimioHook
-    from limio_provider.models.results import PreviewResult
+    from limio_provider.models.results import OrderObject, PreviewResult
 
 #: A preview check returns True to let the order through; False, or a string giving the reason, to stop it.
 PreviewCheck = Callable[["PreviewResult"], "bool | str"]
@@ -140,18 +141,58 @@ class LimioPreviewOrderOperator(_LimioOrderOperator):
         return preview.to_json_dict()
 
 
-class LimioSubmitOrderOperator(ResumableJobMixin, _LimioOrderOperator):
+class _OrderRecord:
+    """What a submit task instance has done, kept in ``task_state_store`` under one key: the only code that
+    reads or writes it. Without a store (Airflow before 3.3) nothing survives the try.
+
+    The record is ``{"external_id", "state", "seen", "order_id", "result"}``: ``state`` is ``sending``
+    (written before the request leaves), ``unknown`` (sent, outcome not proven) or ``sent`` (Limio's
+    answer, or the order found, is in ``result``); ``seen`` lists the ids of orders that already carried
+    this external_id before sending, which this task never adopts as its own.
+    """
+
+    def __init__(self, context: Context, key: str, external_id: str) -> None:
+        self._store = context.get("task_state_store")
+        self.key = key
+        self.external_id = external_id
+
+    @property
+    def durable(self) -> bool:
+        return self._store is not None
+
+    def load(self) -> dict[str, Any]:
+        """The record of this external_id, or ``{}``."""
+        value = self._store.get(self.key) if self._store is not None else None
+        return value if isinstance(value, dict) and value.get("external_id") == self.external_id else {}
+
+    def save(self, state: str, **fields: Any) -> None:
+        if self._store is not None:
+            self._store.set(self.key, {"external_id": self.external_id, "state": state, **fields})
+
+    def clear(self) -> None:
+        if self._store is not None:
+            self._store.delete(self.key)
+
+    @staticmethod
+    def sent(context: Context, key: str, order_id: str) -> dict[str, Any]:
+        """The stored record of order ``order_id``, or ``{}`` (for a resumed task, which knows only the id)."""
+        store = context.get("task_state_store")
+        value = store.get(key) if store is not None else None
+        return value if isinstance(value, dict) and value.get("order_id") == order_id else {}
+
+
+class LimioSubmitOrderOperator(_LimioOrderOperator):
     """Submit an order (``POST /order``) exactly once, and return Limio's answer as a JSON dict.
 
     An order without ``external_id`` gets :func:`external_id_for` the task instance, stable across
-    retries; a user-provided one is always kept. ``order_id`` and the ``Limio order`` link are pushed to
-    XCom as soon as Limio answers.
+    retries; a user-provided one is always kept. ``order_id``, ``adopted`` and the ``Limio order`` link are
+    pushed to XCom on every path that ends with an order.
 
     Exactly once (see docs/reliability.md): before sending, the task records its intent in
-    ``task_state_store``; after the answer, the order id (through Airflow's ``ResumableJobMixin``). A retry
-    with an order id reconnects to that order; a retry with only the intent looks the order up by
-    ``external_id`` and adopts it, or follows ``on_unknown_outcome``. Without ``task_state_store`` (Airflow
-    before 3.3) every retry looks the order up by ``external_id`` first.
+    ``task_state_store``; after the answer, the order. A retry with a stored order reconnects to it; a
+    retry with only the intent looks for an order this task created (by ``external_id``, never one that
+    existed before it sent) and adopts it, or follows ``on_unknown_outcome``. Without ``task_state_store``
+    (Airflow before 3.3) every retry looks the order up by ``external_id`` first.
 
     :param preview_check: preview first and submit only if this callable accepts the
         :class:`~limio_provider.models.results.PreviewResult`: it returns True to submit, False or a string
@@ -166,6 +207,8 @@ class LimioSubmitOrderOperator(ResumableJobMixin, _LimioOrderOperator):
         external_id; ``"resubmit"`` submits it again.
     :param reconcile_pages: how many pages of the newest orders to search by ``external_id``.
     :param reconcile_page_size: orders per page when searching.
+    :param allow_failed_order: succeed even when Limio answers that the order failed (default: the task
+        fails with Limio's reason, after pushing the order's XComs).
     :param wait_for_completion: after submitting, wait until Limio finishes processing the order; a failed
         order fails the task with Limio's reason.
     :param poll_interval: seconds between two reads of the order while waiting.
@@ -176,8 +219,8 @@ class LimioSubmitOrderOperator(ResumableJobMixin, _LimioOrderOperator):
 
     template_fields: Sequence[str] = (*_LimioOrderOperator.template_fields, "dry_run")
     operator_extra_links = (LimioOrderLink(),)
-    external_id_key = "limio_order_id"
-    intent_key = "limio_order_intent"
+    #: The ``task_state_store`` key of the submit's record (see :class:`_OrderRecord`).
+    state_key = "limio_order"
 
     def __init__(
         self,
@@ -189,6 +232,7 @@ class LimioSubmitOrderOperator(ResumableJobMixin, _LimioOrderOperator):
         on_unknown_outcome: Literal["fail", "resubmit"] = "fail",
         reconcile_pages: int = 5,
         reconcile_page_size: int = 100,
+        allow_failed_order: bool = False,
         wait_for_completion: bool = False,
         poll_interval: float = 30.0,
         wait_timeout: float = 3600.0,
@@ -207,20 +251,149 @@ class LimioSubmitOrderOperator(ResumableJobMixin, _LimioOrderOperator):
         self.on_unknown_outcome = on_unknown_outcome
         self.reconcile_pages = reconcile_pages
         self.reconcile_page_size = reconcile_page_size
+        self.allow_failed_order = allow_failed_order
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
         self.deferrable = deferrable
 
-    # -- the order ------------------------------------------------------------------------------------
+    # -- execute ----------------------------------------------------------------------------------------
 
-    def _with_external_id(self, body: dict[str, Any], context: Context) -> dict[str, Any]:
-        if body.get("external_id"):
-            return body
-        ti = context["ti"]
-        map_index = getattr(ti, "map_index", -1)
-        external_id = external_id_for(ti.dag_id, context["run_id"], ti.task_id, -1 if map_index is None else map_index)
-        return {**body, "external_id": external_id}
+    def execute(self, context: Context) -> dict[str, Any]:
+        body = self._prepared_order(context)
+        if _as_bool("dry_run", self.dry_run):
+            preview = self._check_preview(body)
+            self.log.info("Dry run: would submit %s order %s; nothing sent", body["order_type"], body["external_id"])
+            return {"dry_run": True, "order": body, "preview": preview}
+        result, adopted = self._submit_once(body, context)
+        self._publish(context, result, adopted=adopted)
+        return self._finish(context, result, adopted=adopted)
+
+    def _prepared_order(self, context: Context) -> dict[str, Any]:
+        """The validated body with its external_id; the connection is read and checked too (no network)."""
+        body = self._order_body()
+        if not body.get("external_id"):
+            ti = context["ti"]
+            map_index = getattr(ti, "map_index", -1)
+            map_index = -1 if map_index is None else map_index
+            body["external_id"] = external_id_for(ti.dag_id, context["run_id"], ti.task_id, map_index)
+        self.hook.settings  # noqa: B018 - a bad connection (e.g. order_link_template) fails before any call
+        return body
+
+    # -- the submit: every transition of its record, top to bottom ------------------------------------
+
+    def _submit_once(self, body: dict[str, Any], context: Context) -> tuple[dict[str, Any], bool]:
+        """The order for ``body``: submitted once by this task instance, or found; and whether an earlier try
+        or run created it (``adopted``)."""
+        external_id = body["external_id"]
+        record = _OrderRecord(context, self.state_key, external_id)
+        stored = record.load()
+
+        # 1. An order an earlier try stored always wins.
+        if stored.get("order_id"):
+            order = self.hook.get_order(stored["order_id"])
+            self.log.info(
+                "Order %s (%s) was submitted by an earlier try; reconnecting (status %s)",
+                stored["order_id"], external_id, order.status,
+            )
+            return {**stored["result"], **_result_of(order, status_only=True)}, True
+
+        # 2. An earlier try sent it and never learnt the outcome: only an order it could have created counts.
+        if stored.get("state") in ("sending", "unknown") or (not record.durable and context["ti"].try_number > 1):
+            seen = stored.get("seen")  # None without a store: any order with this external_id may be ours
+            found = self._created_since(external_id, seen)
+            if found is not None:
+                self.log.warning(
+                    "An earlier try sent order %s and its outcome was unknown; Limio has it as %s (%s): adopting it",
+                    external_id, found["id"], found.get("status"),
+                )
+                record.save("sent", order_id=found["id"], result=found, adopted=True)
+                return found, True
+            why = "an earlier try sent it and its outcome is unknown"
+            if self.on_unknown_outcome != "resubmit":
+                raise self._unknown_outcome(external_id, why)
+            self.log.warning("Order %s not found (%s)", external_id, why)
+            seen = seen or []
+        # 3. A first send: what already carries this external_id?
+        else:
+            existing = self._lookup(external_id)
+            if self.adopt_existing:
+                earlier = next((order for order in existing if not order.failed), None)
+                if earlier is not None:
+                    result = _result_of(earlier)
+                    self.log.info("Order %s already exists as %s (an earlier run's): adopting it", external_id, earlier.id)
+                    record.save("sent", order_id=earlier.id, result=result, adopted=True)
+                    return result, True
+            seen = [order.id for order in existing]
+
+        if self.preview_check is not None:
+            self._check_preview(body)
+        result = self._send_recorded(body, record, seen)
+        if result is None and self.on_unknown_outcome == "resubmit":
+            self.log.warning("Resubmitting order %s (on_unknown_outcome='resubmit')", external_id)
+            result = self._send_recorded(body, record, seen)
+        if result is None:
+            raise self._unknown_outcome(external_id, "the submit's outcome is unknown")
+        return result, False
+
+    def _send_recorded(self, body: dict[str, Any], record: _OrderRecord, seen: list[str]) -> dict[str, Any] | None:
+        """Send once: Limio's answer, or the order this send created when the answer was lost, or ``None``
+        when the outcome stays unknown. The record says ``sending`` before the request leaves."""
+        from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
+
+        external_id = body["external_id"]
+        record.save("sending", seen=seen)
+        try:
+            answer = self._post(body)
+        except LimioOutcomeUnknownError as exc:
+            record.save("unknown", seen=seen)
+            self.log.warning("%s", exc)
+            found = self._created_since(external_id, seen)
+            if found is None:
+                return None
+            self.log.warning(
+                "Outcome of order %s was unknown; resolved: Limio created it as %s (%s)",
+                external_id, found["id"], found.get("status"),
+            )
+            record.save("sent", order_id=found["id"], result=found, adopted=False)
+            return found
+        except LimioError:
+            record.clear()  # refused by Limio, or never left this worker: nothing was created
+            raise
+        result = answer.to_json_dict()
+        record.save("sent", order_id=result["id"], result=result, adopted=False)
+        self.log.info("Submitted order %s: id %s, status %s", external_id, result["id"], result.get("status"))
+        return result
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        return self.hook.submit_order(body, allow_unmodelled=self.allow_unmodelled)
+
+    def _lookup(self, external_id: str) -> list[OrderObject]:
+        found = self.hook.find_orders(external_id, page_size=self.reconcile_page_size, max_pages=self.reconcile_pages)
+        self.log.info(
+            "Looked up external_id %s among the %d newest orders: %s",
+            external_id,
+            self.reconcile_page_size * self.reconcile_pages,
+            ", ".join(f"{order.id} ({order.status})" for order in found) or "not found",
+        )
+        return found
+
+    def _created_since(self, external_id: str, seen: list[str] | None) -> dict[str, Any] | None:
+        """The newest order with ``external_id`` that is not among ``seen`` (``None``: any), as a result."""
+        found = [order for order in self._lookup(external_id) if seen is None or order.id not in seen]
+        return _result_of(found[0]) if found else None
+
+    def _unknown_outcome(self, external_id: str, why: str) -> Exception:
+        """The error of an order that may exist but cannot be found: it names the external_id."""
+        from limio_provider.exceptions import LimioOutcomeUnknownError
+
+        budget = self.reconcile_page_size * self.reconcile_pages
+        return LimioOutcomeUnknownError(
+            f"Limio may have received order {external_id} ({why}) but it is not among the {budget} newest "
+            "orders; not resubmitting. Check Limio for this external_id, then clear the task to submit it "
+            "(or set on_unknown_outcome='resubmit').",
+            external_id=external_id,
+        )
 
     def _check_preview(self, body: dict[str, Any]) -> dict[str, Any]:
         preview = self.hook.preview_order(body, allow_unmodelled=self.allow_unmodelled)
@@ -239,198 +412,113 @@ class LimioSubmitOrderOperator(ResumableJobMixin, _LimioOrderOperator):
 
         raise LimioPreviewRejectedError(message)
 
-    def _send(self, body: dict[str, Any]) -> Any:
-        return self.hook.submit_order(body, allow_unmodelled=self.allow_unmodelled)
+    # -- after the submit: XComs, a failed order, waiting ------------------------------------------------
 
-    # -- execute ----------------------------------------------------------------------------------------
+    def _publish(self, context: Context, result: dict[str, Any], *, adopted: bool) -> None:
+        """Push ``adopted``, ``order_id`` and the link for this try (XComs are cleared on each new try)."""
+        ti = context["ti"]
+        ti.xcom_push(key="adopted", value=adopted)
+        ti.xcom_push(key="order_id", value=result["id"])
+        LimioOrderLink.persist(context, url=self.hook.order_url(result["id"]))
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        if _as_bool("dry_run", self.dry_run):
-            body = self._with_external_id(self._order_body(), context)
-            preview = self._check_preview(body)
-            self.log.info("Dry run: would submit %s order %s; nothing sent", body["order_type"], body["external_id"])
-            return {"dry_run": True, "order": body, "preview": preview}
-        return self.execute_resumable(context)
+    def _finish(self, context: Context, result: dict[str, Any], *, adopted: bool) -> dict[str, Any]:
+        """Fail on a failed order; wait for a final status if asked; the full result."""
+        from limio_provider.triggers.limio import order_event, raise_for_event
 
-    def submit_job(self, context: Context) -> str | None:
-        """Submit the order once (or adopt the one a previous try or run created); return its id."""
-        from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
-
-        body = self._with_external_id(self._order_body(), context)
-        external_id = body["external_id"]
-        store = context.get("task_state_store")
-        intent = store.get(self.intent_key) if store is not None else None
-        earlier_try_may_have_sent = (
-            isinstance(intent, dict) and intent.get("external_id") == external_id
-            if store is not None
-            else context["ti"].try_number > 1
-        )
-        if earlier_try_may_have_sent or self.adopt_existing:
-            found = self._reconcile(external_id)
-            if found is not None and not found.failed:
-                return self._record(context, found.model_dump(mode="json"), adopted=True)
-            if earlier_try_may_have_sent and found is None:
-                self._unknown_outcome(external_id, "an earlier try may have sent it")
-
-        if self.preview_check is not None:
-            self._check_preview(body)
-        if store is not None:
-            store.set(self.intent_key, {"external_id": external_id, "state": "sending"})
-        for attempt in (1, 2):
-            try:
-                result = self._send(body)
-            except LimioOutcomeUnknownError as exc:
-                found = self._reconcile(external_id)
-                if found is not None:
-                    return self._record(context, found.model_dump(mode="json"), adopted=True)
-                if attempt == 2:
-                    raise
-                self._unknown_outcome(external_id, str(exc))
-            except LimioError:
-                if store is not None:  # Limio answered: nothing was created, a retry may submit afresh
-                    store.delete(self.intent_key)
-                raise
-            else:
-                return self._record(context, result.to_json_dict(), adopted=False)
-        raise AssertionError("unreachable")
-
-    def _reconcile(self, external_id: str) -> Any:
-        found = self.hook.find_order(
-            external_id, page_size=self.reconcile_page_size, max_pages=self.reconcile_pages
-        )
-        self.log.info(
-            "Looked up external_id %s among the %d newest orders: %s",
-            external_id,
-            self.reconcile_page_size * self.reconcile_pages,
-            f"found {found.id} ({found.status})" if found else "not found",
-        )
-        return found
-
-    def _unknown_outcome(self, external_id: str, why: str) -> None:
-        """Not found after an ambiguous submit: fail (default) or let the caller resubmit."""
-        from limio_provider.exceptions import LimioOutcomeUnknownError
-
-        budget = self.reconcile_page_size * self.reconcile_pages
-        if self.on_unknown_outcome == "resubmit":
-            self.log.warning(
-                "Order %s not found among the %d newest orders (%s); resubmitting (on_unknown_outcome='resubmit')",
-                external_id, budget, why,
-            )
-            return
-        raise LimioOutcomeUnknownError(
-            f"Limio may have received order {external_id} ({why}) but it is not among the {budget} newest "
-            "orders; not resubmitting. Check Limio for this external_id, then clear the task to submit it "
-            "(or set on_unknown_outcome='resubmit').",
-            external_id=external_id,
-        )
-
-    def _record(self, context: Context, result: dict[str, Any], *, adopted: bool) -> str | None:
-        """Keep the result for this task instance and push ``order_id`` and the link right away."""
-        from limio_provider.models.results import OrderResult
-
-        result = {k: v for k, v in result.items() if k in OrderResult.model_fields} if adopted else result
-        order_id = result.get("id")
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set(self.intent_key, {"external_id": result.get("external_id"), "state": "sent", "result": result})
-        self._result = result
-        context["ti"].xcom_push(key="adopted", value=adopted)
-        if order_id:
-            context["ti"].xcom_push(key="order_id", value=order_id)
-            LimioOrderLink.persist(context, url=self.hook.order_url(order_id))
-        self.log.info(
-            "%s order %s: id %s, status %s",
-            "Adopted existing" if adopted else "Submitted",
-            result.get("external_id"), order_id, result.get("status"),
-        )
-        return order_id
-
-    # -- ResumableJobMixin: reconnecting and waiting ------------------------------------------------------
-
-    def get_job_status(self, external_id: Any, context: Context) -> str:
-        order = self.hook.get_order(str(external_id))
-        self._final_status = order.status
-        if order.succeeded:
-            return "succeeded"
-        return "failed" if order.failed else "active"
-
-    def is_job_active(self, status: str) -> bool:
-        return status == "active"
-
-    def is_job_succeeded(self, status: str) -> bool:
-        return status == "succeeded"
-
-    def poll_until_complete(self, external_id: Any, context: Context) -> None:
-        if not self.wait_for_completion or external_id is None:
-            return
-        import time
-
-        from airflow.providers.common.compat.sdk import conf
-        from limio_provider.triggers.limio import LimioOrderTrigger, order_event, raise_for_event
-
+        self._raise_if_failed(result)
+        if not self.wait_for_completion:
+            return result
         end_time = time.time() + self.wait_timeout
-        deferrable = self.deferrable
-        if deferrable is None:
-            deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
-        event = order_event(self.hook, str(external_id), end_time)
-        if event is None and deferrable:
-            trigger = LimioOrderTrigger(
-                order_id=str(external_id),
-                limio_conn_id=self.limio_conn_id,
-                poll_interval=self.poll_interval,
-                end_time=end_time,
+        event = order_event(self.hook, result["id"], end_time)
+        if event is None and self._deferrable():
+            from limio_provider.triggers.limio import LimioOrderTrigger
+
+            self.defer(
+                trigger=LimioOrderTrigger(
+                    order_id=result["id"],
+                    limio_conn_id=self.limio_conn_id,
+                    poll_interval=self.poll_interval,
+                    end_time=end_time,
+                    hook_params=self.hook_params,
+                ),
+                method_name="execute_complete",
+                kwargs={"result": result, "adopted": adopted},
             )
-            self.defer(trigger=trigger, method_name="execute_complete")
         while event is None:
             time.sleep(self.poll_interval)
-            event = order_event(self.hook, str(external_id), end_time)
+            event = order_event(self.hook, result["id"], end_time)
         raise_for_event(event)
-        self._final_status = event["order_status"]
+        return {**result, "status": event["order_status"]}
 
-    def get_job_result(self, external_id: Any, context: Context) -> dict[str, Any]:
-        result = getattr(self, "_result", None)
-        if result is None:  # a retry reconnected to the order an earlier try submitted
-            result = self._stored_result(context) or self.hook.get_order(str(external_id)).model_dump(mode="json")
-            self._record(context, result, adopted=True)  # XComs are per try: push them again
-            result = self._result
-        final_status = getattr(self, "_final_status", None)
-        return {**result, "status": final_status} if final_status else result
+    def execute_complete(
+        self, context: Context, event: dict[str, Any], result: dict[str, Any] | None = None, adopted: bool = False
+    ) -> dict[str, Any]:
+        """Resume after the trigger: push the XComs again, fail on a failed or timed-out order, else return
+        the full submit result with its final status.
 
-    def _stored_result(self, context: Context) -> dict[str, Any] | None:
-        store = context.get("task_state_store")
-        intent = store.get(self.intent_key) if store is not None else None
-        return intent.get("result") if isinstance(intent, dict) else None
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after the trigger: fail on a failed or timed-out order, else return the submit result."""
+        ``result`` and ``adopted`` come through the deferral; a runner that passes only the event (``dag.test``
+        does) gets them from the task's record, else the order is read back from Limio."""
         from limio_provider.triggers.limio import raise_for_event
 
+        if result is None:
+            stored = _OrderRecord.sent(context, self.state_key, event["order_id"])
+            result = stored.get("result") or _result_of(self.hook.get_order(event["order_id"]))
+            adopted = bool(stored.get("adopted", adopted))
+        self._publish(context, result, adopted=adopted)
         raise_for_event(event)
-        result = self._stored_result(context) or {"id": event["order_id"]}
         return {**result, "status": event["order_status"]}
+
+    def _raise_if_failed(self, result: dict[str, Any]) -> None:
+        from limio_provider.exceptions import LimioOrderFailedError
+        from limio_provider.models.results import OrderResult
+
+        order = OrderResult.model_validate(result)
+        if order.failed and not self.allow_failed_order:
+            raise LimioOrderFailedError(
+                f"Limio order {order.id} (external_id {order.external_id}) {order.status}: "
+                f"{order.reason or 'no reason given'}. Not resubmitted; set allow_failed_order=True to accept it.",
+                order_id=order.id,
+                status=order.status,
+            )
+
+    def _deferrable(self) -> bool:
+        if self.deferrable is not None:
+            return self.deferrable
+        from airflow.providers.common.compat.sdk import conf
+
+        return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def _result_of(order: OrderObject, *, status_only: bool = False) -> dict[str, Any]:
+    """The submit result of an order read back from Limio: the fields a submit answer has, and Limio's
+    ``message`` when it gave one (a failed order's reason)."""
+    from limio_provider.models.results import OrderResult
+
+    dump = order.model_dump(mode="json")
+    keys = {"status", "message"} if status_only else {*OrderResult.model_fields, "message"}
+    return {key: value for key, value in dump.items() if key in keys and (value is not None or key != "message")}
 
 
 class LimioAdminSubmitOrderOperator(LimioSubmitOrderOperator):
     """Submit an order with management credentials on behalf of a partner (``POST /admin/order``).
 
-    :param partner: the partner organisation, sent as ``forPartner``: an id or an object. (templated)
+    :param partner: the partner organisation, sent as ``forPartner``: an id or an object. Required unless
+        the order carries its own ``forPartner``; giving both is refused. (templated)
     """
 
     template_fields: Sequence[str] = (*LimioSubmitOrderOperator.template_fields, "partner")
 
-    def __init__(self, *, partner: str | dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, *, partner: str | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.partner = partner
 
     def _order_body(self) -> dict[str, Any]:
-        body = super()._order_body()
-        from limio_provider.models.orders import parse_partner
+        from limio_provider.models.orders import admin_order_body
 
         partner = self.partner
         if isinstance(partner, str) and partner.strip().startswith("{"):
             partner = _as_dict("partner", partner)
-        body["forPartner"] = parse_partner(partner).to_json_dict()
-        return body
+        return admin_order_body(super()._order_body(), partner or None)
 
-    def _send(self, body: dict[str, Any]) -> Any:
+    def _post(self, body: dict[str, Any]) -> Any:
         return self.hook.submit_admin_order(body, allow_unmodelled=self.allow_unmodelled)

@@ -79,6 +79,7 @@ class LimioOrderSensor(BaseSensorOperator):
                 limio_conn_id=self.limio_conn_id,
                 poll_interval=self.poke_interval,
                 end_time=time.time() + self.timeout,
+                hook_params=self.hook_params,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),

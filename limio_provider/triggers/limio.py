@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from limio_provider.hooks.limio import LimioHook
 
 
 class LimioOrderTrigger(BaseTrigger):
     """Poll ``GET /objects/limio/orders/{id}`` until the order succeeds, fails, or ``end_time`` passes.
 
-    Serialised with the connection id and order id only (never a token). The HTTP calls are
+    Serialised with the connection id, the order id and the operator's ``hook_params`` (never a token or
+    secret), so the triggerer talks to Limio with the worker's base path, TLS, proxy and timeout settings.
+    Its hook makes no retries of its own: a transient error counts as "not yet". The HTTP calls are
     :meth:`LimioHook.get_order <limio_provider.hooks.limio.LimioHook.get_order>`, run in a thread: the same
     client, retries and errors as every other call. Emits one JSON event:
     ``{"status": "success" | "failed" | "timeout" | "error", "order_id", "order_status", "message"}``.
@@ -22,14 +25,24 @@ class LimioOrderTrigger(BaseTrigger):
     :param limio_conn_id: the Limio connection.
     :param poll_interval: seconds between two reads.
     :param end_time: Unix time after which the trigger gives up with a ``timeout`` event.
+    :param hook_params: keyword arguments for :class:`~limio_provider.hooks.limio.LimioHook` (its options).
     """
 
-    def __init__(self, *, order_id: str, limio_conn_id: str, poll_interval: float, end_time: float) -> None:
+    def __init__(
+        self,
+        *,
+        order_id: str,
+        limio_conn_id: str,
+        poll_interval: float,
+        end_time: float,
+        hook_params: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.order_id = order_id
         self.limio_conn_id = limio_conn_id
         self.poll_interval = poll_interval
         self.end_time = end_time
+        self.hook_params = dict(hook_params or {})
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -39,13 +52,12 @@ class LimioOrderTrigger(BaseTrigger):
                 "limio_conn_id": self.limio_conn_id,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
+                "hook_params": self.hook_params,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from limio_provider.hooks.limio import LimioHook
-
-        hook = LimioHook(self.limio_conn_id)
+        hook = LimioHook(self.limio_conn_id, **{**self.hook_params, "retry_limit": 0})
         try:
             while True:
                 event = await asyncio.to_thread(order_event, hook, self.order_id, self.end_time)

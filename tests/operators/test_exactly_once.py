@@ -6,13 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-
 from airflow.sdk import DAG
+
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.sensors.limio import LimioOrderSensor
 from limio_provider.testing import Fault, LimioEmulator
-from tests.hooks.test_limio import new_order
-from tests.operators.test_orders import START, run_dag, states, xcom
+from tests.helpers import START, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 FAST = {"hook_params": {"timeout": 1.5, "retry_backoff": 0.01}}  # short, yet far above a loaded CI box
@@ -36,7 +35,7 @@ def sent_external_ids(emulator: LimioEmulator) -> list[str]:
     ],
     ids=["processed-then-502", "processed-then-no-answer"],
 )
-def test_ambiguous_submit_is_reconciled_and_adopted_in_the_same_try(
+def test_ambiguous_submit_is_reconciled_in_the_same_try_and_not_called_adopted(
     limio_emulator: LimioEmulator, fault: Fault
 ) -> None:
     limio_emulator.add_fault(fault)
@@ -45,7 +44,7 @@ def test_ambiguous_submit_is_reconciled_and_adopted_in_the_same_try(
     (order,) = limio_emulator.orders_with_external_id("EXT-AMB")
     (result,) = xcom(run, "submit")
     assert result["id"] == order["id"]
-    assert xcom(run, "submit", "adopted") == [True]
+    assert xcom(run, "submit", "adopted") == [False]  # this try created it: nothing earlier was adopted
     assert sent_external_ids(limio_emulator) == ["EXT-AMB"]  # sent once, never resent
 
 
@@ -199,7 +198,145 @@ def test_without_task_state_store_every_retry_reconciles_first(limio_emulator: L
     limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
     with pytest.raises(LimioOutcomeUnknownError):
         attempt(1, "EXT-OLD-LOST")
-    with pytest.raises(LimioOutcomeUnknownError, match="an earlier try may have sent it"):
+    with pytest.raises(LimioOutcomeUnknownError, match="an earlier try sent it"):
         attempt(2, "EXT-OLD-LOST")
     assert sent_external_ids(limio_emulator) == ["EXT-OLD-SENT", "EXT-OLD-LOST"]
     assert limio_emulator.orders_with_external_id("EXT-OLD-LOST") == []
+
+
+# -- a lookup after an ambiguous submit adopts only what this attempt could have created ---------------
+
+
+def test_an_earlier_failed_order_is_never_taken_for_the_one_an_ambiguous_submit_sent(
+    limio_emulator: LimioEmulator,
+) -> None:
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    run_dag(submit_dag("limio_old_failed_1", order=new_order("EXT-OF", process_immediately=True)))
+    (failed,) = limio_emulator.orders_with_external_id("EXT-OF")
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))  # the new order is never created
+    run = run_dag(submit_dag("limio_old_failed_2", order=new_order("EXT-OF")))
+    assert states(run)["submit"] == "failed"
+    assert [o["id"] for o in limio_emulator.orders_with_external_id("EXT-OF")] == [failed["id"]]
+    assert xcom(run, "submit") == []
+
+
+def test_after_an_ambiguous_submit_the_new_order_is_found_next_to_an_earlier_failed_one(
+    limio_emulator: LimioEmulator,
+) -> None:
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    run_dag(submit_dag("limio_next_to_failed_1", order=new_order("EXT-NF", process_immediately=True)))
+    limio_emulator.decline_payment_refs = frozenset()
+    limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=520, times=1))
+    run = run_dag(submit_dag("limio_next_to_failed_2", order=new_order("EXT-NF", process_immediately=True)))
+    assert run.state == "success", states(run)
+    failed, created = limio_emulator.orders_with_external_id("EXT-NF")
+    (result,) = xcom(run, "submit")
+    assert (result["id"], result["status"]) == (created["id"], "complete")
+    assert failed["status"] == "failed"
+
+
+# -- a stored order id always wins; every success path pushes every XCom --------------------------------
+
+
+def test_a_retry_reconnects_to_the_stored_order_without_searching(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.processing_delay = 2.0  # still processing when the retry reconnects
+    limio_emulator.add_fault(Fault(route="list_orders", action="latency_only", times=1))  # try 1's look-up
+    limio_emulator.add_fault(Fault(route="list_orders", action="status", status=400))  # any later search fails
+    limio_emulator.add_fault(Fault(route="get_order", action="status", status=404, times=1))  # try 1 dies
+    dag = submit_dag(
+        "limio_stored_id_wins", order=new_order("EXT-SW"), wait_for_completion=True, poll_interval=0.05,
+        on_unknown_outcome="resubmit", retries=1, retry_delay=timedelta(0),
+    )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (order,) = limio_emulator.orders_with_external_id("EXT-SW")
+    assert sent_external_ids(limio_emulator) == ["EXT-SW"]
+    (result,) = xcom(run, "submit")
+    assert result["id"] == order["id"]
+    assert result["status"] == "complete"
+    assert result["order_reference"] == order["order_reference"]  # the full result, not just id and status
+    assert xcom(run, "submit", "order_id") == [order["id"]]
+    assert xcom(run, "submit", "adopted") == [True]
+    assert xcom(run, "submit", "limio_order_url")[0].endswith(order["id"])
+
+
+def test_a_retry_never_resubmits_an_order_it_stored_that_failed(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    dag = submit_dag(
+        "limio_stored_failed", order=new_order("EXT-SF2"), wait_for_completion=True, poll_interval=0.05,
+        on_unknown_outcome="resubmit", retries=1, retry_delay=timedelta(0),
+    )
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    (order,) = limio_emulator.orders_with_external_id("EXT-SF2")
+    assert order["status"] == "failed"
+    assert sent_external_ids(limio_emulator) == ["EXT-SF2"]  # try 2 reconnected to it, and did not resend
+    assert xcom(run, "submit", "order_id") == [order["id"]]
+
+
+def test_the_deferred_path_pushes_every_xcom_and_returns_the_full_result(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.processing_delay = 0.5
+    dag = submit_dag(
+        "limio_deferred_xcoms", order=new_order("EXT-DX"), wait_for_completion=True, poll_interval=0.05,
+        deferrable=True,
+    )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (order,) = limio_emulator.orders_with_external_id("EXT-DX")
+    (result,) = xcom(run, "submit")
+    assert (result["id"], result["status"], result["external_id"]) == (order["id"], "complete", "EXT-DX")
+    assert result["order_reference"] == order["order_reference"]
+    assert xcom(run, "submit", "order_id") == [order["id"]]
+    assert xcom(run, "submit", "adopted") == [False]
+    assert xcom(run, "submit", "limio_order_url")[0].endswith(order["id"])
+
+
+# -- a failed order fails the task, after its XComs are pushed -----------------------------------------
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_an_order_limio_answers_as_failed_fails_the_task_unless_allowed(
+    limio_emulator: LimioEmulator, capfd: pytest.CaptureFixture[str], allow: bool
+) -> None:
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})
+    dag = submit_dag(
+        f"limio_failed_now_{allow}", order=new_order("EXT-FN", process_immediately=True), allow_failed_order=allow
+    )
+    run = run_dag(dag)
+    (order,) = limio_emulator.orders_with_external_id("EXT-FN")
+    assert order["status"] == "failed"
+    assert xcom(run, "submit", "order_id") == [order["id"]]  # findable either way
+    if allow:
+        assert run.state == "success", states(run)
+        assert xcom(run, "submit")[0]["status"] == "failed"
+    else:
+        assert states(run)["submit"] == "failed"
+        assert order["message"] in "".join(capfd.readouterr())
+
+
+# -- refused before any network call --------------------------------------------------------------------
+
+
+def test_admin_operator_refuses_a_partner_given_twice(limio_emulator: LimioEmulator) -> None:
+    from limio_provider.operators import LimioAdminSubmitOrderOperator
+
+    with DAG("limio_partner_twice", schedule=None, start_date=START) as dag:
+        LimioAdminSubmitOrderOperator(
+            task_id="submit", order=new_order("EXT-PT", forPartner={"id": "p-own"}), partner="p-other", **FAST
+        )
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert limio_emulator.requests == []
+
+
+def test_an_unknown_link_placeholder_fails_the_task_before_any_call(
+    limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    connection = json.loads(limio_emulator.connection_json())
+    extra = {"order_link_template": "https://app.example/{order}"}
+    monkeypatch.setenv("AIRFLOW_CONN_LIMIO_DEFAULT", json.dumps({**connection, "extra": extra}))
+    run = run_dag(submit_dag("limio_bad_link", order=new_order("EXT-BL")))
+    assert states(run)["submit"] == "failed"
+    assert limio_emulator.requests == []

@@ -12,7 +12,7 @@ import pytest
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.testing import LimioEmulator
 from limio_provider.triggers.limio import LimioOrderTrigger
-from tests.hooks.test_limio import new_order
+from tests.helpers import new_order
 
 
 def first_event(trigger: LimioOrderTrigger) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def test_serialized_kwargs_hold_ids_and_timing_only(limio_emulator: LimioEmulato
     token = LimioHook().get_token()
     classpath, kwargs = trigger_for("order-1").serialize()
     assert classpath == "limio_provider.triggers.limio.LimioOrderTrigger"
-    assert set(kwargs) == {"order_id", "limio_conn_id", "poll_interval", "end_time"}
+    assert set(kwargs) == {"order_id", "limio_conn_id", "poll_interval", "end_time", "hook_params"}
     text = json.dumps(kwargs)
     assert token not in text and limio_emulator.client_secret not in text
     assert LimioOrderTrigger(**kwargs).serialize() == (classpath, kwargs)
@@ -67,3 +67,21 @@ def test_a_missing_order_is_an_error_event(limio_emulator: LimioEmulator) -> Non
     event = first_event(trigger_for("order-missing"))
     assert event["status"] == "error"
     assert "404" in event["message"]
+
+
+def test_the_trigger_talks_to_limio_with_the_operators_hook_params(
+    limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's base path is wrong; the task's hook_params fix it, in the worker and the triggerer."""
+    connection = json.loads(limio_emulator.connection_json())
+    monkeypatch.setenv("AIRFLOW_CONN_LIMIO_PATHS", json.dumps({**connection, "extra": {"base_path": "/nope"}}))
+    order_id = LimioHook("limio_paths", base_path="/api").submit_order(new_order("EXT-HP")).id
+    trigger = LimioOrderTrigger(
+        order_id=order_id, limio_conn_id="limio_paths", poll_interval=0.05, end_time=time.time() + 10,
+        hook_params={"base_path": "/api"},
+    )
+    classpath, kwargs = trigger.serialize()
+    assert kwargs["hook_params"] == {"base_path": "/api"}
+    event = first_event(LimioOrderTrigger(**kwargs))
+    assert (event["status"], event["order_id"]) == ("success", order_id)
+    assert not [r for r in limio_emulator.requests if r.path.startswith("/nope")]
