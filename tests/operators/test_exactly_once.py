@@ -179,15 +179,15 @@ def test_without_task_state_store_every_retry_reconciles_first(limio_emulator: L
     """Airflow before 3.3 has no task_state_store: a retry (try_number > 1) must look before it sends."""
     from airflow.sdk.bases.operator import ExecutorSafeguard
 
+    from benchmarks.campaign import TaskInstanceStub
     from limio_provider.exceptions import LimioOutcomeUnknownError
     from limio_provider.hooks.limio import LimioHook
-    from limio_provider.testing.campaign import _TaskInstance
 
     def attempt(try_number: int, external_id: str) -> dict[str, Any]:
         operator = LimioSubmitOrderOperator(
             task_id="submit", order=new_order(external_id), adopt_existing=False, **FAST
         )
-        ti = _TaskInstance("old_airflow", "submit", -1, try_number=try_number)
+        ti = TaskInstanceStub("old_airflow", "submit", -1, try_number=try_number)
         as_task_runner = {f"{type(operator).__name__}__sentinel": ExecutorSafeguard.sentinel_value}
         return operator.execute({"ti": ti, "run_id": "r1"}, **as_task_runner)  # no task_state_store
 
