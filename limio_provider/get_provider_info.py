@@ -55,6 +55,12 @@ CONN_FIELDS: dict[str, Any] = {
         _optional("string"),
         "URL for the 'Limio order' link with {order_id}; default: the order in the Objects API.",
     ),
+    "ledger_path": _field(
+        "Order ledger path",
+        _optional("string"),
+        "Where every order sent is remembered, across runs and workers: file:///... on one machine, "
+        "s3://aws_conn_id@bucket/prefix when workers are many.",
+    ),
 }
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
@@ -41,6 +41,9 @@ from limio_provider.exceptions import (
 )
 from limio_provider.models.orders import OrderBase, admin_order_body, order_body
 from limio_provider.models.results import OrderObject, OrderPage, OrderResult, PreviewResult
+
+if TYPE_CHECKING:
+    from limio_provider.ledger import OrderLedger
 
 #: How a call may be retried: reads and previews are safe to repeat; a submit only where it provably
 #: was not processed (see :func:`submit_outcome`); the token call is always safe.
@@ -115,6 +118,11 @@ class LimioConnectionOptions(BaseModel):
     order_link_template: str | None = Field(
         None,
         description="URL of an order for the 'Limio order' link, with {order_id}; default: the order in the Objects API.",
+    )
+    ledger_path: str | None = Field(
+        None,
+        description="Root of the order ledger (file:///..., s3://aws_conn_id@bucket/prefix): remembers every order "
+        "sent, across runs and workers.",
     )
 
     @field_validator("verify", mode="before")
@@ -467,6 +475,15 @@ class LimioHook(BaseHook):
         if template:
             return template.format(order_id=quote(order_id, safe=""))
         return f"{self.settings.api_url}/objects/limio/orders/{quote(order_id, safe='')}"
+
+    def ledger(self, path: str | None = None) -> OrderLedger | None:
+        """The order ledger of this tenant under ``path`` (default: the ``ledger_path`` extra), or ``None``."""
+        root = path or self.settings.options.ledger_path
+        if not root:
+            return None
+        from limio_provider.ledger import OrderLedger
+
+        return OrderLedger(root, urlsplit(self.settings.api_url).netloc)
 
     def close(self) -> None:
         """Close the HTTP session (its pooled connections)."""

@@ -21,21 +21,38 @@ from limio_provider.links.limio import LimioOrderLink
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
     from limio_provider.hooks.limio import LimioHook
+    from limio_provider.ledger import OrderLedger
     from limio_provider.models.results import OrderObject, PreviewResult
 
 #: A preview check returns True to let the order through; False, or a string giving the reason, to stop it.
 PreviewCheck = Callable[["PreviewResult"], "bool | str"]
 
 
-def external_id_for(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
-    """The ``external_id`` the submit operators give an order that has none.
+def external_id_for(dag_id: str, task_id: str, work: str, order: dict[str, Any]) -> str:
+    """The ``external_id`` the submit operators give an order that has none: it names the work, not the run.
 
-    ``airflow-`` followed by 32 hex digits of a SHA-256 over dag_id, run_id, task_id and map_index (never the
-    try number), so every retry of a task instance sends the same id and different task instances never
-    share one. 40 printable ASCII characters.
+    ``airflow-`` followed by 32 hex digits of a SHA-256 over dag_id, task_id, ``work`` (what identifies the
+    run's work: see :func:`work_of`) and a fingerprint of the order body (its ``external_id`` aside). Every
+    try, and every new run of the same work (a re-run of a date, a backfill of a day already run), derives
+    the same id for the same order; a mapped order keeps its id when the upstream list is reordered. Two
+    identical orders in one run get the same id: give them explicit ids. 40 printable ASCII characters.
     """
-    key = "\x1f".join((dag_id, run_id, task_id, str(map_index)))
+    body = {key: value for key, value in order.items() if key != "external_id"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    key = "\x1f".join((dag_id, task_id, work, hashlib.sha256(canonical.encode()).hexdigest()))
     return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def work_of(context: Context) -> str:
+    """What identifies a run's work: its data interval, else its logical date, else (a run with neither,
+    e.g. triggered without a logical date) its run id."""
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is not None and end is not None:
+        return f"interval:{start.isoformat()}/{end.isoformat()}"
+    logical_date = context.get("logical_date")
+    if logical_date is not None:
+        return f"date:{logical_date.isoformat()}"
+    return f"run:{context['run_id']}"
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -142,19 +159,23 @@ class LimioPreviewOrderOperator(_LimioOrderOperator):
 
 
 class _OrderRecord:
-    """What a submit task instance has done, kept in ``task_state_store`` under one key: the only code that
-    reads or writes it. Without a store (Airflow before 3.3) nothing survives the try.
+    """What a submit task instance has done, kept in ``task_state_store`` under one key, and mirrored to the
+    order ledger when one is configured: the only code that reads or writes either. Without a store
+    (Airflow before 3.3) the task's own record does not survive the try; the ledger's does.
 
-    The record is ``{"external_id", "state", "seen", "order_id", "result"}``: ``state`` is ``sending``
-    (written before the request leaves), ``unknown`` (sent, outcome not proven) or ``sent`` (Limio's
-    answer, or the order found, is in ``result``); ``seen`` lists the ids of orders that already carried
-    this external_id before sending, which this task never adopts as its own.
+    The task's record is ``{"external_id", "state", "seen", "order_id", "result", "adopted"}``: ``state`` is
+    ``sending`` (written before the request leaves), ``unknown`` (sent, outcome not proven) or ``sent``
+    (Limio's answer, or the order found, is in ``result``); ``seen`` lists the ids of orders that already
+    carried this external_id before sending, which this task never adopts as its own. The ledger's states
+    are ``claimed``, ``sent``, ``unknown``, ``done`` and ``refused`` (:mod:`limio_provider.ledger`).
     """
 
-    def __init__(self, context: Context, key: str, external_id: str) -> None:
+    def __init__(self, context: Context, key: str, external_id: str, ledger: OrderLedger | None = None) -> None:
         self._store = context.get("task_state_store")
         self.key = key
         self.external_id = external_id
+        self.ledger = ledger
+        self.entry: dict[str, Any] = {}  # the ledger record this task holds
 
     @property
     def durable(self) -> bool:
@@ -168,10 +189,61 @@ class _OrderRecord:
     def save(self, state: str, **fields: Any) -> None:
         if self._store is not None:
             self._store.set(self.key, {"external_id": self.external_id, "state": state, **fields})
+        if self.ledger is not None and self.entry:
+            if state == "sent":
+                result = fields["result"]
+                changes = {"order_id": fields["order_id"], "status": result.get("status"), "result": result}
+                self.entry = self.ledger.update(self.entry, "done", **changes)
+            else:
+                self.entry = self.ledger.update(self.entry, "sent" if state == "sending" else "unknown")
 
-    def clear(self) -> None:
+    def clear(self, error: str) -> None:
+        """Nothing was created: forget the intent; the ledger says ``refused`` (a corrected order may claim
+        the external_id again)."""
         if self._store is not None:
             self._store.delete(self.key)
+        if self.ledger is not None and self.entry:
+            self.entry = self.ledger.update(self.entry, "refused", error=error[:500])
+
+    def claim(self, body: dict[str, Any], context: Context, wait_timeout: float) -> str:
+        """Take the ledger's claim on this external_id: ``send``, ``adopt`` (the ledger holds Limio's order:
+        :attr:`entry` has it) or ``reconcile`` (an earlier try of this task may have sent it).
+
+        :raises LimioOutcomeUnknownError: another task instance holds the claim and did not finish within
+            ``wait_timeout`` seconds.
+        """
+        from limio_provider.exceptions import LimioOutcomeUnknownError
+        from limio_provider.ledger import Owner, fingerprint, next_step
+
+        assert self.ledger is not None
+        owner, body_fingerprint = Owner.of(context), fingerprint(body)
+        created, entry = self.ledger.claim(self.external_id, body_fingerprint, owner)
+        for _ in range(3):
+            if created:
+                break
+            step = next_step(entry, body_fingerprint, owner)
+            if step == "wait":
+                entry = self.ledger.wait_final(self.external_id, wait_timeout) or {"state": "refused"}
+                step = next_step({**entry, "fingerprint": entry.get("fingerprint", body_fingerprint)}, body_fingerprint, owner)
+                if step == "wait":
+                    raise LimioOutcomeUnknownError(
+                        f"order {self.external_id} is claimed in the ledger by {entry.get('claimed_by')} (state "
+                        f"{entry.get('state')} since {entry.get('updated_at')}) and did not finish within "
+                        f"{wait_timeout:.0f} s; not sending it a second time",
+                        external_id=self.external_id,
+                    )
+            if step == "reclaim":
+                created, entry = self.ledger.reclaim({**entry, "external_id": self.external_id}, body_fingerprint, owner)
+                continue
+            self.entry = entry
+            return {"adopt": "adopt", "resume": "send", "reconcile": "reconcile"}[step]
+        if not created:
+            raise LimioOutcomeUnknownError(
+                f"order {self.external_id}: the ledger claim keeps changing hands; not sending it",
+                external_id=self.external_id,
+            )
+        self.entry = entry
+        return "send"
 
     @staticmethod
     def sent(context: Context, key: str, order_id: str) -> dict[str, Any]:
@@ -209,6 +281,12 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
     :param reconcile_page_size: orders per page when searching.
     :param allow_failed_order: succeed even when Limio answers that the order failed (default: the task
         fails with Limio's reason, after pushing the order's XComs).
+    :param ledger_path: the order ledger's root (an ``ObjectStoragePath`` URI such as ``file:///data/ledger``
+        or ``s3://aws_conn@bucket/ledger``), overriding the connection's ``ledger_path`` extra. With a
+        ledger, an order is claimed once per tenant and external_id across runs and workers, and a ledger
+        hit costs one object read and no Limio list read. (templated)
+    :param ledger_wait_timeout: seconds to wait for another task instance that holds the ledger's claim on
+        the same external_id to finish, before failing naming it.
     :param wait_for_completion: after submitting, wait until Limio finishes processing the order; a failed
         order fails the task with Limio's reason.
     :param poll_interval: seconds between two reads of the order while waiting.
@@ -217,7 +295,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         default_deferrable``.
     """
 
-    template_fields: Sequence[str] = (*_LimioOrderOperator.template_fields, "dry_run")
+    template_fields: Sequence[str] = (*_LimioOrderOperator.template_fields, "dry_run", "ledger_path")
     operator_extra_links = (LimioOrderLink(),)
     #: The ``task_state_store`` key of the submit's record (see :class:`_OrderRecord`).
     state_key = "limio_order"
@@ -233,6 +311,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         reconcile_pages: int = 5,
         reconcile_page_size: int = 100,
         allow_failed_order: bool = False,
+        ledger_path: str | None = None,
+        ledger_wait_timeout: float = 300.0,
         wait_for_completion: bool = False,
         poll_interval: float = 30.0,
         wait_timeout: float = 3600.0,
@@ -252,6 +332,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         self.reconcile_pages = reconcile_pages
         self.reconcile_page_size = reconcile_page_size
         self.allow_failed_order = allow_failed_order
+        self.ledger_path = ledger_path
+        self.ledger_wait_timeout = ledger_wait_timeout
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
@@ -273,10 +355,12 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         """The validated body with its external_id; the connection is read and checked too (no network)."""
         body = self._order_body()
         if not body.get("external_id"):
-            ti = context["ti"]
-            map_index = getattr(ti, "map_index", -1)
-            map_index = -1 if map_index is None else map_index
-            body["external_id"] = external_id_for(ti.dag_id, context["run_id"], ti.task_id, map_index)
+            ti, work = context["ti"], work_of(context)
+            body["external_id"] = external_id_for(ti.dag_id, ti.task_id, work, body)
+            self.log.info(
+                "Derived external_id %s from dag %s, task %s, %s and the order's fingerprint",
+                body["external_id"], ti.dag_id, ti.task_id, work,
+            )
         self.hook.settings  # noqa: B018 - a bad connection (e.g. order_link_template) fails before any call
         return body
 
@@ -286,7 +370,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         """The order for ``body``: submitted once by this task instance, or found; and whether an earlier try
         or run created it (``adopted``)."""
         external_id = body["external_id"]
-        record = _OrderRecord(context, self.state_key, external_id)
+        record = _OrderRecord(context, self.state_key, external_id, self.hook.ledger(self.ledger_path))
         stored = record.load()
 
         # 1. An order an earlier try stored always wins.
@@ -298,9 +382,20 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             )
             return {**stored["result"], **_result_of(order, status_only=True)}, True
 
-        # 2. An earlier try sent it and never learnt the outcome: only an order it could have created counts.
-        if stored.get("state") in ("sending", "unknown") or (not record.durable and context["ti"].try_number > 1):
-            seen = stored.get("seen")  # None without a store: any order with this external_id may be ours
+        # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.
+        step = "send"
+        if record.ledger is not None:
+            step = record.claim(body, context, self.ledger_wait_timeout)
+            if step == "adopt":
+                result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
+                self.log.info("Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"])
+                record.save("sent", order_id=result["id"], result=result, adopted=True)
+                return result, True
+
+        # 3. An earlier try sent it and never learnt the outcome: only an order it could have created counts.
+        earlier_try_sent = stored.get("state") in ("sending", "unknown") or step == "reconcile"
+        if earlier_try_sent or (not record.durable and record.ledger is None and context["ti"].try_number > 1):
+            seen = stored.get("seen")  # None: any order with this external_id may be ours
             found = self._created_since(external_id, seen)
             if found is not None:
                 self.log.warning(
@@ -313,9 +408,16 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             if self.on_unknown_outcome != "resubmit":
                 raise self._unknown_outcome(external_id, why)
             self.log.warning("Order %s not found (%s)", external_id, why)
-            seen = seen or []
-        # 3. A first send: what already carries this external_id?
+        # 4. A first send, claimed in the ledger: Limio is not searched (nothing was sent under this external_id).
+        elif record.ledger is not None:
+            seen = None
+        # 5. A first send without a ledger: what already carries this external_id among the newest orders?
         else:
+            self.log.info(
+                "No order ledger: protection against another run sending order %s is limited to the %d newest "
+                "orders; set the connection's ledger_path extra to remember every order sent",
+                external_id, self.reconcile_page_size * self.reconcile_pages,
+            )
             existing = self._lookup(external_id)
             if self.adopt_existing:
                 earlier = next((order for order in existing if not order.failed), None)
@@ -336,7 +438,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             raise self._unknown_outcome(external_id, "the submit's outcome is unknown")
         return result, False
 
-    def _send_recorded(self, body: dict[str, Any], record: _OrderRecord, seen: list[str]) -> dict[str, Any] | None:
+    def _send_recorded(
+        self, body: dict[str, Any], record: _OrderRecord, seen: list[str] | None
+    ) -> dict[str, Any] | None:
         """Send once: Limio's answer, or the order this send created when the answer was lost, or ``None``
         when the outcome stays unknown. The record says ``sending`` before the request leaves."""
         from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
@@ -357,8 +461,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             )
             record.save("sent", order_id=found["id"], result=found, adopted=False)
             return found
-        except LimioError:
-            record.clear()  # refused by Limio, or never left this worker: nothing was created
+        except LimioError as exc:
+            record.clear(str(exc))  # refused by Limio, or never left this worker: nothing was created
             raise
         result = answer.to_json_dict()
         record.save("sent", order_id=result["id"], result=result, adopted=False)

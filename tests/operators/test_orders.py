@@ -10,7 +10,7 @@ import pytest
 from airflow.sdk import DAG, task
 
 from limio_provider.links.limio import LimioOrderLink
-from limio_provider.models import NewOrder
+from limio_provider.models import NewOrder, order_body
 from limio_provider.operators import (
     LimioAdminSubmitOrderOperator,
     LimioPreviewOrderOperator,
@@ -62,11 +62,19 @@ def test_constructing_does_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hook" not in op.__dict__
 
 
-def test_external_id_is_stable_and_distinct() -> None:
-    a = external_id_for("d", "run1", "t", -1)
-    assert a == external_id_for("d", "run1", "t", -1)
+def test_external_id_names_the_work_and_the_order() -> None:
+    order, other = new_order(), new_order(country="IE")
+    a = external_id_for("d", "t", "date:2026-01-01", order)
+    assert a == external_id_for("d", "t", "date:2026-01-01", {**order, "external_id": "ignored"})
     assert len(a) == 40 and a.startswith("airflow-")
-    assert len({a, external_id_for("d", "run2", "t"), external_id_for("d", "run1", "t", 0)}) == 3
+    variants = {
+        a,
+        external_id_for("d", "t", "date:2026-01-02", order),
+        external_id_for("d", "t2", "date:2026-01-01", order),
+        external_id_for("d2", "t", "date:2026-01-01", order),
+        external_id_for("d", "t", "date:2026-01-01", other),
+    }
+    assert len(variants) == 5
 
 
 # -- running them ---------------------------------------------------------------------------------
@@ -132,7 +140,45 @@ def test_missing_external_id_is_derived_from_the_task_instance(limio_emulator: L
         LimioSubmitOrderOperator(task_id="submit", order=body)
     run = run_dag(dag)
     (result,) = xcom(run, "submit")
-    assert result["external_id"] == external_id_for("limio_derived_id", run.run_id, "submit", -1)
+    work = f"interval:{START.isoformat()}/{START.isoformat()}"
+    assert result["external_id"] == external_id_for("limio_derived_id", "submit", work, order_body(body))
+
+
+def test_a_new_run_of_the_same_date_adopts_instead_of_submitting_again(limio_emulator: LimioEmulator) -> None:
+    body = new_order()
+    del body["external_id"]
+    with DAG("limio_rerun_same_date", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(task_id="submit", order=body)
+    first = run_dag(dag)
+    (first_result,) = xcom(first, "submit")  # dag.test() replaces a run of the same logical date
+    second = run_dag(dag)
+    assert first.run_id != second.run_id
+    assert len(limio_emulator.orders) == 1
+    assert xcom(second, "submit")[0]["id"] == first_result["id"]
+    assert xcom(second, "submit", "adopted") == [True]
+
+
+def test_mapped_ids_follow_the_order_not_its_position(limio_emulator: LimioEmulator) -> None:
+    orders = [{k: v for k, v in new_order(country=c).items() if k != "external_id"} for c in ("GB", "IE", "FR")]
+
+    def mapped_dag() -> DAG:
+        with DAG("limio_mapped_ids", schedule=None, start_date=START, params={"orders": []}) as dag:
+
+            @task
+            def upstream(params: Any = None) -> list[dict[str, Any]]:
+                return params["orders"]
+
+            LimioSubmitOrderOperator.partial(task_id="submit").expand(order=upstream())
+        return dag
+
+    ids = []
+    for batch in (orders, [orders[2], orders[0], orders[1]]):  # the upstream list reordered between runs
+        run = run_dag(mapped_dag(), run_conf={"orders": batch})
+        assert run.state == "success", states(run)
+        ids.append({result["id"]: result["external_id"] for result in xcom(run, "submit")})
+    assert ids[0] == ids[1]  # each order kept its id though its position changed
+    assert len(limio_emulator.orders) == 3  # the second run adopted each order, none under another's id
+    assert xcom(run, "submit", "adopted") == [True, True, True]
 
 
 def test_external_id_survives_a_task_retry(limio_emulator: LimioEmulator) -> None:
@@ -144,7 +190,8 @@ def test_external_id_survives_a_task_retry(limio_emulator: LimioEmulator) -> Non
     run = run_dag(dag)
     assert run.state == "success", states(run)
     first, second = (r.body["external_id"] for r in limio_emulator.requests if r.path == "/api/order")
-    assert first == second == external_id_for("limio_retry_id", run.run_id, "submit", -1)
+    work = f"interval:{START.isoformat()}/{START.isoformat()}"
+    assert first == second == external_id_for("limio_retry_id", "submit", work, order_body(body))
 
 
 def test_mapped_submit_pushes_a_link_per_map_index(limio_emulator: LimioEmulator) -> None:

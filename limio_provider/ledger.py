@@ -1,0 +1,199 @@
+"""The order ledger: what was sent to Limio, remembered durably and outside any one task.
+
+One small JSON record per (tenant, external_id) under a root given as an Airflow ``ObjectStoragePath`` URI:
+``file:///var/lib/limio-ledger/`` on one machine, ``s3://aws_conn_id@bucket/prefix/`` when workers are many
+(any fsspec scheme works the same). Claiming a record is an atomic create-if-absent (``O_EXCL`` on a local
+disk, a conditional ``PUT`` with ``If-None-Match: *`` on S3), so of two workers claiming the same external_id
+exactly one proceeds.
+
+A record, readable by a person::
+
+    {"external_id": "renewal-2026-01-01-42", "fingerprint": "sha256:...", "state": "done",
+     "order_id": "order-...", "status": "complete", "result": {...}, "error": null,
+     "claimed_by": {"dag_id": ..., "run_id": ..., "task_id": ..., "map_index": -1, "try_number": 1},
+     "claimed_at": "2026-...Z", "updated_at": "2026-...Z"}
+
+States: ``claimed`` (claimed, nothing sent yet), ``sent`` (the request is leaving or left; no answer yet),
+``unknown`` (sent, outcome not proven), ``done`` (Limio holds the order: ``order_id`` and ``result`` say
+which) and ``refused`` (Limio refused it, or it never left: Limio does not hold it, and a corrected order
+may claim the external_id again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
+
+from limio_provider.exceptions import LimioConfigError, LimioValidationError
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+State = Literal["claimed", "sent", "unknown", "done", "refused"]
+#: What a claim that found a record must do next (see :func:`next_step`).
+Step = Literal["adopt", "reclaim", "resume", "reconcile", "wait"]
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """A fingerprint of the canonical order body (sorted keys, no spaces): ``sha256:`` and 32 hex digits.
+
+    ``external_id`` is part of it; so two orders that differ in any field have different fingerprints.
+    """
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who claimed a record: the task instance and its try."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    try_number: int = 1
+
+    @classmethod
+    def of(cls, context: Context) -> Owner:
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return cls(ti.dag_id, context["run_id"], ti.task_id, -1 if map_index is None else map_index, ti.try_number)
+
+    def same_task_instance(self, other: dict[str, Any] | None) -> bool:
+        """Whether ``other`` (a record's ``claimed_by``) is this task instance, in any try."""
+        if not isinstance(other, dict):
+            return False
+        mine = asdict(self)
+        return all(other.get(key) == mine[key] for key in ("dag_id", "run_id", "task_id", "map_index"))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def next_step(record: dict[str, Any], body_fingerprint: str, owner: Owner) -> Step:
+    """What to do with the ``record`` an external_id already has, for an order with ``body_fingerprint``.
+
+    - ``adopt``: Limio holds the order (``done``): take its result, send nothing.
+    - ``reclaim``: Limio does not hold it (``refused``): a (corrected) order may claim the external_id again.
+    - ``resume``: an earlier try of this task instance claimed it and never sent it: send.
+    - ``reconcile``: an earlier try of this task instance may have sent it (``sent``/``unknown``): look it up.
+    - ``wait``: another task instance holds the claim and has not finished: wait for it, boundedly.
+
+    :raises LimioValidationError: the same external_id with a different body (as payment APIs treat a reused
+        idempotency key), unless the earlier one was refused.
+    """
+    state = record.get("state")
+    if state == "refused":
+        return "reclaim"
+    if record.get("fingerprint") != body_fingerprint:
+        raise LimioValidationError(
+            f"invalid order: external_id {record.get('external_id')!r} was already used for a different order "
+            f"(ledger fingerprint {record.get('fingerprint')}, this order {body_fingerprint}); an external_id "
+            "names one order: give this one its own"
+        )
+    if state == "done":
+        return "adopt"
+    if owner.same_task_instance(record.get("claimed_by")):
+        return "resume" if state == "claimed" else "reconcile"
+    return "wait"
+
+
+class OrderLedger:
+    """Records of what was sent to one Limio tenant, under ``root``.
+
+    :param root: an ``ObjectStoragePath`` URI (or path), e.g. ``file:///data/limio-ledger`` or
+        ``s3://aws_default@bucket/limio-ledger``.
+    :param tenant: the tenant host; records of different tenants never mix.
+    """
+
+    def __init__(self, root: Any, tenant: str) -> None:
+        from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+        try:
+            base = root if isinstance(root, ObjectStoragePath) else ObjectStoragePath(str(root))
+        except Exception as exc:  # an unknown scheme, a missing filesystem package...
+            raise LimioConfigError(f"ledger_path {str(root)!r} is not usable: {type(exc).__name__}: {exc}") from None
+        self.root = base / quote(tenant, safe="")
+        self.tenant = tenant
+
+    def path(self, external_id: str) -> Any:
+        """Where the record of ``external_id`` lives."""
+        return self.root / (quote(external_id, safe="") + ".json")
+
+    def read(self, external_id: str) -> dict[str, Any] | None:
+        """The record of ``external_id``, or ``None``."""
+        path = self.path(external_id)
+        try:
+            data = path.fs.cat_file(path.path)
+        except FileNotFoundError:
+            return None
+        record = json.loads(data)
+        return record if isinstance(record, dict) else None
+
+    def claim(self, external_id: str, body_fingerprint: str, owner: Owner) -> tuple[bool, dict[str, Any]]:
+        """Create the record of ``external_id`` if it does not exist (atomically).
+
+        :returns: ``(True, the new record)`` if this call created it, else ``(False, the existing record)``.
+        """
+        now = _now()
+        record: dict[str, Any] = {
+            "external_id": external_id,
+            "fingerprint": body_fingerprint,
+            "state": "claimed",
+            "order_id": None,
+            "status": None,
+            "result": None,
+            "error": None,
+            "claimed_by": asdict(owner),
+            "claimed_at": now,
+            "updated_at": now,
+        }
+        path = self.path(external_id)
+        for _ in range(3):  # a record deleted between our create and our read is claimed again
+            try:
+                path.fs.makedirs(path.parent.path, exist_ok=True)
+                path.fs.pipe_file(path.path, _dump(record), mode="create")
+                return True, record
+            except FileExistsError:
+                existing = self.read(external_id)
+                if existing is not None:
+                    return False, existing
+        raise LimioConfigError(f"the ledger record of {external_id!r} keeps disappearing under {self.root}")
+
+    def reclaim(self, record: dict[str, Any], body_fingerprint: str, owner: Owner) -> tuple[bool, dict[str, Any]]:
+        """Claim the external_id of a ``refused`` record again: delete it, then claim as usual (of two
+        workers doing this, one wins)."""
+        path = self.path(record["external_id"])
+        try:
+            path.fs.rm_file(path.path)
+        except FileNotFoundError:
+            pass
+        return self.claim(record["external_id"], body_fingerprint, owner)
+
+    def update(self, record: dict[str, Any], state: State, **fields: Any) -> dict[str, Any]:
+        """Write ``record`` with a new ``state`` (and fields); only its claimer does this."""
+        record = {**record, **fields, "state": state, "updated_at": _now()}
+        path = self.path(record["external_id"])
+        path.fs.pipe_file(path.path, _dump(record))
+        return record
+
+    def wait_final(self, external_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any] | None:
+        """Read the record until another worker has finished it (``done`` or ``refused``) or ``timeout``
+        seconds pass; the last record read (``None`` if it was deleted)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.read(external_id)
+            finished = record is None or record.get("state") in ("done", "refused")
+            if finished or time.monotonic() >= deadline:
+                return record
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def _dump(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
