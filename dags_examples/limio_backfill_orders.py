@@ -8,7 +8,8 @@ was not sent to Limio from 2026-01-01 to 2026-01-05. This DAG has one run per da
    logical date. The id depends on the logical date only, not on the run id, so a scheduled run, a backfill
    run and a re-run of the same day all send the same ``external_id``, and the submit operator adopts the
    order an earlier run created (found by ``external_id`` among Limio's newest orders) instead of
-   submitting it twice. An operator-derived id would not do: it includes the run id.
+   submitting it twice. An operator-derived id would do the same (it names the day, not the run); an
+   explicit one is easier to find in Limio.
 2. ``submit_order`` submits it, or with the ``dry_run`` param previews it and submits nothing, returning
    ``{"dry_run": true, "order": ..., "preview": ...}``.
 
