@@ -99,3 +99,12 @@ class LimioOrderFailedError(LimioError):
 
 class LimioWaitTimeoutError(LimioError):
     """The order did not reach a final status within the wait timeout."""
+
+
+class LimioBatchFailedError(LimioError):
+    """A batch of orders ended with more orders not submitted (refused, unknown, failed or invalid) than its
+    ``max_failed`` allows; :attr:`summary` is the batch's summary (also its XCom ``return_value``)."""
+
+    def __init__(self, message: str, *, summary: dict) -> None:
+        super().__init__(message)
+        self.summary = summary

@@ -2,9 +2,9 @@
 
 One small JSON record per (tenant, external_id) under a root given as an Airflow ``ObjectStoragePath`` URI:
 ``file:///var/lib/limio-ledger/`` on one machine, ``s3://aws_conn_id@bucket/prefix/`` when workers are many
-(any fsspec scheme works the same). Claiming a record is an atomic create-if-absent (``O_EXCL`` on a local
-disk, a conditional ``PUT`` with ``If-None-Match: *`` on S3), so of two workers claiming the same external_id
-exactly one proceeds.
+(any fsspec scheme works the same). Claiming a record is an atomic create-if-absent (a hard link of a complete
+temporary file on a local disk, a conditional ``PUT`` with ``If-None-Match: *`` on S3), so of two workers
+claiming the same external_id exactly one proceeds.
 
 A record, readable by a person::
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -129,8 +131,11 @@ class OrderLedger:
     def read(self, external_id: str) -> dict[str, Any] | None:
         """The record of ``external_id``, or ``None``."""
         path = self.path(external_id)
+        # Ask the store, not a cache: s3fs answers "not found" for an object missing from a listing it cached,
+        # and its ``cat_file`` looks the size up (in that cache, else with a HEAD) first unless given a range.
+        path.fs.invalidate_cache(path.path)
         try:
-            data = path.fs.cat_file(path.path)
+            data = path.fs.cat_file(path.path, start=0)
         except FileNotFoundError:
             return None
         record = json.loads(data)
@@ -157,8 +162,7 @@ class OrderLedger:
         path = self.path(external_id)
         for _ in range(3):  # a record deleted between our create and our read is claimed again
             try:
-                path.fs.makedirs(path.parent.path, exist_ok=True)
-                path.fs.pipe_file(path.path, _dump(record), mode="create")
+                _write(path, _dump(record), create=True)
                 return True, record
             except FileExistsError:
                 existing = self.read(external_id)
@@ -166,21 +170,55 @@ class OrderLedger:
                     return False, existing
         raise LimioConfigError(f"the ledger record of {external_id!r} keeps disappearing under {self.root}")
 
-    def reclaim(self, record: dict[str, Any], body_fingerprint: str, owner: Owner) -> tuple[bool, dict[str, Any]]:
-        """Claim the external_id of a ``refused`` record again: delete it, then claim as usual (of two
-        workers doing this, one wins)."""
-        path = self.path(record["external_id"])
+    def reclaim(
+        self, record: dict[str, Any], body_fingerprint: str, owner: Owner, wait: float = 30.0
+    ) -> tuple[bool, dict[str, Any]]:
+        """Claim the external_id of a ``refused`` record again (of workers doing this, one wins).
+
+        Only the record as ``record`` shows it is replaced: if it changed since (another worker reclaimed it
+        already), ``(False, the record now)``. Of workers reclaiming the same record, the one that creates its
+        reclaim marker (atomically, as a claim) deletes it and claims as usual; the others wait up to ``wait``
+        seconds for the winner's claim and return ``(False, it)``. A marker left by an earlier try of this task
+        instance (stopped between marker and claim) lets this try go on.
+        """
+        external_id = record["external_id"]
+        current = self.read(external_id)
+        if current is None:
+            return self.claim(external_id, body_fingerprint, owner)
+        if current != record:
+            return False, current
+        version = hashlib.sha256(_dump(current)).hexdigest()[:32]
+        marker = self.root / (quote(external_id, safe="") + ".json.reclaimed-" + version)
+        note = {"external_id": external_id, "reclaimed_by": asdict(owner), "at": _now()}
+        try:
+            _write(marker, _dump(note), create=True)
+        except FileExistsError:
+            try:
+                holder = json.loads(marker.fs.cat_file(marker.path, start=0)).get("reclaimed_by")
+            except (FileNotFoundError, ValueError, AttributeError):
+                holder = None
+            if not owner.same_task_instance(holder):
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    current = self.read(external_id)
+                    if current is not None and current != record:
+                        return False, current
+                    time.sleep(0.05)
+                raise LimioConfigError(
+                    f"the refused ledger record of {external_id!r} is being reclaimed by {holder}, which did not "
+                    f"finish within {wait:.0f} s; if it is not running, delete {marker} to let it be reclaimed"
+                ) from None
+        path = self.path(external_id)
         try:
             path.fs.rm_file(path.path)
         except FileNotFoundError:
             pass
-        return self.claim(record["external_id"], body_fingerprint, owner)
+        return self.claim(external_id, body_fingerprint, owner)
 
     def update(self, record: dict[str, Any], state: State, **fields: Any) -> dict[str, Any]:
         """Write ``record`` with a new ``state`` (and fields); only its claimer does this."""
         record = {**record, **fields, "state": state, "updated_at": _now()}
-        path = self.path(record["external_id"])
-        path.fs.pipe_file(path.path, _dump(record))
+        _write(self.path(record["external_id"]), _dump(record), create=False)
         return record
 
     def wait_final(self, external_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any] | None:
@@ -193,6 +231,43 @@ class OrderLedger:
             if finished or time.monotonic() >= deadline:
                 return record
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def _write(path: Any, data: bytes, *, create: bool) -> None:
+    """Write all of ``data`` at ``path`` at once: a reader sees the old bytes or the new, never a part.
+    ``create``: only if nothing is there (else :class:`FileExistsError`), atomically.
+
+    An object store's PUT is both (s3fs sends ``If-None-Match: *`` for ``mode="create"``). fsspec's local
+    filesystem is neither: its ``mode="create"`` is ``exists()`` then ``open("wb")``, and ``open("wb")`` empties
+    the file before writing it. So on a local disk: a temporary file, then ``link`` (fails if the name exists)
+    or ``rename`` into place.
+    """
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs = path.fs
+    if not isinstance(fs, LocalFileSystem):  # no directories to make on an object store
+        fs.pipe_file(path.path, data, mode="create" if create else "overwrite")
+        return
+    target = path.path
+    if create and os.path.lexists(target):
+        raise FileExistsError(target)
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if create:
+            os.link(tmp, target)
+        else:
+            os.replace(tmp, target)
+    finally:
+        try:
+            os.unlink(tmp)  # gone already after a rename
+        except FileNotFoundError:
+            pass
 
 
 def _dump(record: dict[str, Any]) -> bytes:

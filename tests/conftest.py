@@ -32,3 +32,94 @@ def capture() -> Iterator[Capture]:
     """A loopback server that records what reaches it: a redirect target or a proxy must see nothing."""
     with Capture() as server:
         yield server
+
+
+# --- The order ledger's backends: a local directory and S3 (moto's server on 127.0.0.1; never real AWS) ---
+
+#: The Airflow connection the S3 ledger root names (``s3://limio_s3@bucket/...``).
+LIMIO_S3_CONN_ID = "limio_s3"
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """moto's server in this process on 127.0.0.1 and an ephemeral port, for the session; yields its endpoint URL.
+
+    No real AWS, ever: every ``AWS_*`` variable of the machine is dropped, the credentials are dummies, the
+    instance metadata service is off, and a client that is not pointed at moto explicitly (through the
+    ``limio_s3`` connection or ``endpoint_url``) goes to a closed local port instead of Amazon.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [name for name in os.environ if name.startswith("AWS_")]:
+            mp.delenv(name)
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # the discard port: refused at once, never Amazon
+        }.items():
+            mp.setenv(name, value)
+        for name in ("NO_PROXY", "no_proxy"):
+            mp.setenv(name, ",".join(filter(None, [os.environ.get(name), "127.0.0.1", "localhost"])))
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+        import moto.backends
+
+        if callable(getattr(moto.backends, "list_of_moto_modules", None)):
+            # moto lists its own package directory (~180 stat calls, under a global lock) on every request to
+            # find the service; it never changes while we run, so list it once (a quarter of each request's CPU).
+            modules = tuple(moto.backends.list_of_moto_modules())
+            mp.setattr(moto.backends, "list_of_moto_modules", lambda: modules)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            _, port = server.get_host_and_port()
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def limio_s3_conn(moto_s3: str) -> str:
+    """The ``limio_s3`` Airflow connection (an ``AIRFLOW_CONN_LIMIO_S3`` value): AWS, pointed at moto."""
+    import json
+
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": moto_s3, "region_name": "us-east-1"},
+        }
+    )
+
+
+@pytest.fixture
+def s3_ledger_root(moto_s3: str, limio_s3_conn: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket in moto and the ``limio_s3`` connection set: ``s3://limio_s3@<bucket>/ledger``."""
+    import uuid
+
+    import boto3
+
+    bucket = f"limio-ledger-{uuid.uuid4().hex[:16]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket=bucket)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{LIMIO_S3_CONN_ID.upper()}", limio_s3_conn)
+    return f"s3://{LIMIO_S3_CONN_ID}@{bucket}/ledger"
+
+
+@pytest.fixture
+def local_ledger_root(tmp_path) -> str:
+    """A ledger root on the local disk: ``file://<tmp_path>/ledger``."""
+    return f"file://{tmp_path}/ledger"

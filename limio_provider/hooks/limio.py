@@ -324,6 +324,8 @@ class LimioHook(BaseHook):
         password = client secret, extras = :class:`LimioConnectionOptions`.
     :param sleep: how to wait between retries (injectable for tests).
     :param clock: a monotonic clock in seconds, for token expiry (injectable for tests).
+    :param pool_size: keep-alive connections the session keeps to Limio (requests' default, 10, if not
+        given): as many as the calls made at once by threads sharing this hook.
     :param options: any :class:`LimioConnectionOptions` field, overriding the connection's extras.
     """
 
@@ -338,6 +340,7 @@ class LimioHook(BaseHook):
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        pool_size: int = requests.adapters.DEFAULT_POOLSIZE,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -350,6 +353,7 @@ class LimioHook(BaseHook):
         self._overrides = options
         self._sleep = sleep
         self._clock = clock
+        self._pool_size = pool_size
         self._token: _Token | None = None
         self._token_lock = threading.Lock()
         self.token_requests = 0
@@ -457,7 +461,7 @@ class LimioHook(BaseHook):
         options = settings.options
         session = requests.Session()
         session.trust_env = False
-        adapter = _TrackedAdapter()
+        adapter = _TrackedAdapter(pool_connections=self._pool_size, pool_maxsize=self._pool_size)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers["User-Agent"] = f"airflow-provider-limio/{__version__} requests/{requests.__version__}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from limio_provider.operators.batch import LimioSubmitOrdersOperator
 from limio_provider.operators.orders import (
     LimioAdminSubmitOrderOperator,
     LimioPreviewOrderOperator,
@@ -13,5 +14,6 @@ __all__ = [
     "LimioAdminSubmitOrderOperator",
     "LimioPreviewOrderOperator",
     "LimioSubmitOrderOperator",
+    "LimioSubmitOrdersOperator",
     "external_id_for",
 ]

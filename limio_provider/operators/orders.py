@@ -140,9 +140,13 @@ class _LimioOrderOperator(BaseOperator):
 
     def _order_body(self) -> dict[str, Any]:
         """The rendered order, validated: the JSON body to send."""
+        return self._body_of(self.order)
+
+    def _body_of(self, order: Any) -> dict[str, Any]:
+        """``order`` (a dict, a model or a JSON object in a string), validated: the JSON body to send."""
         from limio_provider.models.orders import order_body
 
-        return order_body(_as_dict("order", self.order), allow_unmodelled=self.allow_unmodelled)
+        return order_body(_as_dict("order", order), allow_unmodelled=self.allow_unmodelled)
 
 
 class LimioPreviewOrderOperator(_LimioOrderOperator):
@@ -353,15 +357,21 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
 
     def _prepared_order(self, context: Context) -> dict[str, Any]:
         """The validated body with its external_id; the connection is read and checked too (no network)."""
-        body = self._order_body()
+        body = self._prepared_body(self.order, context)
+        self.hook.settings  # noqa: B018 - a bad connection (e.g. order_link_template) fails before any call
+        return body
+
+    def _prepared_body(self, order: Any, context: Context, *, log: bool = True) -> dict[str, Any]:
+        """``order`` validated (:meth:`_body_of`), with its external_id: :func:`external_id_for` if it has none."""
+        body = self._body_of(order)
         if not body.get("external_id"):
             ti, work = context["ti"], work_of(context)
             body["external_id"] = external_id_for(ti.dag_id, ti.task_id, work, body)
-            self.log.info(
-                "Derived external_id %s from dag %s, task %s, %s and the order's fingerprint",
-                body["external_id"], ti.dag_id, ti.task_id, work,
-            )
-        self.hook.settings  # noqa: B018 - a bad connection (e.g. order_link_template) fails before any call
+            if log:
+                self.log.info(
+                    "Derived external_id %s from dag %s, task %s, %s and the order's fingerprint",
+                    body["external_id"], ti.dag_id, ti.task_id, work,
+                )
         return body
 
     # -- the submit: every transition of its record, top to bottom ------------------------------------
@@ -603,6 +613,16 @@ def _result_of(order: OrderObject, *, status_only: bool = False) -> dict[str, An
     return {key: value for key, value in dump.items() if key in keys and (value is not None or key != "message")}
 
 
+def _admin_body(body: dict[str, Any], partner: Any) -> dict[str, Any]:
+    """A validated ``body`` as an admin order for ``partner`` (an id, an object, or one rendered as JSON text),
+    or for the order's own ``forPartner``."""
+    from limio_provider.models.orders import admin_order_body
+
+    if isinstance(partner, str) and partner.strip().startswith("{"):
+        partner = _as_dict("partner", partner)
+    return admin_order_body(body, partner or None)
+
+
 class LimioAdminSubmitOrderOperator(LimioSubmitOrderOperator):
     """Submit an order with management credentials on behalf of a partner (``POST /admin/order``).
 
@@ -616,13 +636,8 @@ class LimioAdminSubmitOrderOperator(LimioSubmitOrderOperator):
         super().__init__(**kwargs)
         self.partner = partner
 
-    def _order_body(self) -> dict[str, Any]:
-        from limio_provider.models.orders import admin_order_body
-
-        partner = self.partner
-        if isinstance(partner, str) and partner.strip().startswith("{"):
-            partner = _as_dict("partner", partner)
-        return admin_order_body(super()._order_body(), partner or None)
+    def _body_of(self, order: Any) -> dict[str, Any]:
+        return _admin_body(super()._body_of(order), self.partner)
 
     def _post(self, body: dict[str, Any]) -> Any:
         return self.hook.submit_admin_order(body, allow_unmodelled=self.allow_unmodelled)

@@ -1,0 +1,680 @@
+"""Submit a batch of Limio orders from one task: each exactly once, through the order ledger, a few at a time.
+
+This module is imported at DAG-parse time, so it imports nothing heavy: the hook, ``requests`` and the
+order models are imported when a task runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+from limio_provider.operators.orders import LimioSubmitOrderOperator, PreviewCheck, _admin_body, _as_bool, work_of
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context, ObjectStoragePath
+    from limio_provider.hooks.limio import LimioHook
+    from limio_provider.operators.orders import _OrderRecord
+
+#: What became of each order, as the results file and the summary say.
+OUTCOMES = ("submitted", "adopted", "refused", "unknown", "failed", "invalid", "dry_run")
+#: The outcomes counted against ``max_failed``.
+FAILURES = ("refused", "unknown", "failed", "invalid")
+#: Invalid orders named in the error that refuses a batch; the rest are counted.
+MAX_PROBLEMS_SHOWN = 20
+#: The summary (XCom ``return_value``) stays under this many bytes of JSON.
+MAX_SUMMARY_BYTES = 2000
+#: The operator arguments of the single-order submit that a batch does not take.
+_NOT_FOR_A_BATCH = {
+    "order": "give the orders as orders= (a list) or orders_path= (a JSON Lines file)",
+    "wait_for_completion": "wait for the orders downstream, e.g. with LimioOrderSensor",
+    "poll_interval": "a batch does not wait for completion",
+    "wait_timeout": "a batch does not wait for completion",
+    "deferrable": "a batch does not wait for completion",
+    "adopt_existing": "a batch always has a ledger, which decides adoption",
+}
+
+
+@dataclass
+class _Item:
+    """One order of the batch as read: where it is, its body to send (``None`` if invalid) and why not."""
+
+    position: dict[str, int]  # {"line": n} (a file, 1-based) or {"index": i} (a list)
+    where: str  # "line 12" or "orders[11]"
+    body: dict[str, Any] | None
+    external_id: str | None
+    error: str | None
+    derived: bool = False  # the external_id is derived (the order has none)
+
+
+def _one_line(message: str) -> str:
+    """A validation message (``invalid 'new' order:\\n  - path: why...``) on one line: ``head: path: why; ...``."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, details = lines[0].rstrip(":"), [line.removeprefix("- ") for line in lines[1:]]
+    return f"{head}: {'; '.join(details)}" if details else head
+
+
+def _as_list(value: Any) -> list[Any]:
+    """The rendered ``orders``: a list, or a JSON (or Python-literal) list in a string."""
+    from limio_provider.exceptions import LimioValidationError
+
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            try:  # a list rendered without render_template_as_native_obj comes out as its Python repr
+                value = ast.literal_eval(text)
+            except Exception:
+                shown = text if len(text) <= 80 else text[:80] + "..."
+                raise LimioValidationError(
+                    f"invalid orders: the template rendered to a string that is not a JSON list: {shown!r}"
+                ) from None
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise LimioValidationError(f"invalid orders: expected a list of orders, got {type(value).__name__}")
+    return value
+
+
+def _storage_path(name: str, value: Any) -> ObjectStoragePath:
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    from limio_provider.exceptions import LimioConfigError
+
+    if isinstance(value, ObjectStoragePath):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise LimioConfigError(
+            f"{name} must be an ObjectStoragePath URI such as file:///data/orders.jsonl, got {value!r}"
+        )
+    try:
+        return ObjectStoragePath(value.strip())
+    except Exception as exc:  # an unknown scheme, a missing filesystem package...
+        raise LimioConfigError(f"{name} {value!r} is not usable: {type(exc).__name__}: {exc}") from None
+
+
+def default_results_path(orders_path: str) -> str:
+    """Where the results of ``orders_path`` go by default: next to it, as ``<name>.results.jsonl``
+    (``renewals.jsonl`` and ``renewals.jsonl.gz`` give ``renewals.results.jsonl``)."""
+    stem = orders_path.removesuffix(".gz")
+    for suffix in (".jsonl", ".ndjson", ".json"):
+        if stem.endswith(suffix):
+            stem = stem.removesuffix(suffix)
+            break
+    return stem + ".results.jsonl"
+
+
+def _file_lines(path: ObjectStoragePath, uri: str) -> Iterator[tuple[int, str | None, str | None]]:
+    """``(line number, text, error)`` of each non-blank line of a JSON Lines file (gzip if named ``.gz``),
+    read as a stream: one line in memory at a time."""
+    from limio_provider.exceptions import LimioConfigError, LimioValidationError
+
+    number = 0
+    try:
+        raw = path.open("rb")
+    except FileNotFoundError:
+        raise LimioConfigError(f"orders_path {uri} does not exist") from None
+    with raw:
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+        try:
+            for number, data in enumerate(stream, 1):  # number is read after the loop, too
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield number, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                    continue
+                text = text.removeprefix("\ufeff") if number == 1 else text
+                if text.strip():
+                    yield number, text, None
+        except (OSError, EOFError) as exc:  # a corrupt or cut-short gzip stream, a storage error
+            raise LimioValidationError(
+                f"invalid orders_path {uri}: cannot be read after line {number}: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+class _Throttle:
+    """What the batch's workers share to go easy on Limio.
+
+    :meth:`sleep` is the hook's sleep between retries: besides sleeping, it pauses the batch (a 429's
+    ``Retry-After``, or any backoff) until then: every worker waits for the pause before its next order
+    and before each submit. :meth:`acquire` also spaces the submits ``1 / per_second`` apart.
+    """
+
+    def __init__(self, per_second: float | None) -> None:
+        self._batch_lock = threading.Lock()
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._paused_until = 0.0
+        self._next_slot = 0.0
+        self.pauses = 0
+
+    def sleep(self, seconds: float) -> None:
+        with self._batch_lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            self.pauses += 1
+        time.sleep(seconds)
+
+    def wait_pause(self) -> None:
+        """Return once the batch is not paused."""
+        while True:
+            with self._batch_lock:
+                wait = self._paused_until - time.monotonic()
+            if wait <= 0:
+                return
+            time.sleep(wait)
+
+    def acquire(self) -> None:
+        """Wait for the pause, then for this submit's turn."""
+        while True:
+            self.wait_pause()
+            with self._batch_lock:
+                now = time.monotonic()
+                if now >= self._paused_until:
+                    slot = max(now, self._next_slot)
+                    self._next_slot = slot + self._interval
+                    break
+        if slot > now:
+            time.sleep(slot - now)
+
+
+class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
+    """Submit a batch of orders (``POST /order``, or ``POST /admin/order`` with ``partner``), each exactly once,
+    a few at a time, and write one result line per order; returns a small summary (XCom ``return_value``).
+
+    Every order is validated, and given its external_id, exactly as :class:`LimioSubmitOrderOperator` does
+    (an order without one gets :func:`~limio_provider.operators.orders.external_id_for`), and goes through
+    the same exactly-once submit. All of them are validated before the first request: a file is read twice
+    (a validation pass, then a sending pass), one line at a time, so memory does not grow with it.
+
+    An order ledger is required (the connection's ``ledger_path`` extra, or ``ledger_path``): it is the
+    record of every order. A retried or cleared task, or a new run of the same work, adopts the orders it
+    holds as done without calling Limio, looks up by external_id those an earlier try of this task
+    instance sent without learning the outcome, and never sends an order twice. Orders repeating an
+    external_id within the batch are sent one at a time: a repeat adopts the first one's order (or, with a
+    different body, is refused by the ledger).
+
+    The orders share one hook: one token and one pool of ``max_in_flight`` connections. Any backoff the hook
+    takes (a 429's ``Retry-After``, a retried 503...) pauses the whole batch: no worker starts an order or
+    sends a submit until it has passed.
+
+    Each line of the results file is ``{"line": n}`` (or ``{"index": i}`` for a list), ``external_id``,
+    ``outcome``, ``order_id``, ``status`` and ``error``, written as each order finishes (not in input
+    order). ``outcome`` is one of ``submitted`` (this task created the order), ``adopted`` (an earlier try
+    or run had), ``refused`` (Limio, the preview check or the ledger refused it: nothing was created),
+    ``unknown`` (Limio may hold it: check it by external_id before sending it again), ``failed`` (Limio
+    answered that the order failed, or it could not be sent: nothing was created), ``invalid`` (not sent)
+    or ``dry_run`` (previewed only; the line also has ``total_due``).
+
+    The summary is ``{"total", "counts": {outcome: n}, "failures", "max_failed", "results_path",
+    "duration_seconds", "orders_per_second", "dry_run", "first_failures"}`` (under 2 KB). The task fails at
+    the end, after writing the results and pushing the summary, if more than ``max_failed`` orders were
+    refused, unknown, failed or invalid.
+
+    :param orders: the orders: a list of order bodies (dicts as Limio spells them, models, or JSON objects
+        in strings), typically an upstream task's result (``XComArg``), or a template rendering to a JSON
+        list. Give ``orders`` or ``orders_path``, not both. (templated)
+    :param orders_path: a JSON Lines file of orders, one JSON object a line, as an ``ObjectStoragePath`` URI
+        (``file:///data/renewals.jsonl``, ``s3://aws_conn@bucket/renewals.jsonl.gz``); gzip if its name ends
+        with ``.gz``. Blank lines are skipped; results name orders by line number. (templated)
+    :param results_path: where the results go, as an ``ObjectStoragePath`` URI (overwritten by each try).
+        Default with ``orders_path``: next to it, as ``<name>.results.jsonl``; required with ``orders``.
+        (templated)
+    :param on_invalid: ``"fail"`` (default) refuses the whole batch before sending anything if any order is
+        invalid, naming each by line number (or list index) and field; ``"skip"`` sends the valid ones and
+        counts the invalid ones as not submitted.
+    :param max_in_flight: orders in flight at once (threads sharing the hook), 1 to 64. Default 8.
+    :param max_orders_per_second: at most this many submits (previews, with ``dry_run``) per second across
+        the batch; default: no limit beyond ``max_in_flight``.
+    :param max_failed: how many orders may end refused, unknown, failed or invalid before the task fails (at
+        the end, with the summary in its error). Default 0.
+    :param partner: submit every order with management credentials on behalf of this partner
+        (``POST /admin/order``, sent as ``forPartner``): an id or an object; an order carrying its own
+        ``forPartner`` is refused as invalid. Default: ``POST /order``. (templated)
+    :param progress_interval: seconds between two progress lines in the log (done/total, orders/s, ETA,
+        failures so far).
+    :param preview_check: preview each order first and submit it only if this callable accepts the
+        :class:`~limio_provider.models.results.PreviewResult`: it returns True to submit, False or a string
+        giving the reason to refuse (the order's outcome is then ``refused``).
+    :param on_preview_reject: accepted as by the single-order submit, without effect: in a batch an order
+        whose preview ``preview_check`` refuses is ``refused``, and the batch goes on.
+    :param dry_run: preview each order (and apply ``preview_check``), send nothing; results say
+        ``dry_run``. The ledger is not written. (templated)
+    :param on_unknown_outcome: when Limio may have received an order but it cannot be found by
+        ``external_id`` within the reconcile budget: ``"fail"`` (default) makes its outcome ``unknown``;
+        ``"resubmit"`` submits it again.
+    :param reconcile_pages: how many pages of the newest orders to search by ``external_id``.
+    :param reconcile_page_size: orders per page when searching.
+    :param allow_failed_order: count an order Limio answers as failed as ``submitted`` (or ``adopted``)
+        rather than ``failed``.
+    :param ledger_path: the order ledger's root (an ``ObjectStoragePath`` URI such as
+        ``file:///data/ledger`` or ``s3://aws_conn@bucket/ledger``), overriding the connection's
+        ``ledger_path`` extra; one of them is required. (templated)
+    :param ledger_wait_timeout: seconds to wait for another task instance that holds the ledger's claim on
+        one of the orders to finish, before that order's outcome is ``unknown``.
+    :param limio_conn_id: the Limio connection. (templated)
+    :param hook_params: keyword arguments for :class:`~limio_provider.hooks.limio.LimioHook`, e.g.
+        ``{"timeout": 60, "retry_limit": 2}``.
+    :param allow_unmodelled: send an ``order_type`` this provider does not model yet (only the common fields
+        are checked).
+    """
+
+    template_fields: Sequence[str] = (
+        "orders", "orders_path", "results_path", "limio_conn_id", "dry_run", "ledger_path", "partner",
+    )
+    template_fields_renderers = {"orders": "json"}
+    operator_extra_links = ()
+
+    def __init__(
+        self,
+        *,
+        orders: Any = None,
+        orders_path: str | None = None,
+        results_path: str | None = None,
+        on_invalid: Literal["fail", "skip"] = "fail",
+        max_in_flight: int = 8,
+        max_orders_per_second: float | None = None,
+        max_failed: int = 0,
+        partner: str | dict[str, Any] | None = None,
+        progress_interval: float = 5.0,
+        preview_check: PreviewCheck | None = None,
+        dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        for name, instead in _NOT_FOR_A_BATCH.items():
+            if name in kwargs:
+                raise ValueError(f"LimioSubmitOrdersOperator does not take {name}: {instead}")
+        super().__init__(order=None, preview_check=preview_check, dry_run=dry_run, **kwargs)
+        if (orders is None) == (orders_path is None):
+            raise ValueError("give the orders as orders= (a list) or orders_path= (a JSON Lines file), not both")
+        if orders is not None and results_path is None:
+            raise ValueError("results_path is required with orders= (with orders_path= it defaults to next to it)")
+        if on_invalid not in ("fail", "skip"):
+            raise ValueError(f"on_invalid must be 'fail' or 'skip', got {on_invalid!r}")
+        if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or not 1 <= max_in_flight <= 64:
+            raise ValueError(f"max_in_flight must be an integer from 1 to 64, got {max_in_flight!r}")
+        if max_orders_per_second is not None and not (
+            isinstance(max_orders_per_second, int | float) and max_orders_per_second > 0
+        ):
+            raise ValueError(f"max_orders_per_second must be a positive number, got {max_orders_per_second!r}")
+        if not isinstance(max_failed, int) or isinstance(max_failed, bool) or max_failed < 0:
+            raise ValueError(f"max_failed must be an integer >= 0, got {max_failed!r}")
+        if not progress_interval > 0:
+            raise ValueError(f"progress_interval must be positive, got {progress_interval!r}")
+        self.orders = orders
+        self.orders_path = orders_path
+        self.results_path = results_path
+        self.on_invalid = on_invalid
+        self.max_in_flight = max_in_flight
+        self.max_orders_per_second = max_orders_per_second
+        self.max_failed = max_failed
+        self.partner = partner
+        self.progress_interval = progress_interval
+
+    @cached_property
+    def _throttle(self) -> _Throttle:
+        return _Throttle(self.max_orders_per_second)
+
+    @cached_property
+    def hook(self) -> LimioHook:
+        """One hook for the whole batch: one token, a pool of ``max_in_flight`` connections, and the batch's
+        shared sleep between retries."""
+        from limio_provider.hooks.limio import LimioHook
+
+        return LimioHook(
+            self.limio_conn_id, sleep=self._throttle.sleep, pool_size=self.max_in_flight, **self.hook_params
+        )
+
+    # -- the seams of the single-order submit --------------------------------------------------------------
+
+    def _body_of(self, order: Any) -> dict[str, Any]:
+        body = super()._body_of(order)
+        return body if self.partner is None else _admin_body(body, self.partner)
+
+    def _post(self, body: dict[str, Any]) -> Any:
+        if self.partner is None:
+            return super()._post(body)
+        return self.hook.submit_admin_order(body, allow_unmodelled=self.allow_unmodelled)
+
+    def _send_recorded(
+        self, body: dict[str, Any], record: _OrderRecord, seen: list[str] | None
+    ) -> dict[str, Any] | None:
+        self._throttle.acquire()  # before the ledger says "sent": a task killed while waiting sent nothing
+        return super()._send_recorded(body, record, seen)
+
+    def _created_since(self, external_id: str, seen: list[str] | None) -> dict[str, Any] | None:
+        """The look-up of an order that may have been sent: when it fails, the order's outcome is unknown
+        (not the look-up's error, which would read as if nothing was created)."""
+        from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
+
+        try:
+            return super()._created_since(external_id, seen)
+        except LimioOutcomeUnknownError:
+            raise
+        except LimioError as exc:
+            raise LimioOutcomeUnknownError(
+                f"Limio may have received order {external_id}, and looking it up failed: {exc}",
+                external_id=external_id,
+            ) from exc
+
+    # -- execute -------------------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from fsspec.implementations.local import LocalFileSystem
+
+        from limio_provider.exceptions import LimioBatchFailedError, LimioConfigError, LimioValidationError
+
+        started = time.monotonic()
+        dry_run = _as_bool("dry_run", self.dry_run)
+        self.hook.settings  # noqa: B018 - a bad connection fails before any call
+        if self.hook.ledger(self.ledger_path) is None:
+            raise LimioConfigError(
+                "LimioSubmitOrdersOperator needs an order ledger, which remembers every order sent so that a "
+                "retried or re-run batch never sends one twice: set the Limio connection's ledger_path extra "
+                '(e.g. {"ledger_path": "s3://aws_default@bucket/limio-ledger"}) or the operator\'s ledger_path '
+                "argument (file:///var/lib/limio-ledger on a single machine)"
+            )
+        results_uri = self._results_uri()
+
+        # 1. Validation pass: every order, before the first request.
+        total = invalid = derived = 0
+        problems: list[str] = []
+        for item in self._items(context):
+            total += 1
+            derived += item.derived
+            if item.error is not None:
+                invalid += 1
+                if len(problems) < MAX_PROBLEMS_SHOWN:
+                    problems.append(f"{item.where}: {item.error}")
+        if invalid and self.on_invalid == "fail":
+            more = f"\n  ... and {invalid - len(problems)} more" if invalid > len(problems) else ""
+            raise LimioValidationError(
+                f"{invalid} of {total} orders are invalid; nothing was sent (on_invalid='fail'; "
+                "on_invalid='skip' sends the valid ones):\n  " + "\n  ".join(problems) + more
+            )
+        if derived:
+            ti = context["ti"]
+            self.log.info(
+                "%d orders have no external_id: each gets one derived from dag %s, task %s, %s and the order's "
+                "fingerprint", derived, ti.dag_id, ti.task_id, work_of(context),
+            )
+        self.log.info(
+            "Validated %d orders (%d invalid%s); %s them, %d at a time, through %s; results to %s",
+            total, invalid, ", skipped" if invalid else "", "previewing" if dry_run else "submitting",
+            self.max_in_flight, "POST /admin/order" if self.partner is not None else "POST /order", results_uri,
+        )
+
+        # 2. Sending pass.
+        counts = dict.fromkeys(OUTCOMES, 0)
+        first_failures: list[dict[str, Any]] = []
+        self._batch_lock = threading.Lock()
+        self._batch_in_flight: dict[str, threading.Event] = {}
+        self._batch_stopped: str | None = None
+        results_file = _storage_path("results_path", results_uri)
+        if isinstance(results_file.fs, LocalFileSystem):  # an object store has no folders to make
+            results_file.fs.makedirs(results_file.parent.path, exist_ok=True)
+        with results_file.open("wb") as results:
+
+            def record(row: dict[str, Any]) -> None:
+                results.write((json.dumps(row, default=str) + "\n").encode())
+                results.flush()
+                counts[row["outcome"]] += 1
+                if row["outcome"] in FAILURES and len(first_failures) < 3:
+                    first_failures.append(
+                        {
+                            "external_id": str(row.get("external_id"))[:64],
+                            "outcome": row["outcome"],
+                            "error": str(row.get("error"))[:160],
+                        }
+                    )
+
+            try:
+                self._send_all(context, total, dry_run, record, counts, started)
+            finally:
+                self.hook.close()
+
+        duration = time.monotonic() - started
+        done = sum(counts.values())
+        failures = sum(counts[outcome] for outcome in FAILURES)
+        summary: dict[str, Any] = {
+            "total": done,
+            "counts": counts,
+            "failures": failures,
+            "max_failed": self.max_failed,
+            "results_path": results_uri,
+            "duration_seconds": round(duration, 3),
+            "orders_per_second": round(done / duration, 2) if duration > 0 else None,
+            "dry_run": dry_run,
+            "first_failures": first_failures,
+        }
+        if self._batch_stopped:
+            summary["stopped"] = self._batch_stopped[:300]
+        summary = _small(summary)
+        self.log.info("Batch done: %s", json.dumps(summary))
+        if failures > self.max_failed:
+            context["ti"].xcom_push(key="return_value", value=summary)
+            shown = ", ".join(f"{outcome} {counts[outcome]}" for outcome in FAILURES if counts[outcome])
+            raise LimioBatchFailedError(
+                f"{failures} of {done} orders were not submitted ({shown}), more than max_failed="
+                f"{self.max_failed}; every order's outcome is in {results_uri}. Summary: {json.dumps(summary)}",
+                summary=summary,
+            )
+        return summary
+
+    def on_kill(self) -> None:
+        """Start no more orders; those in flight end and are recorded."""
+        self._batch_stopped = "the task was killed"
+
+    def _results_uri(self) -> str:
+        from limio_provider.exceptions import LimioConfigError
+
+        if self.results_path is not None:
+            uri = str(self.results_path)
+        elif self.orders_path is not None:
+            uri = default_results_path(str(self.orders_path))
+        else:
+            raise LimioConfigError(
+                "results_path is required with orders= (with orders_path= it defaults to next to it)"
+            )
+        if self.orders_path is not None and uri == str(self.orders_path):
+            raise LimioConfigError(f"results_path {uri} is the orders_path: give the results another path")
+        _storage_path("results_path", uri)  # usable (scheme, filesystem) before any call
+        return uri
+
+    def _items(self, context: Context) -> Iterator[_Item]:
+        """Each order of the batch, read afresh and prepared for sending (no network call)."""
+        if self.orders_path is not None:
+            uri = str(self.orders_path)
+            for number, text, error in _file_lines(_storage_path("orders_path", self.orders_path), uri):
+                position, where = {"line": number}, f"line {number}"
+                if error is not None:
+                    yield _Item(position, where, None, None, error)
+                    continue
+                try:
+                    order = json.loads(text)  # type: ignore[arg-type]
+                except (ValueError, RecursionError) as exc:
+                    yield _Item(position, where, None, None, f"not a JSON object: {exc}")
+                    continue
+                yield self._prepared_item(position, where, order, context)
+        else:
+            for index, order in enumerate(_as_list(self.orders)):
+                yield self._prepared_item({"index": index}, f"orders[{index}]", order, context)
+
+    def _prepared_item(self, position: dict[str, int], where: str, order: Any, context: Context) -> _Item:
+        given = order.get("external_id") if isinstance(order, dict) else None
+        given = given if isinstance(given, str) else None
+        try:
+            body = self._prepared_body(order, context, log=False)
+        except ValueError as exc:  # LimioValidationError, naming each bad field
+            return _Item(position, where, None, given, _one_line(str(exc)))
+        return _Item(position, where, body, body["external_id"], None, derived=given is None)
+
+    def _send_all(
+        self,
+        context: Context,
+        total: int,
+        dry_run: bool,
+        record: Any,
+        counts: dict[str, int],
+        started: float,
+    ) -> None:
+        """Send (or preview) every valid order, ``max_in_flight`` at a time; ``record`` each result as it ends."""
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+        # The ledger is each order's record: the task's one task_state_store key is not for thousands of orders.
+        order_context: dict[str, Any] = {k: v for k, v in context.items() if k != "task_state_store"}
+        pending: set[Future[dict[str, Any]]] = set()
+        next_log = time.monotonic() + self.progress_interval
+
+        def drain(until: int) -> None:
+            nonlocal next_log
+            while len(pending) > until:
+                finished, _ = wait(pending, timeout=max(0.0, next_log - time.monotonic()), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    pending.discard(future)
+                    record(future.result())
+                if time.monotonic() >= next_log:
+                    self._log_progress(counts, total, started)
+                    next_log = time.monotonic() + self.progress_interval
+
+        pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="limio-batch")
+        try:
+            for item in self._items(context):
+                if item.body is None:
+                    record(self._row(item, "invalid", error=item.error))
+                    continue
+                if self._batch_stopped:
+                    record(self._row(item, "failed", error=f"not sent: the batch stopped: {self._batch_stopped}"))
+                    continue
+                drain(self.max_in_flight - 1)
+                pending.add(pool.submit(self._run_one, item, order_context, dry_run))
+            drain(0)
+        except BaseException as exc:  # killed, timed out: start nothing more; what is in flight ends and is recorded
+            self._batch_stopped = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future in pending:
+                if future.done() and not future.cancelled():
+                    record(future.result())
+        self._log_progress(counts, total, started)
+
+    def _log_progress(self, counts: dict[str, int], total: int, started: float) -> None:
+        done = sum(counts.values())
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = f"{(total - done) / rate:.0f} s" if rate > 0 and total > done else "-"
+        failed = {outcome: counts[outcome] for outcome in FAILURES if counts[outcome]}
+        self.log.info(
+            "Progress: %d/%d orders done (%.1f orders/s, ETA %s); not submitted so far: %d%s",
+            done, total, rate, eta, sum(failed.values()),
+            f" ({', '.join(f'{k} {v}' for k, v in failed.items())})" if failed else "",
+        )
+
+    @staticmethod
+    def _row(item: _Item, outcome: str, **fields: Any) -> dict[str, Any]:
+        return {
+            **item.position,
+            "external_id": item.external_id,
+            "outcome": outcome,
+            "order_id": None,
+            "status": None,
+            "error": None,
+            **fields,
+        }
+
+    @contextmanager
+    def _exclusive(self, external_id: str) -> Iterator[None]:
+        """One order per external_id at a time: a repeat within the batch waits for the first to end."""
+        while True:
+            with self._batch_lock:
+                running = self._batch_in_flight.get(external_id)
+                if running is None:
+                    self._batch_in_flight[external_id] = threading.Event()
+                    break
+            running.wait()
+        try:
+            yield
+        finally:
+            with self._batch_lock:
+                self._batch_in_flight.pop(external_id).set()
+
+    def _run_one(self, item: _Item, context: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+        """One order, start to end, in a worker thread: its result line (never raises)."""
+        from limio_provider.models.results import OrderResult, PreviewResult
+
+        assert item.body is not None and item.external_id is not None
+        if self._batch_stopped:
+            return self._row(item, "failed", error=f"not sent: the batch stopped: {self._batch_stopped}")
+        with self._exclusive(item.external_id):
+            self._throttle.wait_pause()
+            try:
+                if dry_run:
+                    self._throttle.acquire()
+                    preview = self._check_preview(item.body)
+                    total_due = PreviewResult.model_validate(preview).total_due()
+                    return self._row(item, "dry_run", total_due=str(total_due))
+                result, adopted = self._submit_once(item.body, context)
+            except Exception as exc:
+                outcome, error = self._outcome_of(exc)
+                return self._row(item, outcome, error=error)
+        order = OrderResult.model_validate(result)
+        row = self._row(item, "adopted" if adopted else "submitted", order_id=order.id, status=order.status)
+        if order.failed and not self.allow_failed_order:
+            reason = order.reason or "no reason given"
+            row.update(outcome="failed", error=f"Limio order {order.id} {order.status}: {reason}")
+        return row
+
+    def _outcome_of(self, exc: Exception) -> tuple[str, str]:
+        """The outcome of an order whose submit raised ``exc``, and the error to report."""
+        from airflow.providers.common.compat.sdk import AirflowSkipException
+
+        from limio_provider.exceptions import (
+            LimioAuthError,
+            LimioConfigError,
+            LimioError,
+            LimioNotFoundError,
+            LimioOrderRejectedError,
+            LimioOutcomeUnknownError,
+            LimioPreviewRejectedError,
+            LimioValidationError,
+        )
+
+        message = _one_line(str(exc))[:1000]
+        if isinstance(exc, LimioOutcomeUnknownError):
+            return "unknown", message
+        if isinstance(exc, LimioNotFoundError):
+            return "failed", message
+        refused = AirflowSkipException | LimioPreviewRejectedError | LimioOrderRejectedError | LimioValidationError
+        if isinstance(exc, refused):
+            return "refused", message
+        if isinstance(exc, LimioAuthError) and exc.status == 403:
+            return "refused", message
+        if isinstance(exc, LimioAuthError | LimioConfigError):  # every other order would fail alike
+            with self._batch_lock:
+                if not self._batch_stopped:
+                    self._batch_stopped = message
+                    self.log.error("Stopping the batch: %s", message)
+            return "failed", message
+        if isinstance(exc, LimioError):
+            return "failed", message
+        # Not one of the provider's errors (a ledger write failing...): whether it was sent is not proven.
+        return "unknown", f"{type(exc).__name__}: {message}"
+
+
+def _small(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` within :data:`MAX_SUMMARY_BYTES` of JSON: the first failures are dropped if need be."""
+    while len(json.dumps(summary, default=str)) > MAX_SUMMARY_BYTES and summary["first_failures"]:
+        summary = {**summary, "first_failures": summary["first_failures"][:-1]}
+    if len(json.dumps(summary, default=str)) > MAX_SUMMARY_BYTES:  # a very long results_path
+        summary = {**summary, "results_path": summary["results_path"][:500]}
+    return summary

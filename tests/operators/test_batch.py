@@ -1,0 +1,387 @@
+"""The batch submit, run with dag.test() against the emulator (with faults) and a local order ledger."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk import DAG, task
+
+from limio_provider.operators import LimioSubmitOrdersOperator
+from limio_provider.testing import Fault, LimioEmulator
+from tests.helpers import START, calls, new_order, run_dag, states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+FAST = {"timeout": 2.0, "retry_backoff": 0.01}
+ORDER_POSTS, LIST_READS = "/api/order", "/api/objects/limio/orders"
+
+
+@pytest.fixture
+def ledger_root(tmp_path: Path) -> str:
+    return f"file://{tmp_path}/ledger"
+
+
+def orders(prefix: str, count: int, **fields: Any) -> list[dict[str, Any]]:
+    return [new_order(f"{prefix}-{n}", **fields) for n in range(count)]
+
+
+def write_jsonl(path: Path, lines: list[Any]) -> str:
+    text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return f"file://{path}"
+
+
+def batch_dag(dag_id: str, ledger_root: str, **kwargs: Any) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START) as dag:
+        LimioSubmitOrdersOperator(task_id="submit", ledger_path=ledger_root, **{"hook_params": FAST, **kwargs})
+    return dag
+
+
+def results(uri: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(uri.removeprefix("file://")).read_text().splitlines()]
+
+
+def summary_of(run: Any) -> dict[str, Any]:
+    (summary,) = xcom(run, "submit")
+    return summary
+
+
+def assert_each_order_once(emulator: LimioEmulator, rows: list[dict[str, Any]]) -> None:
+    """Every submitted or adopted order is in Limio exactly once, as reported; an unknown one is not there."""
+    for row in rows:
+        found = emulator.orders_with_external_id(row["external_id"])
+        if row["outcome"] in ("submitted", "adopted"):
+            assert [order["id"] for order in found] == [row["order_id"]], row
+        else:
+            assert found == [], row
+
+
+# -- input: an upstream XCom list, a .jsonl file, a .jsonl.gz file --------------------------------------
+
+
+def test_a_list_of_orders_from_an_upstream_task(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    results_uri = f"file://{tmp_path}/out/list.results.jsonl"
+    with DAG("limio_batch_list", schedule=None, start_date=START) as dag:
+
+        @task
+        def make_orders() -> list[dict[str, Any]]:
+            unnamed = new_order()
+            del unnamed["external_id"]  # gets a derived external_id, as the single-order submit gives it
+            return [*orders("LIST", 4), unnamed]
+
+        LimioSubmitOrdersOperator(
+            task_id="submit", orders=make_orders(), results_path=results_uri, ledger_path=ledger_root, hook_params=FAST
+        )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    summary = summary_of(run)
+    assert summary["counts"]["submitted"] == 5 and summary["failures"] == 0
+    assert summary["results_path"] == results_uri
+    rows = results(results_uri)
+    assert sorted(row["index"] for row in rows) == [0, 1, 2, 3, 4]
+    assert {row["outcome"] for row in rows} == {"submitted"}
+    derived = next(row for row in rows if row["index"] == 4)["external_id"]
+    assert derived.startswith("airflow-")
+    assert_each_order_once(limio_emulator, rows)
+    assert len(calls(limio_emulator, ORDER_POSTS)) == 5
+
+
+@pytest.mark.parametrize("name", ["renewals.jsonl", "renewals.jsonl.gz"])
+def test_a_json_lines_file_plain_or_gzipped(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, name: str
+) -> None:
+    uri = write_jsonl(tmp_path / name, [*orders("FILE", 3)[:2], "", orders("FILE", 3)[2]])  # a blank line
+    run = run_dag(batch_dag(f"limio_batch_{name.replace('.', '_')}", ledger_root, orders_path=uri))
+    assert run.state == "success", states(run)
+    results_uri = f"file://{tmp_path}/renewals.results.jsonl"  # next to the input by default
+    assert summary_of(run)["results_path"] == results_uri
+    rows = results(results_uri)
+    assert sorted(row["line"] for row in rows) == [1, 2, 4]
+    assert {row["outcome"] for row in rows} == {"submitted"}
+    assert_each_order_once(limio_emulator, rows)
+
+
+# -- validation: before the first request -------------------------------------------------------------
+
+
+def test_an_invalid_order_refuses_the_batch_naming_line_and_field_before_any_request(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    bad = new_order("BAD-1", orderItems=[{"offer": {}, "quantity": 1}])
+    uri = write_jsonl(tmp_path / "orders.jsonl", [*orders("OK", 2), bad, "{not json", orders("OK", 3)[2]])
+    run = run_dag(batch_dag("limio_batch_invalid", ledger_root, orders_path=uri))
+    assert states(run)["submit"] == "failed"
+    assert limio_emulator.requests == []
+    output = "".join(capfd.readouterr())
+    assert "2 of 5 orders are invalid; nothing was sent" in output
+    assert "line 3: invalid 'new' order: orderItems[0].offer.id: Field required" in output
+    assert "line 4: not a JSON object" in output
+    assert not (tmp_path / "orders.results.jsonl").exists()
+
+
+def test_on_invalid_skip_sends_the_valid_ones_and_counts_the_invalid(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    bad = new_order("BAD-2", order_type="no_such_type")
+    uri = write_jsonl(tmp_path / "orders.jsonl", [orders("SKIP", 1)[0], bad, orders("SKIP", 2)[1]])
+    run = run_dag(batch_dag("limio_batch_skip", ledger_root, orders_path=uri, on_invalid="skip", max_failed=1))
+    assert run.state == "success", states(run)
+    summary = summary_of(run)
+    assert (summary["counts"]["submitted"], summary["counts"]["invalid"], summary["failures"]) == (2, 1, 1)
+    rows = {row["line"]: row for row in results(f"file://{tmp_path}/orders.results.jsonl")}
+    assert rows[2]["outcome"] == "invalid" and rows[2]["external_id"] == "BAD-2"
+    assert "order_type" in rows[2]["error"]
+    assert [r.body["external_id"] for r in calls(limio_emulator, ORDER_POSTS)].count("BAD-2") == 0
+
+
+def test_without_a_ledger_the_batch_fails_before_any_request_saying_how_to_configure_one(
+    limio_emulator: LimioEmulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with DAG("limio_batch_no_ledger", schedule=None, start_date=START) as dag:
+        LimioSubmitOrdersOperator(task_id="submit", orders=orders("NL", 2), results_path=f"file://{tmp_path}/r.jsonl")
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert limio_emulator.requests == []
+    output = "".join(capfd.readouterr())
+    assert "LimioConfigError" in output and "needs an order ledger" in output and "ledger_path extra" in output
+
+
+# -- exactly once: re-runs, retries, faults ------------------------------------------------------------
+
+
+def test_a_rerun_of_a_completed_batch_adopts_everything_without_calling_limio(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    uri = write_jsonl(tmp_path / "orders.jsonl", orders("RERUN", 12))
+    first = run_dag(batch_dag("limio_batch_rerun_1", ledger_root, orders_path=uri))
+    assert first.state == "success", states(first)
+    created = {row["external_id"]: row["order_id"] for row in results(f"file://{tmp_path}/orders.results.jsonl")}
+    before = len(limio_emulator.requests)
+    second = run_dag(batch_dag("limio_batch_rerun_2", ledger_root, orders_path=uri))
+    assert second.state == "success", states(second)
+    after = limio_emulator.requests[before:]
+    assert [r for r in after if r.path in (ORDER_POSTS, LIST_READS)] == []  # 0 order POSTs, 0 list reads
+    assert after == []  # not even a token: a ledger hit calls Limio for nothing
+    assert summary_of(second)["counts"]["adopted"] == 12
+    rows = results(f"file://{tmp_path}/orders.results.jsonl")
+    assert {row["external_id"]: row["order_id"] for row in rows} == created
+    assert_each_order_once(limio_emulator, rows)
+
+
+def test_a_retried_batch_adopts_what_is_done_and_reconciles_what_is_unknown_never_resending(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, times=3))
+    limio_emulator.add_fault(Fault(route="list_orders", action="status", status=400, times=3))  # try 1 cannot look
+    uri = write_jsonl(tmp_path / "orders.jsonl", orders("RETRY", 10))
+    dag = batch_dag("limio_batch_retry", ledger_root, orders_path=uri, retries=1, retry_delay=timedelta(0))
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    rows = results(f"file://{tmp_path}/orders.results.jsonl")  # try 2's
+    assert Counter(row["outcome"] for row in rows) == {"adopted": 10}
+    assert_each_order_once(limio_emulator, rows)
+    assert len(calls(limio_emulator, ORDER_POSTS)) == 10  # each sent once, by try 1; try 2 sent nothing
+    # Try 1 could not look the three up: unknown (Limio may hold them), not refused by the look-up's 400.
+    assert '"submitted": 7, "adopted": 0, "refused": 0, "unknown": 3' in "".join(capfd.readouterr())
+
+
+def test_an_external_id_repeated_in_the_batch_is_sent_once(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=0.2))  # all three in flight at once
+    run = run_dag(
+        batch_dag(
+            "limio_batch_twice", ledger_root, orders=[new_order("TWICE")] * 3, max_in_flight=3,
+            results_path=f"file://{tmp_path}/twice.results.jsonl",
+        )
+    )
+    assert run.state == "success", states(run)
+    (order,) = limio_emulator.orders_with_external_id("TWICE")
+    assert len(calls(limio_emulator, ORDER_POSTS)) == 1
+    rows = results(f"file://{tmp_path}/twice.results.jsonl")
+    assert [row["order_id"] for row in rows] == [order["id"]] * 3
+    assert sorted(row["outcome"] for row in rows) == ["adopted", "adopted", "submitted"]
+
+
+def test_faults_give_each_order_at_most_once_and_fail_the_task_at_the_end_with_the_summary(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, probability=0.2, seed=1))
+    limio_emulator.add_fault(Fault(route="order", action="drop", probability=0.1, seed=2))
+    limio_emulator.add_fault(
+        Fault(route="order", action="status", status=429, retry_after=0.1, probability=0.1, seed=3)
+    )
+    uri = write_jsonl(tmp_path / "orders.jsonl", orders("FAULT", 40))
+    run = run_dag(batch_dag("limio_batch_faults", ledger_root, orders_path=uri))
+    assert states(run)["submit"] == "failed"
+    rows = results(f"file://{tmp_path}/orders.results.jsonl")
+    assert len(rows) == 40  # every order reported, though the task failed
+    outcomes = Counter(row["outcome"] for row in rows)
+    assert outcomes["unknown"] > 0 and outcomes["submitted"] > 0 and set(outcomes) == {"unknown", "submitted"}
+    assert_each_order_once(limio_emulator, rows)  # the 502s were found and reported submitted; drops unknown
+    statuses = Counter(r.status for r in calls(limio_emulator, ORDER_POSTS))
+    assert statuses[None] == outcomes["unknown"] and statuses[502] > 0 and statuses[429] > 0
+    summary = summary_of(run)  # pushed before failing
+    assert summary["counts"]["unknown"] == outcomes["unknown"] and summary["failures"] == outcomes["unknown"]
+    output = "".join(capfd.readouterr())
+    assert f"{outcomes['unknown']} of 40 orders were not submitted (unknown {outcomes['unknown']})" in output
+    assert '"counts": {"submitted": ' in output  # the summary is in the error
+    assert "Progress: 40/40 orders done" in output
+
+
+def test_max_failed_tolerates_failures(limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=2))
+    limio_emulator.add_fault(Fault(route="order", action="status", status=400, message="bad offer", times=1))
+    uri = write_jsonl(tmp_path / "orders.jsonl", orders("TOL", 8))
+    run = run_dag(batch_dag("limio_batch_tolerate", ledger_root, orders_path=uri, max_failed=3))
+    assert run.state == "success", states(run)
+    summary = summary_of(run)
+    counts = summary["counts"]
+    assert (counts["submitted"], counts["unknown"], counts["refused"], summary["failures"]) == (5, 2, 1, 3)
+    assert {f["outcome"] for f in summary["first_failures"]} <= {"unknown", "refused"}
+    rows = results(f"file://{tmp_path}/orders.results.jsonl")
+    refused = next(row for row in rows if row["outcome"] == "refused")
+    assert "bad offer" in refused["error"]
+    assert_each_order_once(limio_emulator, rows)
+
+
+# -- admin orders, dry runs, preview checks --------------------------------------------------------------
+
+
+def test_partner_sends_every_order_to_admin_order(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    run = run_dag(
+        batch_dag(
+            "limio_batch_partner", ledger_root, orders=orders("ADM", 3), partner="partner-org-1",
+            results_path=f"file://{tmp_path}/admin.results.jsonl",
+        )
+    )
+    assert run.state == "success", states(run)
+    admin = calls(limio_emulator, "/api/admin/order")
+    assert sorted(r.body["external_id"] for r in admin) == ["ADM-0", "ADM-1", "ADM-2"]
+    assert {json.dumps(r.body["forPartner"]) for r in admin} == {'{"id": "partner-org-1"}'}
+    assert calls(limio_emulator, ORDER_POSTS) == []
+
+
+def test_dry_run_previews_each_order_and_sends_nothing(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    def check(preview: Any) -> bool | str:
+        return True if preview.total_due() < 30 else "too dear"
+
+    dear = new_order("DRY-DEAR", orderItems=[{"offer": {"id": "offer-digital-monthly"}, "quantity": 2}])
+    batch = [*orders("DRY", 2), dear]
+    run = run_dag(
+        batch_dag(
+            "limio_batch_dry", ledger_root, orders=batch, dry_run=True, preview_check=check, max_failed=1,
+            results_path=f"file://{tmp_path}/dry.results.jsonl",
+        )
+    )
+    assert run.state == "success", states(run)
+    rows = {row["external_id"]: row for row in results(f"file://{tmp_path}/dry.results.jsonl")}
+    assert rows["DRY-0"]["outcome"] == rows["DRY-1"]["outcome"] == "dry_run"
+    assert rows["DRY-0"]["total_due"] == "19.99"
+    assert rows["DRY-DEAR"]["outcome"] == "refused" and "too dear" in rows["DRY-DEAR"]["error"]
+    assert len(calls(limio_emulator, "/api/order/preview")) == 3
+    assert calls(limio_emulator, ORDER_POSTS) == []
+    assert not Path(ledger_root.removeprefix("file://")).exists()  # a dry run claims nothing
+
+
+# -- throughput: concurrency, shared backoff, rate, a big batch ------------------------------------------
+
+
+def most_within(times: list[float], window: float) -> int:
+    """The most of ``times`` that fall within one ``window`` of seconds."""
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t - start < window) for i, start in enumerate(times))
+
+
+def test_max_in_flight_runs_submits_concurrently(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=0.2))
+    run = run_dag(
+        batch_dag(
+            "limio_batch_concurrent", ledger_root, orders=orders("CONC", 40), max_in_flight=8,
+            results_path=f"file://{tmp_path}/conc.results.jsonl",
+        )
+    )
+    assert run.state == "success", states(run)
+    received = [r.received_at for r in calls(limio_emulator, ORDER_POSTS)]
+    assert len(received) == 40
+    assert most_within(received, 0.2) >= 5  # each answer takes 0.2 s: these were in flight together
+    assert max(received) - min(received) < 40 * 0.2 / 3  # far from one at a time
+    assert summary_of(run)["counts"]["submitted"] == 40
+    assert len(calls(limio_emulator, "/oauth2/token")) == 1  # one hook, one token, for every worker
+
+
+def test_the_hook_pools_as_many_connections_as_orders_in_flight(limio_emulator: LimioEmulator, tmp_path: Path) -> None:
+    operator = LimioSubmitOrdersOperator(
+        task_id="submit", orders=[], results_path=f"file://{tmp_path}/r.jsonl", max_in_flight=12
+    )
+    adapter = operator.hook.session.get_adapter(limio_emulator.url)
+    assert (adapter._pool_connections, adapter._pool_maxsize) == (12, 12)
+    operator.hook.close()
+
+
+def test_a_429_pauses_the_whole_batch(limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="status", status=429, retry_after=0.6, external_id="PAUSE-5"))
+    limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=0.02))  # orders keep coming
+    run = run_dag(
+        batch_dag(
+            "limio_batch_429", ledger_root, orders=orders("PAUSE", 30), max_in_flight=4,
+            results_path=f"file://{tmp_path}/pause.results.jsonl", hook_params={**FAST, "retry_limit": 1},
+        )
+    )
+    posts = calls(limio_emulator, ORDER_POSTS)
+    assert states(run)["submit"] == "failed"  # PAUSE-5 is rate limited twice: retries run out
+    first_429 = min(r.received_at for r in posts if r.status == 429)
+    during = [r for r in posts if first_429 + 0.2 < r.received_at < first_429 + 0.55]
+    assert during == []  # nobody started a submit while the batch was paused
+    rows = {row["external_id"]: row for row in results(f"file://{tmp_path}/pause.results.jsonl")}
+    assert rows["PAUSE-5"]["outcome"] == "failed" and "429" in rows["PAUSE-5"]["error"]
+    assert Counter(row["outcome"] for row in rows.values()) == {"submitted": 29, "failed": 1}
+
+
+def test_max_orders_per_second_spaces_the_submits(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    run = run_dag(
+        batch_dag(
+            "limio_batch_rate", ledger_root, orders=orders("RATE", 6), max_orders_per_second=10,
+            results_path=f"file://{tmp_path}/rate.results.jsonl",
+        )
+    )
+    assert run.state == "success", states(run)
+    received = sorted(r.received_at for r in calls(limio_emulator, ORDER_POSTS))
+    assert received[-1] - received[0] >= 0.4  # 6 submits, 0.1 s apart
+    assert most_within(received, 0.09) <= 2
+
+
+def test_the_summary_of_a_thousand_orders_is_under_2_kb(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    limio_emulator.add_fault(
+        Fault(route="order", action="status", status=400, message="x" * 400, probability=0.05, seed=4)
+    )
+    path = tmp_path / ("long-name-" * 10 + "orders.jsonl.gz")
+    uri = write_jsonl(path, orders("K" * 60, 1000))
+    run = run_dag(batch_dag("limio_batch_1000", ledger_root, orders_path=uri, max_in_flight=16, max_failed=1000))
+    assert run.state == "success", states(run)
+    summary = summary_of(run)
+    assert len(json.dumps(summary)) < 2048
+    assert summary["total"] == 1000 and summary["counts"]["refused"] > 0
+    assert summary["counts"]["submitted"] + summary["counts"]["refused"] == 1000
+    assert summary["first_failures"] and summary["orders_per_second"] > 0
+    assert len(limio_emulator.orders) == summary["counts"]["submitted"]
