@@ -356,6 +356,7 @@ class LimioHook(BaseHook):
         self._pool_size = pool_size
         self._token: _Token | None = None
         self._token_lock = threading.Lock()
+        self._ledgers: dict[str, OrderLedger] = {}
         self.token_requests = 0
 
     @classmethod
@@ -481,13 +482,18 @@ class LimioHook(BaseHook):
         return f"{self.settings.api_url}/objects/limio/orders/{quote(order_id, safe='')}"
 
     def ledger(self, path: str | None = None) -> OrderLedger | None:
-        """The order ledger of this tenant under ``path`` (default: the ``ledger_path`` extra), or ``None``."""
+        """The order ledger of this tenant under ``path`` (default: the ``ledger_path`` extra), or ``None``.
+
+        Built once per root and hook: a batch asks for it once per order, and building it resolves the
+        storage connection."""
         root = path or self.settings.options.ledger_path
         if not root:
             return None
-        from limio_provider.ledger import OrderLedger
+        if root not in self._ledgers:
+            from limio_provider.ledger import OrderLedger
 
-        return OrderLedger(root, urlsplit(self.settings.api_url).netloc)
+            self._ledgers[root] = OrderLedger(root, urlsplit(self.settings.api_url).netloc)
+        return self._ledgers[root]
 
     def close(self) -> None:
         """Close the HTTP session (its pooled connections)."""

@@ -46,20 +46,30 @@ def to_amount(value: Any) -> Decimal | None:
         return None
 
 
-class OrderResult(LimioModel):
-    """The answer to ``POST /order`` and ``POST /admin/order``."""
+class _OrderFields(LimioModel):
+    """What every answer about an order has: its id, status and external_id, and how to read the status."""
 
     id: Text = None
-    order_reference: Text = None
     status: Text = None
     external_id: Text = None
-    subscriptionReference: Text = None
-    owner: Text = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Limio finished processing the order successfully."""
+        return (self.status or "").strip().lower() in SUCCESS_STATUSES
 
     @property
     def failed(self) -> bool:
-        """Limio answered that it processed the order and it failed (its reason: :attr:`reason`)."""
+        """Limio stopped processing the order with a failure."""
         return (self.status or "").strip().lower() in FAILURE_STATUSES
+
+
+class OrderResult(_OrderFields):
+    """The answer to ``POST /order`` and ``POST /admin/order``."""
+
+    order_reference: Text = None
+    subscriptionReference: Text = None
+    owner: Text = None
 
     @property
     def reason(self) -> str | None:
@@ -96,29 +106,17 @@ SUCCESS_STATUSES = frozenset({"complete", "completed", "order complete", "change
 FAILURE_STATUSES = frozenset({"failed", "failure", "error", "errored", "rejected", "cancelled", "canceled"})
 
 
-class OrderObject(LimioModel):
+class OrderObject(_OrderFields):
     """An order as the Objects API returns it (``GET /objects/limio/orders/{id}``).
 
-    Limio does not publish this schema or its status values; ``status`` is read as a plain string.
+    Limio does not publish this schema or its status values; ``status`` is read as a plain string, and a
+    failed order's reason is in :attr:`message`.
     """
 
-    id: Text = None
-    status: Text = None
     order_type: Text = None
-    external_id: Text = None
     created: Text = None
     updated: Text = None
     message: Text = None
-
-    @property
-    def succeeded(self) -> bool:
-        """Limio finished processing the order successfully."""
-        return (self.status or "").strip().lower() in SUCCESS_STATUSES
-
-    @property
-    def failed(self) -> bool:
-        """Limio stopped processing the order with a failure (see :attr:`message` for its reason)."""
-        return (self.status or "").strip().lower() in FAILURE_STATUSES
 
 
 class OrderPage(LimioModel):
