@@ -280,8 +280,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(arg for arg in current.args[:1] if isinstance(arg, BaseException))
 
 
-def _cause_in_words(exc: BaseException) -> str:
-    """What went wrong on the wire, in words a person can act on."""
+def _cause_in_words(exc: BaseException, *, sent: bool = False) -> str:
+    """What went wrong on the wire, in words a person can act on (``sent``: after the request left, when a
+    TLS error is a broken answer, not a wrong scheme)."""
     from urllib3.exceptions import DecodeError, NameResolutionError, ProtocolError
 
     causes = list(_causes(exc))
@@ -292,6 +293,8 @@ def _cause_in_words(exc: BaseException) -> str:
     for cause in causes:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"TLS certificate not trusted ({cause.verify_message or cause.reason})"
+        if isinstance(cause, ssl.SSLError) and sent:
+            return f"TLS error while reading the answer ({cause.reason or type(cause).__name__})"
         if isinstance(cause, ssl.SSLError) and cause.reason in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"):
             return "TLS protocol mismatch: the server did not answer TLS (is the host http://?)"
         if isinstance(cause, NameResolutionError):
@@ -587,7 +590,7 @@ class LimioHook(BaseHook):
         self, method: str, url: str, kind: CallKind, exc: Exception, reached: bool, body: Any
     ) -> LimioError:
         parts = urlsplit(url)
-        cause = _cause_in_words(exc)
+        cause = _cause_in_words(exc, sent=reached)
         if not reached:
             message = f"could not connect to Limio at {parts.scheme}://{parts.netloc} for {method} {parts.path}: {cause}"
             if kind == "token" and "refused" in cause:
