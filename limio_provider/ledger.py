@@ -6,7 +6,7 @@ One small JSON record per (tenant, external_id) under a root given as an Airflow
 temporary file on a local disk, a conditional ``PUT`` with ``If-None-Match: *`` on S3), so of two workers
 claiming the same external_id exactly one proceeds.
 
-A record, readable by a person::
+A record, one line of JSON a person can read (shown here folded)::
 
     {"external_id": "renewal-2026-01-01-42", "fingerprint": "sha256:...", "state": "done",
      "order_id": "order-...", "status": "complete", "result": {...}, "error": null,
@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -123,20 +123,22 @@ class OrderLedger:
             raise LimioConfigError(f"ledger_path {str(root)!r} is not usable: {type(exc).__name__}: {exc}") from None
         self.root = base / quote(tenant, safe="")
         self.tenant = tenant
+        self.fs = self.root.fs
+        self._folder = self.root.path.rstrip("/")
 
     def path(self, external_id: str) -> Any:
-        """Where the record of ``external_id`` lives."""
+        """Where the record of ``external_id`` lives (an ``ObjectStoragePath``)."""
         return self.root / (quote(external_id, safe="") + ".json")
+
+    def _key(self, external_id: str) -> str:
+        """:meth:`path` as the filesystem's own path string (building an ``ObjectStoragePath`` costs more
+        than writing a record to a local disk)."""
+        return f"{self._folder}/{quote(external_id, safe='')}.json"
 
     def read(self, external_id: str) -> dict[str, Any] | None:
         """The record of ``external_id``, or ``None``."""
-        path = self.path(external_id)
-        # Ask the store, not a cache: s3fs answers "not found" for an object missing from a listing it cached,
-        # and its ``cat_file`` looks the size up (in that cache, else with a HEAD) first unless given a range.
-        path.fs.invalidate_cache(path.path)
-        try:
-            data = path.fs.cat_file(path.path, start=0)
-        except FileNotFoundError:
+        data = _read(self.fs, self._key(external_id))
+        if data is None:
             return None
         record = json.loads(data)
         return record if isinstance(record, dict) else None
@@ -159,10 +161,10 @@ class OrderLedger:
             "claimed_at": now,
             "updated_at": now,
         }
-        path = self.path(external_id)
+        key = self._key(external_id)
         for _ in range(3):  # a record deleted between our create and our read is claimed again
             try:
-                _write(path, _dump(record), create=True)
+                _write(self.fs, key, _dump(record), create=True)
                 return True, record
             except FileExistsError:
                 existing = self.read(external_id)
@@ -188,14 +190,14 @@ class OrderLedger:
         if current != record:
             return False, current
         version = hashlib.sha256(_dump(current)).hexdigest()[:32]
-        marker = self.root / (quote(external_id, safe="") + ".json.reclaimed-" + version)
+        marker = f"{self._key(external_id)}.reclaimed-{version}"
         note = {"external_id": external_id, "reclaimed_by": asdict(owner), "at": _now()}
         try:
-            _write(marker, _dump(note), create=True)
+            _write(self.fs, marker, _dump(note), create=True)
         except FileExistsError:
             try:
-                holder = json.loads(marker.fs.cat_file(marker.path, start=0)).get("reclaimed_by")
-            except (FileNotFoundError, ValueError, AttributeError):
+                holder = json.loads(_read(self.fs, marker) or b"").get("reclaimed_by")
+            except (ValueError, AttributeError):
                 holder = None
             if not owner.same_task_instance(holder):
                 deadline = time.monotonic() + wait
@@ -206,11 +208,11 @@ class OrderLedger:
                     time.sleep(0.05)
                 raise LimioConfigError(
                     f"the refused ledger record of {external_id!r} is being reclaimed by {holder}, which did not "
-                    f"finish within {wait:.0f} s; if it is not running, delete {marker} to let it be reclaimed"
+                    f"finish within {wait:.0f} s; if it is not running, delete {self.root.protocol}://{marker} to "
+                    "let it be reclaimed"
                 ) from None
-        path = self.path(external_id)
         try:
-            path.fs.rm_file(path.path)
+            self.fs.rm_file(self._key(external_id))
         except FileNotFoundError:
             pass
         return self.claim(external_id, body_fingerprint, owner)
@@ -218,7 +220,7 @@ class OrderLedger:
     def update(self, record: dict[str, Any], state: State, **fields: Any) -> dict[str, Any]:
         """Write ``record`` with a new ``state`` (and fields); only its claimer does this."""
         record = {**record, **fields, "state": state, "updated_at": _now()}
-        _write(self.path(record["external_id"]), _dump(record), create=False)
+        _write(self.fs, self._key(record["external_id"]), _dump(record), create=False)
         return record
 
     def wait_final(self, external_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any] | None:
@@ -233,36 +235,73 @@ class OrderLedger:
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
-def _write(path: Any, data: bytes, *, create: bool) -> None:
+#: How often a conditional PUT that S3 answered 409 ConditionalRequestConflict (another write to the same key
+#: was in progress: AWS asks to retry) is retried, and the first pause between tries (doubled each time).
+CONFLICT_RETRIES = 5
+CONFLICT_PAUSE = 0.05
+
+
+def _read(fs: Any, path: str) -> bytes | None:
+    """The bytes at ``path``, or ``None``."""
+    # Ask the store, not a cache: s3fs answers "not found" for an object missing from a listing it cached,
+    # and its ``cat_file`` looks the size up (in that cache, else with a HEAD) first unless given a range.
+    fs.invalidate_cache(path)
+    try:
+        return fs.cat_file(path, start=0)
+    except FileNotFoundError:
+        return None
+
+
+def _is_conflict(exc: OSError) -> bool:
+    """Whether S3 refused a conditional write because another one to the same key was in progress."""
+    response = getattr(exc.__cause__, "response", None) or {}
+    code = (response.get("Error") or {}).get("Code")
+    return code == "ConditionalRequestConflict" or "ConditionalRequestConflict" in str(exc)
+
+
+def _write(fs: Any, path: str, data: bytes, *, create: bool) -> None:
     """Write all of ``data`` at ``path`` at once: a reader sees the old bytes or the new, never a part.
     ``create``: only if nothing is there (else :class:`FileExistsError`), atomically.
 
-    An object store's PUT is both (s3fs sends ``If-None-Match: *`` for ``mode="create"``). fsspec's local
-    filesystem is neither: its ``mode="create"`` is ``exists()`` then ``open("wb")``, and ``open("wb")`` empties
-    the file before writing it. So on a local disk: a temporary file, then ``link`` (fails if the name exists)
-    or ``rename`` into place.
+    An object store's PUT is both (s3fs sends ``If-None-Match: *`` for ``mode="create"``; a 409 conflict is
+    retried, and then finds the winner's object). fsspec's local filesystem is neither: its ``mode="create"``
+    is ``exists()`` then ``open("wb")``, and ``open("wb")`` empties the file before writing it. So on a local
+    disk: a temporary file, then ``link`` (fails if the name exists) or ``rename`` into place.
     """
     from fsspec.implementations.local import LocalFileSystem
 
-    fs = path.fs
     if not isinstance(fs, LocalFileSystem):  # no directories to make on an object store
-        fs.pipe_file(path.path, data, mode="create" if create else "overwrite")
-        return
-    target = path.path
-    if create and os.path.lexists(target):
-        raise FileExistsError(target)
-    folder = os.path.dirname(target)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+        pause = CONFLICT_PAUSE
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                fs.pipe_file(path, data, mode="create" if create else "overwrite")
+                return
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if not (create and _is_conflict(exc)) or attempt == CONFLICT_RETRIES:
+                    raise
+                time.sleep(pause)
+                pause *= 2
+    folder, name = os.path.split(path)
+    # This thread's own temporary name (it writes one record at a time); a leftover of a dead process whose
+    # pid and thread id this one reuses is simply overwritten.
+    tmp = f"{folder}/.{name}.{os.getpid()}-{threading.get_ident()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:  # the first record under this root
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if create:
-            os.link(tmp, target)
+            os.link(tmp, path)  # FileExistsError if the name exists
         else:
-            os.replace(tmp, target)
+            os.replace(tmp, path)
     finally:
         try:
             os.unlink(tmp)  # gone already after a rename
@@ -271,4 +310,5 @@ def _write(path: Any, data: bytes, *, create: bool) -> None:
 
 
 def _dump(record: dict[str, Any]) -> bytes:
-    return (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
+    """A record as one line of JSON (sorted keys: ``jq`` shows it to a person)."""
+    return (json.dumps(record, sort_keys=True) + "\n").encode()

@@ -126,9 +126,9 @@ def test_claim_creates_a_readable_record_with_every_documented_field(ledger: Ord
     _ts(record["claimed_at"])
 
     assert ledger.read("renewal-42") == record
-    # A person can read it: one JSON object, indented, from the path the ledger names.
+    # A person can read it: one JSON object on one line, keys sorted, from the path the ledger names.
     text = ledger.path("renewal-42").read_text()
-    assert text.startswith("{\n") and text.endswith("}\n")
+    assert text.startswith('{"claimed_at": ') and text.endswith("}\n") and text.count("\n") == 1
     assert json.loads(text) == record
 
 
@@ -194,8 +194,8 @@ def test_reclaim_of_a_refused_record(ledger: OrderLedger) -> None:
     class Stopped(BaseException):
         pass
 
-    def stop_after_marker(path, data, *, create):
-        real_write(path, data, create=create)
+    def stop_after_marker(fs, path, data, *, create):
+        real_write(fs, path, data, create=create)
         if ".reclaimed-" in str(path):
             marker_paths.append(path)
             raise Stopped
@@ -398,6 +398,61 @@ def test_a_missing_bucket_is_an_error_and_is_not_created(moto_s3: str, s3_ledger
     with pytest.raises(OSError):
         ledger.claim("renewal-42", FP, A)
     assert bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+def _conflict() -> OSError:
+    """The error s3fs raises for S3's ``409 ConditionalRequestConflict`` (another conditional write to the key
+    was in progress), which moto never answers."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    answer = {"Error": {"Code": "ConditionalRequestConflict", "Message": "retry"}, "ResponseMetadata": {"HTTPStatusCode": 409}}
+    return translate_boto_error(ClientError(answer, "PutObject"))
+
+
+@pytest.mark.parametrize("conflicts", [1, ledger_module.CONFLICT_RETRIES])
+def test_a_409_conflict_on_an_s3_claim_is_retried(
+    s3_ledger_root: str, monkeypatch: pytest.MonkeyPatch, conflicts: int
+) -> None:
+    ledger = OrderLedger(s3_ledger_root, TENANT)
+    monkeypatch.setattr(ledger_module, "CONFLICT_PAUSE", 0.001)
+    real_pipe, calls = ledger.fs.pipe_file, []
+
+    def conflicting(path: str, data: bytes, **kwargs: Any) -> None:
+        calls.append(kwargs.get("mode"))
+        if len(calls) <= conflicts:
+            raise _conflict()
+        real_pipe(path, data, **kwargs)
+
+    monkeypatch.setattr(ledger.fs, "pipe_file", conflicting)
+    won, record = ledger.claim("renewal-42", FP, A)
+    assert won is True and calls == ["create"] * (conflicts + 1)
+    assert ledger.read("renewal-42") == record
+
+    # The conflicting write was another worker's claim: the retry finds its record, and does not claim.
+    calls.clear()
+    won, existing = ledger.claim("renewal-42", OTHER_FP, B)
+    assert won is False and existing == record
+
+
+def test_a_409_conflict_that_persists_fails_the_claim(s3_ledger_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = OrderLedger(s3_ledger_root, TENANT)
+    monkeypatch.setattr(ledger_module, "CONFLICT_PAUSE", 0.001)
+    calls: list[str] = []
+
+    def always_conflicting(path: str, data: bytes, **kwargs: Any) -> None:
+        calls.append(kwargs.get("mode"))
+        raise _conflict()
+
+    monkeypatch.setattr(ledger.fs, "pipe_file", always_conflicting)
+    with pytest.raises(OSError, match="ConditionalRequestConflict"):
+        ledger.claim("renewal-42", FP, A)
+    assert len(calls) == ledger_module.CONFLICT_RETRIES + 1
+    # An unconditional write (the claimer's own update) is not retried: S3 answers 409 only to conditional ones.
+    calls.clear()
+    with pytest.raises(OSError):
+        ledger.update({"external_id": "renewal-42", "state": "claimed"}, "sent")
+    assert calls == ["overwrite"]
 
 
 def test_s3_goes_through_the_airflow_connection_to_moto_only(moto_s3: str, s3_ledger_root: str) -> None:
