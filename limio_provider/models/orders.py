@@ -8,6 +8,7 @@ exactly as Limio spells them (a mix of camelCase and snake_case).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from datetime import datetime
@@ -346,13 +347,24 @@ def order_body(order: Any, *, allow_unmodelled: bool = False) -> dict[str, Any]:
     """
     model = parse_order(order, allow_unmodelled=allow_unmodelled)
     what = f"{model.order_type!r} order"
-    problems = list(_unsendable(model.model_dump(mode="python", by_alias=True, exclude_unset=True), ""))
+    fields = model.model_dump(mode="python", by_alias=True, exclude_unset=True)
+    try:  # the common case, at C speed: every number can be written out
+        json.dumps(fields, allow_nan=False, default=_plain)
+        problems = []
+    except (ValueError, RecursionError):  # which field, and why
+        problems = list(_unsendable(fields, ""))
     if problems:
         raise _validation_error(f"invalid {what}:\n" + "\n".join(f"  - {path}: {why}" for path, why in problems))
     try:
         return model.to_json_dict()
     except ValueError:  # PydanticSerializationError
         raise _validation_error(_unserializable(what, model)) from None
+
+
+def _plain(value: Any) -> Any:
+    """What :func:`json.dumps` checks a value as: a ``Decimal`` as a float (``NaN`` stays ``NaN``), the rest as
+    text (pydantic serialises them)."""
+    return float(value) if isinstance(value, Decimal) else str(value)
 
 
 def _unsendable(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str]]:

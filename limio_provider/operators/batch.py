@@ -30,6 +30,8 @@ OUTCOMES = ("submitted", "adopted", "refused", "unknown", "failed", "invalid", "
 FAILURES = ("refused", "unknown", "failed", "invalid")
 #: Invalid orders named in the error that refuses a batch; the rest are counted.
 MAX_PROBLEMS_SHOWN = 20
+#: Result lines written to the results file at once.
+RESULTS_CHUNK = 256
 #: The summary (XCom ``return_value``) stays under this many bytes of JSON.
 MAX_SUMMARY_BYTES = 2000
 #: The operator arguments of the single-order submit that a batch does not take.
@@ -340,6 +342,9 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         body = super()._body_of(order)
         return body if self.partner is None else _admin_body(body, self.partner)
 
+    def _log_order(self, message: str, *args: Any) -> None:
+        self.log.debug(message, *args)
+
     def _post(self, body: dict[str, Any]) -> Any:
         if self.partner is None:
             return super()._post(body)
@@ -423,10 +428,13 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         if isinstance(results_file.fs, LocalFileSystem):  # an object store has no folders to make
             results_file.fs.makedirs(results_file.parent.path, exist_ok=True)
         with results_file.open("wb") as results:
+            # Written a few hundred lines at a time: each write to an ObjectStoragePath file also records lineage.
+            lines: list[str] = []
 
             def record(row: dict[str, Any]) -> None:
-                results.write((json.dumps(row, default=str) + "\n").encode())
-                results.flush()
+                lines.append(json.dumps(row, default=str))
+                if len(lines) >= RESULTS_CHUNK:
+                    write_lines()
                 counts[row["outcome"]] += 1
                 if row["outcome"] in FAILURES and len(first_failures) < 3:
                     first_failures.append(
@@ -437,9 +445,15 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                         }
                     )
 
+            def write_lines() -> None:
+                if lines:
+                    results.write(("\n".join(lines) + "\n").encode())  # a retry rewrites the whole file
+                    lines.clear()
+
             try:
                 self._send_all(context, total, dry_run, record, counts, started)
             finally:
+                write_lines()
                 self.hook.close()
 
         duration = time.monotonic() - started

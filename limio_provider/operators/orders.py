@@ -386,7 +386,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         # 1. An order an earlier try stored always wins.
         if stored.get("order_id"):
             order = self.hook.get_order(stored["order_id"])
-            self.log.info(
+            self._log_order(
                 "Order %s (%s) was submitted by an earlier try; reconnecting (status %s)",
                 stored["order_id"], external_id, order.status,
             )
@@ -398,7 +398,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             step = record.claim(body, context, self.ledger_wait_timeout)
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
-                self.log.info("Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"])
+                self._log_order("Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"])
                 record.save("sent", order_id=result["id"], result=result, adopted=True)
                 return result, True
 
@@ -476,8 +476,12 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             raise
         result = answer.to_json_dict()
         record.save("sent", order_id=result["id"], result=result, adopted=False)
-        self.log.info("Submitted order %s: id %s, status %s", external_id, result["id"], result.get("status"))
+        self._log_order("Submitted order %s: id %s, status %s", external_id, result["id"], result.get("status"))
         return result
+
+    def _log_order(self, message: str, *args: Any) -> None:
+        """What became of the order, at INFO (a batch says it per order at DEBUG: its results file says it)."""
+        self.log.info(message, *args)
 
     def _post(self, body: dict[str, Any]) -> Any:
         return self.hook.submit_order(body, allow_unmodelled=self.allow_unmodelled)
