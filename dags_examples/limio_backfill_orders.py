@@ -1,63 +1,77 @@
-"""Backfill a standing daily order into Limio over a fixed date range, rehearsing it first.
+"""Backfill a range of days of renewal orders into Limio from daily files, rehearsing it first.
 
-A partner has a standing daily top-up (a ``new`` order of ``TOP_UP_SEATS`` seats of ``TOP_UP_OFFER``) that
-was not sent to Limio from 2026-01-01 to 2026-01-05. This DAG has one run per day of that range
-(``catchup=True``, ``end_date`` closes the range), and each run:
+A billing system writes each day's renewals to a JSON Lines file in object storage,
+``<root>/renewals/<day>.jsonl`` (e.g. ``s3://aws_default@billing/limio/renewals/2026-01-03.jsonl``): one Limio
+order body per line, each with an explicit ``external_id`` such as ``renewal-2026-01-03-1``. The files of
+2026-01-01 to 2026-01-05 were never sent to Limio. This DAG has one run per day of that range
+(``catchup=True``, ``end_date`` closes it; ``max_active_runs=1`` runs one day at a time, oldest first), and
+each run has one task, ``submit_renewals`` (``LimioSubmitOrdersOperator``), which:
 
-1. ``build_daily_order`` builds that day's order, with ``external_id = backfill-<ds>`` and ``orderDate`` the
-   logical date. The id depends on the logical date only, not on the run id, so a scheduled run, a backfill
-   run and a re-run of the same day all send the same ``external_id``, and the submit operator adopts the
-   order an earlier run created (found by ``external_id`` among Limio's newest orders) instead of
-   submitting it twice. An operator-derived id would do the same (it names the day, not the run); an
-   explicit one is easier to find in Limio.
-2. ``submit_order`` submits it, or with the ``dry_run`` param previews it and submits nothing, returning
-   ``{"dry_run": true, "order": ..., "preview": ...}``.
+- reads that day's file and validates every order before sending any (one bad line fails the run and sends
+  nothing);
+- submits them a few at a time (``max_in_flight``), each exactly once through the order ledger;
+- writes one result line per order next to the input, ``<root>/renewals/<day>.results.jsonl``
+  (``outcome``: ``submitted``, ``adopted``, ``refused``, ``unknown``, ``failed``, ``invalid`` or ``dry_run``);
+- returns a small summary as XCom (``total``, ``counts`` by outcome, ``failures``, ``results_path``...), and
+  fails at the end if any order was not submitted (``max_failed=0``): the results file says which, and an
+  ``unknown`` one must be looked up in Limio by its ``external_id`` before it is sent again.
 
-Rehearse the whole range, read the ``submit_order`` XComs and logs, then run it for real::
+**Which day.** The run's logical date (``ds``) for scheduled and backfill runs. A run triggered by hand
+without a logical date (Airflow 3 allows it; then ``ds`` is not set) uses the day of the run's
+``run_after``, i.e. the day it was triggered, rather than failing or reading a file named ``None``: a run
+without a logical date has no data interval to name a past day, and "send today's file now" is what such a
+trigger most plausibly means (if that file grows later, a new run of the day adopts what was sent and sends
+only the new lines). The ``day`` param (``YYYY-MM-DD``) overrides both, for a manual run of any day: trigger
+with ``{"day": "2026-01-03"}``. The day only names the file: the ``external_id`` is in the file, so a run of a
+day always sends the same ids, whichever kind of run it is.
+
+**Re-runs.** The ledger records every order sent. A retried task, a cleared run or a new run of the same day
+(a scheduled run, a backfill, a manual trigger) adopts the orders the ledger holds as done (``adopted`` in
+the results) and sends none of them again. Put the ledger where every worker sees it (S3, not a worker's
+disk): it is what makes a re-run safe.
+
+**Configuration**, read when a task runs, never when the file is parsed (no I/O at parse time):
+
+- Variable ``limio_renewals_root``: the files' root, an ``ObjectStoragePath`` URI; default
+  ``file:///tmp/limio-backfill``. The storage connection goes in the URI (``s3://<aws_conn_id>@bucket/...``).
+- Variable ``limio_ledger_path``: the order ledger's root (e.g. ``s3://aws_default@billing/limio-ledger``).
+  Unset, the Limio connection's ``ledger_path`` extra is used, which is where other DAGs' orders are
+  recorded too; with neither, the task fails before sending anything.
+- Param ``dry_run`` (default false): preview every order and send nothing; the results say ``dry_run`` with
+  each order's ``total_due``, and the ledger is not written.
+- Param ``day``: see above.
+
+Variables can come from the environment (``AIRFLOW_VAR_LIMIO_RENEWALS_ROOT``, ``AIRFLOW_VAR_LIMIO_LEDGER_PATH``).
+
+Rehearse the whole range, read the results files and the ``submit_renewals`` XComs, then run it for real::
 
     airflow backfill create --dag-id limio_backfill_orders --from-date 2026-01-01 --to-date 2026-01-05 \\
         --dag-run-conf '{"dry_run": true}'
     airflow backfill create --dag-id limio_backfill_orders --from-date 2026-01-01 --to-date 2026-01-05 \\
         --reprocess-behavior completed
 
-(``--reprocess-behavior completed`` makes new runs for days the rehearsal already ran. The CLI's own
-``--dry-run`` only lists the runs it would create.) For one day: ``dag.test(logical_date=...,
-run_conf={"dry_run": True})``.
-
-The offer, payment and billing details below are placeholders: use your tenant's. A real ``new`` order's
-``checkoutId`` comes from Limio's checkout API; here it is derived from the day like the ``external_id``.
+(``--reprocess-behavior completed`` makes new runs for days the rehearsal already ran; a real run overwrites
+the rehearsal's results file. The CLI's own ``--dry-run`` only lists the runs it would create.) For one day:
+``airflow dags test limio_backfill_orders 2026-01-03 -c '{"dry_run": true}'``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.providers.common.compat.sdk import Param, dag
 
-from limio_provider.operators import LimioSubmitOrderOperator
+from limio_provider.operators import LimioSubmitOrdersOperator
 
-TOP_UP_OFFER = {"id": "offer-digital-monthly", "version": "1"}
-TOP_UP_SEATS = 5
-PARTNER_BILLING = {"company": "Newsagents Ltd", "email": "billing@newsagents.example", "country": "GB"}
-PARTNER_PAYMENT = {"type": "zuora", "zuora": {"refId": "pm-newsagents", "paymentGateway": "CreditCard_UK"}}
-
-
-@task
-def build_daily_order(ds: str | None = None) -> dict[str, Any]:
-    """The standing top-up order for the logical date ``ds``."""
-    return {
-        "order_type": "new",
-        "external_id": f"backfill-{ds}",
-        "source": "airflow",
-        "process_immediately": True,
-        "orderDate": f"{ds}T00:00:00Z",
-        "orderItems": [{"offer": TOP_UP_OFFER, "quantity": TOP_UP_SEATS}],
-        "billingDetails": PARTNER_BILLING,
-        "payment": PARTNER_PAYMENT,
-        "checkoutId": f"basket-backfill-{ds}",
-        "country": "GB",
-    }
+#: That day's file. The day is the ``day`` param, else the logical date, else (a manual run without a logical
+#: date) the ``run_after`` day: ``ds`` is not defined in such a run, so the template formats the dag run's own
+#: dates with the ``ds`` filter. The results go next to it, as ``<day>.results.jsonl``.
+ORDERS_PATH = (
+    "{{ var.value.get('limio_renewals_root', 'file:///tmp/limio-backfill').rstrip('/') }}"
+    "/renewals/{{ params.day or (dag_run.logical_date or dag_run.run_after) | ds }}.jsonl"
+)
+#: Empty when the Variable is unset: the operator then uses the Limio connection's ``ledger_path`` extra.
+LEDGER_PATH = "{{ var.value.get('limio_ledger_path', '') }}"
 
 
 @dag(
@@ -68,11 +82,26 @@ def build_daily_order(ds: str | None = None) -> dict[str, Any]:
     catchup=True,
     max_active_runs=1,  # one day at a time, oldest first
     tags=["limio", "example"],
-    params={"dry_run": Param(False, type="boolean", description="Preview each order and submit nothing")},
+    params={
+        "dry_run": Param(False, type="boolean", description="Preview every order and submit nothing"),
+        "day": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^\d{4}-\d{2}-\d{2}$",
+            description="The day whose file to send (YYYY-MM-DD); default: the logical date, or the run_after day",
+        ),
+    },
     doc_md=__doc__,
 )
 def limio_backfill_orders() -> None:
-    LimioSubmitOrderOperator(task_id="submit_order", order=build_daily_order(), dry_run="{{ params.dry_run }}")
+    LimioSubmitOrdersOperator(
+        task_id="submit_renewals",
+        orders_path=ORDERS_PATH,
+        ledger_path=LEDGER_PATH,
+        dry_run="{{ params.dry_run }}",
+        max_in_flight=4,
+        max_failed=0,
+    )
 
 
 limio_backfill_orders()

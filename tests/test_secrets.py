@@ -298,27 +298,63 @@ EXAMPLE_RUNS = [
     pytest.param("limio_backfill_orders", [], "success", None, id="backfill-happy"),
     pytest.param(
         "limio_backfill_orders",
-        [Fault(route="order", action="process_then_status", status=502)],  # created, then 502: adopted
+        [Fault(route="order", action="process_then_status", status=502)],  # created, then 502: found by id
         "success",
         None,
         id="backfill-processed-then-502",
     ),
     pytest.param(
         "limio_backfill_orders",
-        [Fault(route="order", action="drop")],
+        [Fault(route="order", action="drop")],  # not created, and not found: unknown, and the task fails
         "failed",
-        "Limio may have received order backfill-2026-01-01",
+        "LimioBatchFailedError: 2 of 2 orders were not submitted (unknown 2)",
         id="backfill-dropped",
     ),
 ]
+#: The outcomes in the backfill's results file (its two orders), by case.
+BACKFILL_OUTCOMES = {
+    "backfill-happy": ["submitted", "submitted"],
+    "backfill-processed-then-502": ["submitted", "submitted"],
+    "backfill-dropped": ["unknown", "unknown"],
+}
+
+
+def backfill_files(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The renewals file of START for ``limio_backfill_orders`` (two orders), and a ledger, under ``root``."""
+    renewals = root / "renewals"
+    renewals.mkdir(parents=True)
+    ids = [f"renewal-{START:%Y-%m-%d}-{n}" for n in (1, 2)]
+    (renewals / f"{START:%Y-%m-%d}.jsonl").write_text("".join(json.dumps(new_order(i)) + "\n" for i in ids))
+    monkeypatch.setenv("AIRFLOW_VAR_LIMIO_RENEWALS_ROOT", f"file://{root}")
+    monkeypatch.setenv("AIRFLOW_VAR_LIMIO_LEDGER_PATH", f"file://{root}/ledger")
+
+
+def backfill_written(root: Path) -> str:
+    """Everything the backfill wrote under ``root`` (its results file and the ledger's records)."""
+    return "\n".join(p.read_text(errors="replace") for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def backfill_outcomes(root: Path) -> list[str]:
+    results = root / "renewals" / f"{START:%Y-%m-%d}.results.jsonl"
+    return sorted(json.loads(line)["outcome"] for line in results.read_text().splitlines())
 
 
 @pytest.mark.parametrize(("dag_id", "faults", "expected", "failure_text"), EXAMPLE_RUNS)
 def test_example_dags_leak_no_secret(
-    dagbag: Any, watch: Watch, dag_id: str, faults: list[Fault], expected: str, failure_text: str | None
+    dagbag: Any,
+    watch: Watch,
+    dag_id: str,
+    faults: list[Fault],
+    expected: str,
+    failure_text: str | None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     for fault in faults:
         watch.emulator.add_fault(copy.deepcopy(fault))
+    if dag_id == "limio_backfill_orders":
+        backfill_files(tmp_path, monkeypatch)
     run, channels = watch.run(example(dagbag, dag_id), logical_date=START)
 
     assert run.state == expected, states(run)
@@ -333,6 +369,10 @@ def test_example_dags_leak_no_secret(
         assert failure_text in channels["task logs"]  # the failure is in the logs that were searched
     if faults and faults[0].route == "order":
         assert submitted and all(r.status != 200 for r in submitted)  # every submit met the fault
+    if dag_id == "limio_backfill_orders":
+        assert backfill_outcomes(tmp_path) == BACKFILL_OUTCOMES[request.node.callspec.id]
+        assert (tmp_path / "ledger").is_dir()  # the results file and the ledger are searched too
+        assert find_leaks(backfill_written(tmp_path), watch.secrets) == []
 
 
 # -- a submit DAG on each failing path --------------------------------------------------------------------

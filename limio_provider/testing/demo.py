@@ -3,18 +3,42 @@
 Sets up an Airflow home with SQLite under ``--home``, starts the emulator on a free loopback port, points
 ``AIRFLOW_CONN_LIMIO_DEFAULT`` at it, runs the DAG, prints what Limio (the emulator) received, and stops
 the emulator. Safe to run again: each run starts a fresh emulator and reuses the migrated database.
+
+A DAG that reads input files gets sample ones under ``--home`` first (see ``SAMPLE_DATA``): for
+``limio_backfill_orders``, the logical date's renewals file, with its Variables pointing at local ``file://``
+folders, so the demo needs no cloud storage.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+from limio_provider.testing import sample_order
 from limio_provider.testing.emulator import LimioEmulator
+
+
+def _backfill_sample(home: Path, day: str) -> tuple[dict[str, str], Path]:
+    """``<home>/backfill/renewals/<day>.jsonl`` with three orders, a fresh ledger (the emulator is fresh too),
+    and the Variables naming them; returns the environment and the results file the DAG will write."""
+    root, ledger = home / "backfill", home / "backfill-ledger"
+    shutil.rmtree(ledger, ignore_errors=True)
+    (root / "renewals").mkdir(parents=True, exist_ok=True)
+    orders = [json.dumps(sample_order(f"renewal-{day}-{n}")) for n in (1, 2, 3)]
+    (root / "renewals" / f"{day}.jsonl").write_text("\n".join(orders) + "\n")
+    env = {"AIRFLOW_VAR_LIMIO_RENEWALS_ROOT": root.as_uri(), "AIRFLOW_VAR_LIMIO_LEDGER_PATH": ledger.as_uri()}
+    return env, root / "renewals" / f"{day}.results.jsonl"
+
+
+#: Sample input written before the run, by DAG id: ``(home, day) -> (environment, results file)``.
+SAMPLE_DATA = {"limio_backfill_orders": _backfill_sample}
 
 
 def _airflow(args: list[str], env: dict[str, str], log: Path) -> int:
@@ -46,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
     print(f"Airflow home (SQLite): {airflow_home}")
+    results = None
+    if args.dag_id in SAMPLE_DATA:
+        sample_env, results = SAMPLE_DATA[args.dag_id](home, args.logical_date[:10])
+        results.unlink(missing_ok=True)
+        env.update(sample_env)
+        print(f"Sample input: {', '.join(f'{k}={v}' for k, v in sample_env.items())}")
     started = time.monotonic()
     if _airflow(["db", "migrate"], env, log) != 0:
         print(f"airflow db migrate failed; see {log}")
@@ -67,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {order.get('external_id'):40s} {order['id']}  {order.get('order_type'):20s} {order['status']}"
         )
+    if results is not None:
+        lines = results.read_text().splitlines() if results.exists() else []
+        outcomes = Counter(json.loads(line)["outcome"] for line in lines)
+        shown = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())) or "not written"
+        print(f"Results file: {results} ({shown})")
     print(f"Logs (airflow dags test runs the tasks in-process, so the task logs are here too): {log}")
     print(f"Took {time.monotonic() - started:.1f} s")
     return code

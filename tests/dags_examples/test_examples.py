@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+import json
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from limio_provider.testing import LimioEmulator
+from limio_provider.testing import LimioEmulator, sample_order
 from tests.helpers import run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -32,9 +33,13 @@ def dagbag() -> Any:
 
 def example(dagbag: Any, dag_id: str) -> Any:
     """A fresh copy of an example DAG: dag.test() runs tasks in this process, and a run's ``run_conf``
-    is written into the DAG's own ``Param`` objects (``process_params``), so it would leak into the next
-    run of the same DAG object."""
-    return copy.deepcopy(dagbag.get_dag(dag_id))
+    is written into the tasks' own ``Param`` objects (``process_params``), so it would leak into the next
+    run of the same DAG object. ``BaseOperator.__deepcopy__`` shares ``params`` with the original (a
+    shallow-copied attribute), so each task's params are copied too."""
+    dag = copy.deepcopy(dagbag.get_dag(dag_id))
+    for task in dag.tasks:
+        task.params = copy.deepcopy(task.params)
+    return dag
 
 
 def posted(emulator: LimioEmulator, path: str) -> list[dict[str, Any]]:
@@ -56,6 +61,11 @@ def test_examples_parse_without_errors(dagbag: Any) -> None:
     backfill = dagbag.get_dag("limio_backfill_orders")
     assert backfill.catchup is True
     assert (backfill.start_date, backfill.end_date) == (day(1), day(5))
+    assert backfill.max_active_runs == 1
+    assert {name: backfill.params[name] for name in ("dry_run", "day")} == {"dry_run": False, "day": None}
+    (submit,) = backfill.tasks
+    assert type(submit).__name__ == "LimioSubmitOrdersOperator"
+    assert "renewals/" in submit.orders_path and "{{" in submit.orders_path  # a template: no parse-time I/O
     assert dagbag.get_dag("limio_scheduled_renewals").catchup is False
 
 
@@ -180,34 +190,140 @@ def test_reconciliation_submits_adjustments_and_holds_the_expensive_one(
 # -- limio_backfill_orders ------------------------------------------------------------------------
 
 
-def test_backfill_one_order_per_day_rehearsed_with_dry_run(dagbag: Any, limio_emulator: LimioEmulator) -> None:
+class Renewals:
+    """The backfill's daily renewal files and their results, in a fresh moto bucket (through boto3, not the
+    code under test)."""
+
+    def __init__(self, moto_s3: str, ledger_root: str) -> None:
+        import boto3
+
+        self.bucket = ledger_root.split("@", 1)[1].split("/", 1)[0]
+        self.ledger_root = ledger_root  # s3://limio_s3@<bucket>/ledger: limio_ledger_path
+        self.root = ledger_root.removesuffix("/ledger") + "/limio"  # limio_renewals_root, in the same bucket
+        self.s3 = boto3.client(
+            "s3",
+            endpoint_url=moto_s3,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def write(self, ds: str, count: int) -> list[str]:
+        """``<root>/renewals/<ds>.jsonl`` with ``count`` orders; their external_ids in file order."""
+        ids = [f"renewal-{ds}-{n}" for n in range(1, count + 1)]
+        body = "".join(json.dumps(sample_order(external_id)) + "\n" for external_id in ids)
+        self.s3.put_object(Bucket=self.bucket, Key=f"limio/renewals/{ds}.jsonl", Body=body.encode())
+        return ids
+
+    def results(self, ds: str) -> list[dict[str, Any]]:
+        """The lines of ``<root>/renewals/<ds>.results.jsonl``."""
+        data = self.s3.get_object(Bucket=self.bucket, Key=f"limio/renewals/{ds}.results.jsonl")["Body"].read()
+        return [json.loads(line) for line in data.decode().splitlines()]
+
+    def keys(self, prefix: str) -> list[str]:
+        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+@pytest.fixture
+def renewals(moto_s3: str, s3_ledger_root: str, monkeypatch: pytest.MonkeyPatch) -> Renewals:
+    """A moto bucket holding the renewal files and the ledger, named to the DAG by its two Variables."""
+    renewals = Renewals(moto_s3, s3_ledger_root)
+    monkeypatch.setenv("AIRFLOW_VAR_LIMIO_RENEWALS_ROOT", renewals.root)
+    monkeypatch.setenv("AIRFLOW_VAR_LIMIO_LEDGER_PATH", renewals.ledger_root)
+    return renewals
+
+
+def order_ids(emulator: LimioEmulator, ids: list[str]) -> dict[str, str]:
+    """The Limio order id of each external_id in ``ids`` (each must have exactly one order)."""
+    found = {}
+    for external_id in ids:
+        (order,) = emulator.orders_with_external_id(external_id)
+        found[external_id] = order["id"]
+    return found
+
+
+def test_backfill_submits_each_days_file_once_and_a_rerun_adopts(
+    dagbag: Any, limio_emulator: LimioEmulator, renewals: Renewals
+) -> None:
+    files = {"2026-01-01": renewals.write("2026-01-01", 3), "2026-01-02": renewals.write("2026-01-02", 2)}
+    renewals.write("2026-01-03", 2)  # a later day's file: neither run may read it
     dag = example(dagbag, "limio_backfill_orders")
 
-    first = run_dag(dag, logical_date=day(1))
-    second = run_dag(dag, logical_date=day(2))
-    assert (first.state, second.state) == ("success", "success")
-    assert external_ids(limio_emulator) == ["backfill-2026-01-01", "backfill-2026-01-02"]
-    assert [o["orderDate"] for o in limio_emulator.orders.values()] == ["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]
-    assert {o["order_type"] for o in limio_emulator.orders.values()} == {"new"}
-    (result,) = xcom(first, "submit_order")
-    assert (result["external_id"], result["status"]) == ("backfill-2026-01-01", "complete")
+    runs = {"2026-01-01": run_dag(dag, logical_date=day(1)), "2026-01-02": run_dag(dag, logical_date=day(2))}
+    assert [run.state for run in runs.values()] == ["success", "success"], [states(r) for r in runs.values()]
+    assert sorted(external_ids(limio_emulator)) == sorted(files["2026-01-01"] + files["2026-01-02"])
+    assert len(posted(limio_emulator, "/api/order")) == 5
+    created = {ds: order_ids(limio_emulator, ids) for ds, ids in files.items()}  # one order per external_id
+    assert renewals.keys("limio/renewals/") == [
+        f"limio/renewals/2026-01-0{d}{suffix}" for d in (1, 2) for suffix in (".jsonl", ".results.jsonl")
+    ] + ["limio/renewals/2026-01-03.jsonl"]
+    for ds, run in runs.items():
+        rows = renewals.results(ds)
+        assert sorted(row["line"] for row in rows) == list(range(1, len(files[ds]) + 1))
+        assert {row["external_id"]: (row["outcome"], row["order_id"]) for row in rows} == {
+            external_id: ("submitted", order_id) for external_id, order_id in created[ds].items()
+        }
+        (summary,) = xcom(run, "submit_renewals")
+        assert summary["counts"]["submitted"] == summary["total"] == len(files[ds])
+        assert (summary["failures"], summary["dry_run"]) == (0, False)
+        assert summary["results_path"] == f"{renewals.root}/renewals/{ds}.results.jsonl"
+    assert renewals.keys("ledger/"), "nothing was recorded in the S3 ledger"
 
-    # Re-running a day (a new run id) sends the same external_id, so the operator adopts the order the
-    # first run created instead of submitting it twice.
+    # A new run of day 1 (another run id, same logical date) finds every order in the ledger: it adopts
+    # them and sends nothing.
     rerun = run_dag(dag, logical_date=day(1))
     assert rerun.state == "success", states(rerun)
-    assert rerun.run_id != first.run_id
-    (again,) = xcom(rerun, "submit_order")
-    assert (again["external_id"], again["id"]) == ("backfill-2026-01-01", result["id"])
-    assert len(limio_emulator.orders_with_external_id("backfill-2026-01-01")) == 1
-    assert len(posted(limio_emulator, "/api/order")) == 2
+    assert rerun.run_id != runs["2026-01-01"].run_id
+    assert len(posted(limio_emulator, "/api/order")) == 5  # no new order POST
+    assert sorted(external_ids(limio_emulator)) == sorted(files["2026-01-01"] + files["2026-01-02"])
+    assert {row["external_id"]: (row["outcome"], row["order_id"]) for row in renewals.results("2026-01-01")} == {
+        external_id: ("adopted", order_id) for external_id, order_id in created["2026-01-01"].items()
+    }
+    (summary,) = xcom(rerun, "submit_renewals")
+    assert summary["counts"]["adopted"] == summary["total"] == 3
+    assert summary["counts"]["submitted"] == summary["failures"] == 0
 
-    # A rehearsal of another day previews and submits nothing.
-    rehearsal = run_dag(example(dagbag, "limio_backfill_orders"), logical_date=day(3), run_conf={"dry_run": True})
-    assert rehearsal.state == "success", states(rehearsal)
-    (dry,) = xcom(rehearsal, "submit_order")
-    assert dry["dry_run"] is True and dry["order"]["external_id"] == "backfill-2026-01-03"
-    assert dry["preview"]["schedule"][0]["amount"] == "99.95"  # 5 seats of offer-digital-monthly
-    assert posted(limio_emulator, "/api/order/preview")[-1]["external_id"] == "backfill-2026-01-03"
-    assert len(posted(limio_emulator, "/api/order")) == 2  # no new submission
-    assert external_ids(limio_emulator) == ["backfill-2026-01-01", "backfill-2026-01-02"]
+
+def test_backfill_dry_run_previews_every_order_and_submits_nothing(
+    dagbag: Any, limio_emulator: LimioEmulator, renewals: Renewals
+) -> None:
+    ids = renewals.write("2026-01-03", 2)
+    run = run_dag(example(dagbag, "limio_backfill_orders"), logical_date=day(3), run_conf={"dry_run": True})
+    assert run.state == "success", states(run)
+
+    assert sorted(p["external_id"] for p in posted(limio_emulator, "/api/order/preview")) == ids
+    assert posted(limio_emulator, "/api/order") == [] and limio_emulator.orders == {}
+    rows = renewals.results("2026-01-03")
+    assert sorted((row["external_id"], row["outcome"]) for row in rows) == [(i, "dry_run") for i in ids]
+    assert {row["total_due"] for row in rows} == {"19.99"}  # one seat of offer-digital-monthly each
+    (summary,) = xcom(run, "submit_renewals")
+    assert (summary["dry_run"], summary["counts"]["dry_run"], summary["counts"]["submitted"]) == (True, 2, 0)
+    assert renewals.keys("ledger/") == []  # a rehearsal records nothing: the real run will send them
+
+
+def test_backfill_without_a_logical_date_reads_the_run_after_day(
+    dagbag: Any, limio_emulator: LimioEmulator, renewals: Renewals
+) -> None:
+    """A manual trigger may have no logical date (``ds`` unset): the run reads its ``run_after`` day's file,
+    or the ``day`` param's."""
+    day3, day4 = renewals.write("2026-01-03", 1), renewals.write("2026-01-04", 2)
+
+    run = run_dag(example(dagbag, "limio_backfill_orders"), logical_date=None, run_after=day(4) + timedelta(hours=9))
+    assert run.state == "success", states(run)
+    assert run.logical_date is None
+    assert sorted(external_ids(limio_emulator)) == day4
+    assert [row["outcome"] for row in renewals.results("2026-01-04")] == ["submitted", "submitted"]
+    (summary,) = xcom(run, "submit_renewals")
+    assert summary["results_path"] == f"{renewals.root}/renewals/2026-01-04.results.jsonl"
+
+    chosen = run_dag(
+        example(dagbag, "limio_backfill_orders"),
+        logical_date=None,
+        run_after=day(4) + timedelta(hours=10),
+        run_conf={"day": "2026-01-03"},
+    )
+    assert chosen.state == "success", states(chosen)
+    assert sorted(external_ids(limio_emulator)) == sorted(day4 + day3)
+    assert [row["outcome"] for row in renewals.results("2026-01-03")] == ["submitted"]
+    assert not [key for key in renewals.keys("limio/") if "None" in key]
