@@ -220,7 +220,11 @@ class OrderLedger:
     def update(self, record: dict[str, Any], state: State, **fields: Any) -> dict[str, Any]:
         """Write ``record`` with a new ``state`` (and fields); only its claimer does this."""
         record = {**record, **fields, "state": state, "updated_at": _now()}
-        _write(self.fs, self._key(record["external_id"]), _dump(record), create=False)
+        # Only "sent" is written to stable storage before going on (the request leaves next): were a machine
+        # crash to lose any other write, the record would read as an earlier state, which is always safe:
+        # a lost claim is claimed again (nothing was sent), a lost "done", "unknown" or "refused" reads as
+        # "sent", which is looked up in Limio and never sent again blindly.
+        _write(self.fs, self._key(record["external_id"]), _dump(record), create=False, durable=state == "sent")
         return record
 
     def wait_final(self, external_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any] | None:
@@ -259,9 +263,11 @@ def _is_conflict(exc: OSError) -> bool:
     return code == "ConditionalRequestConflict" or "ConditionalRequestConflict" in str(exc)
 
 
-def _write(fs: Any, path: str, data: bytes, *, create: bool) -> None:
+def _write(fs: Any, path: str, data: bytes, *, create: bool, durable: bool = False) -> None:
     """Write all of ``data`` at ``path`` at once: a reader sees the old bytes or the new, never a part.
-    ``create``: only if nothing is there (else :class:`FileExistsError`), atomically.
+    ``create``: only if nothing is there (else :class:`FileExistsError`), atomically. ``durable``: on a local
+    disk, also on stable storage (file and folder synced) when this returns, so a machine crash keeps it; an
+    object store's PUT is durable when it returns.
 
     An object store's PUT is both (s3fs sends ``If-None-Match: *`` for ``mode="create"``; a 409 conflict is
     retried, and then finds the winner's object). fsspec's local filesystem is neither: its ``mode="create"``
@@ -296,12 +302,19 @@ def _write(fs: Any, path: str, data: bytes, *, create: bool) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         if create:
             os.link(tmp, path)  # FileExistsError if the name exists
         else:
             os.replace(tmp, path)
+        if durable:
+            folder_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(folder_fd)  # the rename itself
+            finally:
+                os.close(folder_fd)
     finally:
         try:
             os.unlink(tmp)  # gone already after a rename

@@ -132,6 +132,30 @@ def test_claim_creates_a_readable_record_with_every_documented_field(ledger: Ord
     assert json.loads(text) == record
 
 
+def test_only_the_sent_state_waits_for_stable_storage(local_ledger_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a local disk "sent" (the request leaves next) is synced, file and folder, before the write returns; the
+    other states are not (a crash losing one leaves an earlier state, which is safe): fsync costs more than
+    the rest of a record's write."""
+    ledger = OrderLedger(local_ledger_root, TENANT)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _, record = ledger.claim("renewal-42", FP, A)
+    assert synced == []
+    record = ledger.update(record, "sent")
+    assert synced == ["file", "folder"]
+    for state in ("unknown", "done", "refused"):
+        synced.clear()
+        record = ledger.update(record, state)
+        assert synced == [], state
+    assert ledger.read("renewal-42") == record
+
+
 def test_a_second_claim_returns_the_existing_record_unchanged(ledger: OrderLedger) -> None:
     _, first = ledger.claim("renewal-42", FP, A)
     won, existing = ledger.claim("renewal-42", OTHER_FP, B)
