@@ -277,18 +277,8 @@ def _write(fs: Any, path: str, data: bytes, *, create: bool, durable: bool = Fal
     from fsspec.implementations.local import LocalFileSystem
 
     if not isinstance(fs, LocalFileSystem):  # no directories to make on an object store
-        pause = CONFLICT_PAUSE
-        for attempt in range(CONFLICT_RETRIES + 1):
-            try:
-                fs.pipe_file(path, data, mode="create" if create else "overwrite")
-                return
-            except FileExistsError:
-                raise
-            except OSError as exc:
-                if not (create and _is_conflict(exc)) or attempt == CONFLICT_RETRIES:
-                    raise
-                time.sleep(pause)
-                pause *= 2
+        _put(fs, path, data, create=create)
+        return
     folder, name = os.path.split(path)
     # This thread's own temporary name (it writes one record at a time); a leftover of a dead process whose
     # pid and thread id this one reuses is simply overwritten.
@@ -320,6 +310,22 @@ def _write(fs: Any, path: str, data: bytes, *, create: bool, durable: bool = Fal
             os.unlink(tmp)  # gone already after a rename
         except FileNotFoundError:
             pass
+
+
+def _put(fs: Any, path: str, data: bytes, *, create: bool) -> None:
+    """An object store's PUT; a conditional one that S3 answers 409 (a racing write) is retried."""
+    pause = CONFLICT_PAUSE
+    for attempt in range(CONFLICT_RETRIES + 1):
+        try:
+            fs.pipe_file(path, data, mode="create" if create else "overwrite")
+            return
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if not (create and _is_conflict(exc)) or attempt == CONFLICT_RETRIES:
+                raise
+            time.sleep(pause)
+            pause *= 2
 
 
 def _dump(record: dict[str, Any]) -> bytes:
