@@ -82,5 +82,21 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": CONN_FIELDS,
             }
         ],
+        "integrations": [
+            {
+                "integration-name": "Limio",
+                "external-doc-url": "https://developers.limio.com/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Limio", "python-modules": ["limio_provider.hooks.limio"]}],
+        "operators": [
+            {
+                "integration-name": "Limio",
+                "python-modules": ["limio_provider.operators.orders", "limio_provider.operators.batch"],
+            }
+        ],
+        "sensors": [{"integration-name": "Limio", "python-modules": ["limio_provider.sensors.limio"]}],
+        "triggers": [{"integration-name": "Limio", "python-modules": ["limio_provider.triggers.limio"]}],
         "extra-links": ["limio_provider.links.limio.LimioOrderLink"],
     }

@@ -42,12 +42,36 @@ def test_provider_info_matches_the_code() -> None:
     assert LimioHook.get_ui_field_behaviour() == conn["ui-field-behaviour"]  # Airflow 2 reads it from the hook
 
 
+def test_provider_info_lists_each_module_of_each_kind() -> None:
+    from limio_provider.operators import (
+        LimioAdminSubmitOrderOperator,
+        LimioPreviewOrderOperator,
+        LimioSubmitOrderOperator,
+        LimioSubmitOrdersOperator,
+    )
+    from limio_provider.sensors.limio import LimioOrderSensor
+    from limio_provider.triggers.limio import LimioOrderTrigger
+
+    info = get_provider_info()
+    (integration,) = info["integrations"]
+    operators = [LimioPreviewOrderOperator, LimioSubmitOrderOperator, LimioAdminSubmitOrderOperator, LimioSubmitOrdersOperator]
+    kinds = {"hooks": [LimioHook], "operators": operators, "sensors": [LimioOrderSensor], "triggers": [LimioOrderTrigger]}
+    for kind, classes in kinds.items():
+        (entry,) = info[kind]
+        assert entry["integration-name"] == integration["integration-name"], kind
+        assert sorted(entry["python-modules"]) == sorted({cls.__module__ for cls in classes}), kind
+
+
 def test_provider_info_passes_airflows_schema() -> None:
     from airflow.providers_manager import ProvidersManager
 
     manager = ProvidersManager()
-    assert manager.providers["airflow-provider-limio"].version == __version__
+    assert manager.providers["airflow-provider-limio"].version == __version__  # the package's one version
     assert "limio_provider.links.limio.LimioOrderLink" in manager.extra_links_class_names
+    # What `airflow providers triggers` lists.
+    assert [(t.trigger_class_name, t.integration_name) for t in manager.trigger if t.package_name == "airflow-provider-limio"] == [
+        ("limio_provider.triggers.limio", "Limio")
+    ]
 
 
 @pytest.mark.usefixtures("airflow_db")

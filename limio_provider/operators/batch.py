@@ -250,7 +250,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     :param on_preview_reject: accepted as by the single-order submit, without effect: in a batch an order
         whose preview ``preview_check`` refuses is ``refused``, and the batch goes on.
     :param dry_run: preview each order (and apply ``preview_check``), send nothing; results say
-        ``dry_run``. The ledger is not written. (templated)
+        ``dry_run``. The ledger is not written. (templated, as the attribute ``preview_only``)
     :param on_unknown_outcome: when Limio may have received an order but it cannot be found by
         ``external_id`` within the reconcile budget: ``"fail"`` (default) makes its outcome ``unknown``;
         ``"resubmit"`` submits it again.
@@ -271,7 +271,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     """
 
     template_fields: Sequence[str] = (
-        "orders", "orders_path", "results_path", "limio_conn_id", "dry_run", "ledger_path", "partner",
+        "orders", "orders_path", "results_path", "limio_conn_id", "preview_only", "ledger_path", "partner",
     )
     template_fields_renderers = {"orders": "json"}
     operator_extra_links = ()
@@ -379,7 +379,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         from limio_provider.exceptions import LimioBatchFailedError, LimioConfigError, LimioValidationError
 
         started = time.monotonic()
-        dry_run = _as_bool("dry_run", self.dry_run)
+        dry_run = _as_bool("dry_run", self.preview_only)
         self.hook.settings  # noqa: B018 - a bad connection fails before any call
         if self.hook.ledger(self.ledger_path) is None:
             raise LimioConfigError(

@@ -275,7 +275,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         giving the reason to refuse.
     :param on_preview_reject: ``"fail"`` (default) fails the task with the reason; ``"skip"`` skips it.
     :param dry_run: preview and log what would be submitted, submit nothing; returns
-        ``{"dry_run": true, "order": ..., "preview": ...}``. (templated)
+        ``{"dry_run": true, "order": ..., "preview": ...}``. (templated, as the attribute ``preview_only``:
+        ``dry_run`` is ``BaseOperator.dry_run()``, which ``airflow tasks test --dry-run`` calls)
     :param adopt_existing: before a first submit, look for an order with the same ``external_id`` (a
         previous run's) and adopt it instead of submitting again, unless it failed. Default True.
     :param on_unknown_outcome: when Limio may have received the order but it cannot be found by
@@ -299,7 +300,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         default_deferrable``.
     """
 
-    template_fields: Sequence[str] = (*_LimioOrderOperator.template_fields, "dry_run", "ledger_path")
+    template_fields: Sequence[str] = (*_LimioOrderOperator.template_fields, "preview_only", "ledger_path")
     operator_extra_links = (LimioOrderLink(),)
     #: The ``task_state_store`` key of the submit's record (see :class:`_OrderRecord`).
     state_key = "limio_order"
@@ -330,7 +331,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             raise ValueError(f"on_unknown_outcome must be 'fail' or 'resubmit', got {on_unknown_outcome!r}")
         self.preview_check = preview_check
         self.on_preview_reject = on_preview_reject
-        self.dry_run = dry_run
+        # Not ``self.dry_run``: that is BaseOperator's method (``airflow tasks test --dry-run`` calls it).
+        self.preview_only = dry_run
         self.adopt_existing = adopt_existing
         self.on_unknown_outcome = on_unknown_outcome
         self.reconcile_pages = reconcile_pages
@@ -347,7 +349,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         body = self._prepared_order(context)
-        if _as_bool("dry_run", self.dry_run):
+        if _as_bool("dry_run", self.preview_only):
             preview = self._check_preview(body)
             self.log.info("Dry run: would submit %s order %s; nothing sent", body["order_type"], body["external_id"])
             return {"dry_run": True, "order": body, "preview": preview}

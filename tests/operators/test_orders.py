@@ -241,6 +241,20 @@ def test_dry_run_previews_and_submits_nothing(limio_emulator: LimioEmulator) -> 
     assert limio_emulator.orders == {}
 
 
+def test_the_dry_run_argument_leaves_base_operator_dry_run_callable() -> None:
+    """``airflow tasks test --dry-run`` calls ``BaseOperator.dry_run()``: the argument must not shadow it."""
+    from limio_provider.operators import LimioSubmitOrdersOperator
+
+    operators = [
+        LimioSubmitOrderOperator(task_id="one", order=new_order("EXT-DRY"), dry_run="{{ params.dry_run }}"),
+        LimioSubmitOrdersOperator(task_id="many", orders_path="file:///orders.jsonl", dry_run="{{ params.dry_run }}"),
+    ]
+    for operator in operators:
+        assert operator.preview_only == "{{ params.dry_run }}"
+        assert "preview_only" in operator.template_fields
+        operator.dry_run()  # renders nothing, sends nothing, raises nothing
+
+
 def test_admin_operator_posts_for_partner(limio_emulator: LimioEmulator) -> None:
     with DAG("limio_admin", schedule=None, start_date=START) as dag:
         LimioAdminSubmitOrderOperator(task_id="admin", order=new_order("EXT-ADM"), partner="{{ 'partner-7' }}")
