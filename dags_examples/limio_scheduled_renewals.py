@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.providers.common.compat.sdk import Param, TriggerRule, dag, task
 
 from limio_provider.operators import LimioPreviewOrderOperator, LimioSubmitOrderOperator
 
