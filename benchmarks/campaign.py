@@ -59,6 +59,8 @@ PROCESSED_KINDS = tuple(kind for kind in FAULT_KINDS if kind.startswith("process
 
 #: The Retry-After of the "429 + Retry-After" fault, in seconds.
 RETRY_AFTER = 2
+#: How long the "processed, then no answer" fault holds the connection before closing it unanswered, in seconds.
+HANG_SECONDS = 0.5
 
 #: The columns of a report row, in table order.
 COLUMNS = ("intended", "held once", "failed loudly", "loud, held", "duplicates", "lost", "misreported")
@@ -118,9 +120,8 @@ class Outcome:
         tries = [*self.errors[: self.tries - (self.reported_id is not None)]]
         if self.reported_id is not None:
             tries.append(f"returned order {self.reported_id}")
-        return (
-            f"{self.external_id} [{self.kind}]: emulator holds {self.held_ids or 'nothing'}; "
-            + "; ".join(f"try {n}: {what}" for n, what in enumerate(tries, 1))
+        return f"{self.external_id} [{self.kind}]: emulator holds {self.held_ids or 'nothing'}; " + "; ".join(
+            f"try {n}: {what}" for n, what in enumerate(tries, 1)
         )
 
 
@@ -177,15 +178,35 @@ class Report:
         return "\n".join([first, *(f"  {outcome.describe()}" for outcome in unaccounted)])
 
 
-def _inject(emulator: LimioEmulator, kind: str, external_id: str, nth: int = 0) -> list[Fault]:
+def tally(row: Counter[str], outcome: Outcome) -> None:
+    """Count ``outcome`` (its ``held_ids`` set) in its fault kind's report ``row``."""
+    row["intended"] += 1
+    row["held once"] += outcome.held_once
+    row["failed loudly"] += outcome.failed_loudly
+    row["loud, held"] += outcome.failed_loudly and bool(outcome.held_ids)
+    row["duplicates"] += max(0, len(outcome.held_ids) - 1)
+    if not outcome.held_once and not outcome.failed_loudly:
+        row["misreported" if outcome.held_ids else "lost"] += 1
+
+
+def _inject(
+    emulator: LimioEmulator,
+    kind: str,
+    external_id: str,
+    nth: int = 0,
+    *,
+    retry_after: float = RETRY_AFTER,
+    hang: float = HANG_SECONDS,
+) -> list[Fault]:
     """Arm the one fault ``kind`` for this order (``nth``: its rank among the orders of that kind); the faults
-    aimed at its own requests are returned."""
+    aimed at its own requests are returned. ``retry_after`` is the 429's ``Retry-After`` and ``hang`` how long
+    "no answer" holds the connection (a batch, which pauses whole for a 429, uses a shorter one)."""
 
     def on_submit(action: str, **fault: Any) -> list[Fault]:
         return [emulator.add_fault(Fault(route="order", action=action, times=1, external_id=external_id, **fault))]
 
     if kind == "429 + Retry-After":
-        return on_submit("status", status=429, retry_after=RETRY_AFTER)
+        return on_submit("status", status=429, retry_after=retry_after)
     if kind == "503":
         return [emulator.add_fault(Fault(route="order", status=503, times=2, external_id=external_id))]
     if kind == "dropped before processing":
@@ -197,7 +218,7 @@ def _inject(emulator: LimioEmulator, kind: str, external_id: str, nth: int = 0) 
     if kind == "processed, then 307 redirect":
         return on_submit("process_then_status", status=307, location=REDIRECT_ELSEWHERE)
     if kind == "processed, then no answer":
-        return on_submit("process_then_hang", latency=0.5)
+        return on_submit("process_then_hang", latency=hang)
     if kind == "processed, truncated body":
         return on_submit("process_then_truncate")
     if kind == "processed, undecodable body":
@@ -289,13 +310,6 @@ def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int =
     rows: dict[str, Counter[str]] = {kind: Counter() for kind in ("no fault", *FAULT_KINDS)}
     for outcome in outcomes:
         outcome.held_ids = by_external_id.get(outcome.external_id, [])
-        row = rows[outcome.kind]
-        row["intended"] += 1
-        row["held once"] += outcome.held_once
-        row["failed loudly"] += outcome.failed_loudly
-        row["loud, held"] += outcome.failed_loudly and bool(outcome.held_ids)
-        row["duplicates"] += max(0, len(outcome.held_ids) - 1)
-        if not outcome.held_once and not outcome.failed_loudly:
-            row["misreported" if outcome.held_ids else "lost"] += 1
+        tally(rows[outcome.kind], outcome)
     retry_after = [s for s in sleeps if s == float(RETRY_AFTER)]
     return Report(rows, orders, time.perf_counter() - started, retry_after, outcomes)
