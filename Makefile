@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lock clean
+.PHONY: test lint demo bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Lint, format and types (settings in pyproject.toml). mypy also checks a DAG as a user writes one, so the
+# operators' signatures type-check downstream.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy limio_provider dags_examples/limio_backfill_orders.py tests/typing/dag_with_every_operator.py
 
 # Every script in benchmarks/ (not the package's __init__ nor campaign.py, the engine fault_campaign.py runs).
 BENCHMARKS := $(filter-out benchmarks/__init__.py benchmarks/campaign.py,$(wildcard benchmarks/*.py))

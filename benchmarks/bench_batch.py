@@ -79,7 +79,9 @@ def main() -> None:
 
         with DAG("bench_batch", schedule=None, start_date=START) as batch:
             LimioSubmitOrdersOperator(
-                task_id="submit", orders_path=f"file://{orders_file}", ledger_path=f"file://{work}/ledger",
+                task_id="submit",
+                orders_path=f"file://{orders_file}",
+                ledger_path=f"file://{work}/ledger",
                 max_in_flight=args.in_flight,
             )
         import psutil
@@ -109,10 +111,14 @@ def main() -> None:
         emulator.terminate()
         emulator.wait(10)
 
-    print(f"batch:  {args.orders} orders, max_in_flight={args.in_flight}: {batch_seconds:.1f} s wall "
-          f"(dag.test included), {batch_rate:.0f} orders/s; task's own rate {summary.get('orders_per_second')}")
-    print(f"CPU during the batch run: emulator {emulator_cpu:.1f} s, Airflow + the task {own_cpu:.1f} s "
-          f"(2 cores: {2 * batch_seconds:.1f} s available)")
+    print(
+        f"batch:  {args.orders} orders, max_in_flight={args.in_flight}: {batch_seconds:.1f} s wall "
+        f"(dag.test included), {batch_rate:.0f} orders/s; task's own rate {summary.get('orders_per_second')}"
+    )
+    print(
+        f"CPU during the batch run: emulator {emulator_cpu:.1f} s, Airflow + the task {own_cpu:.1f} s "
+        f"(2 cores: {2 * batch_seconds:.1f} s available)"
+    )
     print(f"mapped: {args.mapped} orders as mapped single-order tasks: {mapped_rate:.2f} orders/s")
     print(f"ratio batch/mapped: {batch_rate / mapped_rate:.0f}x; latency bound {args.in_flight / 0.05:.0f} orders/s")
     print(f"summary XCom: {len(json.dumps(summary))} bytes; outcomes {summary.get('outcomes') or summary}")

@@ -40,7 +40,10 @@ def main() -> None:
         runs = [sample(module) for _ in range(args.processes)]
         median_ms = statistics.median(t for t, _ in runs) * 1000
         pulled = "yes" if any(r for _, r in runs) else "no"
-        print(f"{module:42s} +{median_ms:6.1f} ms after airflow.sdk (median of {args.processes}); imports requests: {pulled}")
+        print(
+            f"{module:42s} +{median_ms:6.1f} ms after airflow.sdk (median of {args.processes}); "
+            f"imports requests: {pulled}"
+        )
 
 
 if __name__ == "__main__":

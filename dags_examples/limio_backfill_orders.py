@@ -57,7 +57,7 @@ the rehearsal's results file. The CLI's own ``--dry-run`` only lists the runs it
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from airflow.providers.common.compat.sdk import Param, dag
 
@@ -77,8 +77,8 @@ LEDGER_PATH = "{{ var.value.get('limio_ledger_path', '') }}"
 @dag(
     dag_id="limio_backfill_orders",
     schedule="@daily",
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    end_date=datetime(2026, 1, 5, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    end_date=datetime(2026, 1, 5, tzinfo=UTC),
     catchup=True,
     max_active_runs=1,  # one day at a time, oldest first
     tags=["limio", "example"],

@@ -23,7 +23,7 @@ Limio publishes no schema for ``change_offer`` or ``cancel_subscription``; the f
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +124,7 @@ def build_partner_orders(
 @dag(
     dag_id="limio_billing_reconciliation",
     schedule="0 6 * * *",  # daily, after the nightly billing run
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["limio", "example"],

@@ -24,7 +24,7 @@ API. Its fields here (``forSubscription`` plus the common ``external_id``, ``sou
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def summarize(previews: list[dict[str, Any]], results: list[dict[str, Any]]) -> 
 @dag(
     dag_id="limio_scheduled_renewals",
     schedule="@daily",
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
     tags=["limio", "example"],

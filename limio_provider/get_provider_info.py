@@ -45,11 +45,13 @@ CONN_FIELDS: dict[str, Any] = {
     ),
     "retry_backoff": _field("Retry backoff (s)", _optional("number", minimum=0), "First backoff, doubling (1)."),
     "retry_max_backoff": _field("Max backoff (s)", _optional("number", minimum=0), "Longest backoff (30)."),
-    "retry_after_max": _field("Max Retry-After (s)", _optional("number", minimum=0), "Longest Retry-After honoured (60)."),
+    "retry_after_max": _field(
+        "Max Retry-After (s)", _optional("number", minimum=0), "Longest Retry-After honoured (60)."
+    ),
     "verify": _field(
         "TLS verification", _optional(["boolean", "string"]), "true (default), false, or a CA bundle path."
     ),
-    "proxies": _field("Proxies", _optional("object"), "requests-style proxies, e.g. {\"https\": \"http://proxy:3128\"}."),
+    "proxies": _field("Proxies", _optional("object"), 'requests-style proxies, e.g. {"https": "http://proxy:3128"}.'),
     "order_link_template": _field(
         "Order link template",
         _optional("string"),

@@ -26,7 +26,6 @@ def airflow_db() -> None:
     db.resetdb()
 
 
-
 @pytest.fixture
 def capture() -> Iterator[Capture]:
     """A loopback server that records what reaches it: a redirect target or a proxy must see nothing."""

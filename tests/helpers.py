@@ -6,7 +6,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -15,11 +15,17 @@ import requests
 
 from limio_provider.testing import LimioEmulator, sample_order
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def new_order(external_id: str = "EXT-1", **extra: Any) -> dict[str, Any]:
     return sample_order(external_id, **extra)
+
+
+def set_no_proxy(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """``NO_PROXY`` and ``no_proxy`` (requests reads the lower-case one first; the moto fixture sets it)."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, value)
 
 
 def set_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any) -> None:
@@ -113,7 +119,9 @@ CLIENT_ID, SECRET = "emulator-client", "emulator-secret"
 
 def emulator_order(**fields: Any) -> dict[str, Any]:
     """A valid ``new`` order with a payment the emulator accepts, with ``fields`` overriding."""
-    return sample_order(**{"payment": {"type": "zuora", "zuora": {"refId": "pm-ok"}}, "checkoutId": "basket-1", **fields})
+    return sample_order(
+        **{"payment": {"type": "zuora", "zuora": {"refId": "pm-ok"}}, "checkoutId": "basket-1", **fields}
+    )
 
 
 def token_form(secret: str = SECRET, **fields: str) -> dict[str, str]:

@@ -54,8 +54,18 @@ def test_provider_info_lists_each_module_of_each_kind() -> None:
 
     info = get_provider_info()
     (integration,) = info["integrations"]
-    operators = [LimioPreviewOrderOperator, LimioSubmitOrderOperator, LimioAdminSubmitOrderOperator, LimioSubmitOrdersOperator]
-    kinds = {"hooks": [LimioHook], "operators": operators, "sensors": [LimioOrderSensor], "triggers": [LimioOrderTrigger]}
+    operators = [
+        LimioPreviewOrderOperator,
+        LimioSubmitOrderOperator,
+        LimioAdminSubmitOrderOperator,
+        LimioSubmitOrdersOperator,
+    ]
+    kinds = {
+        "hooks": [LimioHook],
+        "operators": operators,
+        "sensors": [LimioOrderSensor],
+        "triggers": [LimioOrderTrigger],
+    }
     for kind, classes in kinds.items():
         (entry,) = info[kind]
         assert entry["integration-name"] == integration["integration-name"], kind
@@ -69,9 +79,11 @@ def test_provider_info_passes_airflows_schema() -> None:
     assert manager.providers["airflow-provider-limio"].version == __version__  # the package's one version
     assert "limio_provider.links.limio.LimioOrderLink" in manager.extra_links_class_names
     # What `airflow providers triggers` lists.
-    assert [(t.trigger_class_name, t.integration_name) for t in manager.trigger if t.package_name == "airflow-provider-limio"] == [
-        ("limio_provider.triggers.limio", "Limio")
-    ]
+    assert [
+        (t.trigger_class_name, t.integration_name)
+        for t in manager.trigger
+        if t.package_name == "airflow-provider-limio"
+    ] == [("limio_provider.triggers.limio", "Limio")]
 
 
 @pytest.mark.usefixtures("airflow_db")
@@ -81,8 +93,17 @@ def test_airflow_cli_lists_adds_and_tests_limio_connections(limio_emulator: Limi
     assert any(p["package_name"] == "airflow-provider-limio" for p in json.loads(listed.stdout))
 
     added = airflow_cli(
-        "connections", "add", "limio_cli", "--conn-type", "limio", "--conn-host", limio_emulator.url,
-        "--conn-login", limio_emulator.client_id, "--conn-password", limio_emulator.client_secret,
+        "connections",
+        "add",
+        "limio_cli",
+        "--conn-type",
+        "limio",
+        "--conn-host",
+        limio_emulator.url,
+        "--conn-login",
+        limio_emulator.client_id,
+        "--conn-password",
+        limio_emulator.client_secret,
     )
     assert added.returncode == 0, added.stderr
 
@@ -94,7 +115,11 @@ def test_airflow_cli_lists_adds_and_tests_limio_connections(limio_emulator: Limi
 
     bad = {"conn_type": "limio", "host": limio_emulator.url, "login": "nobody", "password": "wrong-secret-123"}
     failed = airflow_cli(
-        "connections", "test", "limio_bad", AIRFLOW__CORE__TEST_CONNECTION="Enabled", AIRFLOW_CONN_LIMIO_BAD=json.dumps(bad)
+        "connections",
+        "test",
+        "limio_bad",
+        AIRFLOW__CORE__TEST_CONNECTION="Enabled",
+        AIRFLOW_CONN_LIMIO_BAD=json.dumps(bad),
     )
     assert "refused the client credentials" in failed.stdout + failed.stderr
     assert "wrong-secret-123" not in failed.stdout + failed.stderr

@@ -430,7 +430,10 @@ def _conflict() -> OSError:
     from botocore.exceptions import ClientError
     from s3fs.errors import translate_boto_error
 
-    answer = {"Error": {"Code": "ConditionalRequestConflict", "Message": "retry"}, "ResponseMetadata": {"HTTPStatusCode": 409}}
+    answer = {
+        "Error": {"Code": "ConditionalRequestConflict", "Message": "retry"},
+        "ResponseMetadata": {"HTTPStatusCode": 409},
+    }
     return translate_boto_error(ClientError(answer, "PutObject"))
 
 
@@ -508,9 +511,13 @@ def test_s3_goes_through_the_airflow_connection_to_moto_only(moto_s3: str, s3_le
     import boto3
 
     bucket, _, key = ledger.path("renewal-42").path.partition("/")
-    body = boto3.client(
-        "s3", endpoint_url=moto_s3, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1"
-    ).get_object(Bucket=bucket, Key=key)["Body"].read()
+    body = (
+        boto3.client(
+            "s3", endpoint_url=moto_s3, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1"
+        )
+        .get_object(Bucket=bucket, Key=key)["Body"]
+        .read()
+    )
     assert json.loads(body)["external_id"] == "renewal-42"
 
 
@@ -585,7 +592,9 @@ class RacePool:
                 text=True,
             )
             lines: queue.Queue = queue.Queue()
-            threading.Thread(target=lambda p=proc, q=lines: [q.put(x) for x in p.stdout] + [q.put("")], daemon=True).start()
+            threading.Thread(
+                target=lambda p=proc, q=lines: [q.put(x) for x in p.stdout] + [q.put("")], daemon=True
+            ).start()
             self.procs.append(proc)
             self.lines.append(lines)
             self.logs.append(log)
@@ -610,8 +619,12 @@ class RacePool:
                 self._expect(i, "ready")
             self.started = True
         for i in range(len(self.procs)):
-            self._send(i, json.dumps({"op": op, "root": root, "tenant": tenant, "ids": ids, "fingerprint": fp,
-                                      "worker": f"worker-{i}"}))
+            self._send(
+                i,
+                json.dumps(
+                    {"op": op, "root": root, "tenant": tenant, "ids": ids, "fingerprint": fp, "worker": f"worker-{i}"}
+                ),
+            )
         for i in range(len(self.procs)):
             self._expect(i, "armed")
         started = time.perf_counter()
@@ -664,8 +677,10 @@ def _check_race(ledger: OrderLedger, won: list[list[str]], ids: list[str]) -> No
 def test_race_8_processes_claim_200_ids_each_exactly_once(root: str, backend: str, race_pool: RacePool) -> None:
     ids = [f"renewal-{n:03d}" for n in range(RACE_IDS)]
     won, seconds = race_pool.race("claim", root, TENANT, ids, FP)
-    print(f"\n[{backend}] {RACE_WORKERS} processes x {RACE_IDS} claims: {seconds:.2f} s; "
-          f"wins per process {[len(mine) for mine in won]}")
+    print(
+        f"\n[{backend}] {RACE_WORKERS} processes x {RACE_IDS} claims: {seconds:.2f} s; "
+        f"wins per process {[len(mine) for mine in won]}"
+    )
     _check_race(OrderLedger(root, TENANT), won, ids)
 
 
@@ -676,6 +691,8 @@ def test_race_8_processes_reclaim_the_same_refused_records_once(root: str, backe
         _, record = ledger.claim(eid, FP, A)
         ledger.update(record, "refused", error="400")
     won, seconds = race_pool.race("reclaim", root, TENANT, ids, OTHER_FP)
-    print(f"\n[{backend}] {RACE_WORKERS} processes x {len(ids)} reclaims: {seconds:.2f} s; "
-          f"wins per process {[len(mine) for mine in won]}")
+    print(
+        f"\n[{backend}] {RACE_WORKERS} processes x {len(ids)} reclaims: {seconds:.2f} s; "
+        f"wins per process {[len(mine) for mine in won]}"
+    )
     _check_race(ledger, won, ids)

@@ -42,7 +42,7 @@ from limio_provider.exceptions import (
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import START, Capture, new_order, run_dag, states, xcom
+from tests.helpers import START, Capture, new_order, run_dag, set_no_proxy, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -54,7 +54,10 @@ WRONG_SECRET = "cs-WRONG-DISTINCTIVE-" + uuid.uuid4().hex[:12]  # on a second co
 EXAMPLES = Path(__file__).resolve().parents[1] / "dags_examples"
 #: The secret as the hook itself sends it: the form body, a URL, JSON, and the HTTP Basic header.
 SENT_FORMS = (
-    quote_plus(SECRET), json.dumps(SECRET)[1:-1], SECRET, base64.b64encode(f"{CLIENT_ID}:{SECRET}".encode()).decode()
+    quote_plus(SECRET),
+    json.dumps(SECRET)[1:-1],
+    SECRET,
+    base64.b64encode(f"{CLIENT_ID}:{SECRET}".encode()).decode(),
 )
 FAST = {"timeout": 2.0, "retry_backoff": 0.01, "retry_max_backoff": 0.05}
 
@@ -562,7 +565,7 @@ def test_a_proxy_in_the_environment_never_sees_a_loopback_tenant(
 ) -> None:
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, capture.url)
-    monkeypatch.setenv("NO_PROXY", "")
+    set_no_proxy(monkeypatch, "")
     run, _ = watch.run(submit_dag("limio_secrets_proxy", "EXT-PROXY"))
     assert states(run) == {"submit": "success"}
     assert capture.requests == []

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
+from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from limio_provider import __version__
 from limio_provider.exceptions import (
     LimioAuthError,
@@ -114,10 +114,13 @@ class LimioConnectionOptions(BaseModel):
     retry_max_backoff: float = Field(30.0, ge=0, description="Longest backoff between two attempts, in seconds.")
     retry_after_max: float = Field(60.0, ge=0, description="Longest Retry-After honoured, in seconds.")
     verify: bool | str = Field(True, description="TLS verification: true, false, or a CA bundle path.")
-    proxies: dict[str, str] | None = Field(None, description="requests-style proxies, e.g. {'https': 'http://proxy:3128'}.")
+    proxies: dict[str, str] | None = Field(
+        None, description="requests-style proxies, e.g. {'https': 'http://proxy:3128'}."
+    )
     order_link_template: str | None = Field(
         None,
-        description="URL of an order for the 'Limio order' link, with {order_id}; default: the order in the Objects API.",
+        description="URL of an order for the 'Limio order' link, with {order_id}; "
+        "default: the order in the Objects API.",
     )
     ledger_path: str | None = Field(
         None,
@@ -410,8 +413,7 @@ class LimioHook(BaseHook):
                 else:
                     problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
             raise LimioConfigError(
-                f"connection {self.limio_conn_id!r}: {'; '.join(problems)}. "
-                f"Accepted extras: {', '.join(OPTION_NAMES)}"
+                f"connection {self.limio_conn_id!r}: {'; '.join(problems)}. Accepted extras: {', '.join(OPTION_NAMES)}"
             ) from None
 
     def _root_url(self, host: str | None, port: int | None) -> tuple[str, bool]:
@@ -592,7 +594,9 @@ class LimioHook(BaseHook):
         parts = urlsplit(url)
         cause = _cause_in_words(exc, sent=reached)
         if not reached:
-            message = f"could not connect to Limio at {parts.scheme}://{parts.netloc} for {method} {parts.path}: {cause}"
+            message = (
+                f"could not connect to Limio at {parts.scheme}://{parts.netloc} for {method} {parts.path}: {cause}"
+            )
             if kind == "token" and "refused" in cause:
                 message += "; on a first call this is more often a wrong host or port than an outage"
             return LimioConnectionError(f"{message} (connection {self.limio_conn_id!r})", retryable=True)
@@ -634,8 +638,7 @@ class LimioHook(BaseHook):
             retryable = status in READ_RETRY_STATUSES
         if kind == "token" and 400 <= status < 500 and status != 429:
             return LimioAuthError(
-                f"Limio refused the client credentials of connection {self.limio_conn_id!r} "
-                f"(HTTP {status}: {detail})",
+                f"Limio refused the client credentials of connection {self.limio_conn_id!r} (HTTP {status}: {detail})",
                 status=status,
             )
         error_type: type[LimioResponseError]

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -248,17 +248,15 @@ class UnmodelledOrder(OrderBase):
 
 
 LimioOrder = Annotated[
-    Union[
-        NewOrder,
-        ChangeOfferOrder,
-        UpdateSubscriptionOrder,
-        CancelSubscriptionOrder,
-        ChangeAddressOrder,
-        ChangePaymentOrder,
-        RenewOrder,
-        AddOfferOrder,
-        GiftRefundOrder,
-    ],
+    NewOrder
+    | ChangeOfferOrder
+    | UpdateSubscriptionOrder
+    | CancelSubscriptionOrder
+    | ChangeAddressOrder
+    | ChangePaymentOrder
+    | RenewOrder
+    | AddOfferOrder
+    | GiftRefundOrder,
     Field(discriminator="order_type"),
 ]
 
@@ -319,9 +317,7 @@ def parse_order(order: Any, *, allow_unmodelled: bool = False) -> OrderBase:
         )
     order_type = order.get("order_type")
     if not isinstance(order_type, str) or not order_type:
-        raise _validation_error(
-            "invalid order:\n  - order_type: required, one of " + ", ".join(sorted(ORDER_TYPES))
-        )
+        raise _validation_error("invalid order:\n  - order_type: required, one of " + ", ".join(sorted(ORDER_TYPES)))
     if order_type not in ORDER_TYPES:
         if not allow_unmodelled:
             raise _validation_error(

@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from limio_provider.operators.orders import LimioSubmitOrderOperator, PreviewCheck, _admin_body, _as_bool, work_of
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context, ObjectStoragePath
+
     from limio_provider.hooks.limio import LimioHook
     from limio_provider.operators.orders import _OrderRecord
 
@@ -271,7 +272,13 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     """
 
     template_fields: Sequence[str] = (
-        "orders", "orders_path", "results_path", "limio_conn_id", "preview_only", "ledger_path", "partner",
+        "orders",
+        "orders_path",
+        "results_path",
+        "limio_conn_id",
+        "preview_only",
+        "ledger_path",
+        "partner",
     )
     template_fields_renderers = {"orders": "json"}
     operator_extra_links = ()
@@ -410,12 +417,21 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
             ti = context["ti"]
             self.log.info(
                 "%d orders have no external_id: each gets one derived from dag %s, task %s, %s and the order's "
-                "fingerprint", derived, ti.dag_id, ti.task_id, work_of(context),
+                "fingerprint",
+                derived,
+                ti.dag_id,
+                ti.task_id,
+                work_of(context),
             )
         self.log.info(
             "Validated %d orders (%d invalid%s); %s them, %d at a time, through %s; results to %s",
-            total, invalid, ", skipped" if invalid else "", "previewing" if dry_run else "submitting",
-            self.max_in_flight, "POST /admin/order" if self.partner is not None else "POST /order", results_uri,
+            total,
+            invalid,
+            ", skipped" if invalid else "",
+            "previewing" if dry_run else "submitting",
+            self.max_in_flight,
+            "POST /admin/order" if self.partner is not None else "POST /order",
+            results_uri,
         )
 
         # 2. Sending pass.
@@ -545,7 +561,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
         # The ledger is each order's record: the task's one task_state_store key is not for thousands of orders.
-        order_context: dict[str, Any] = {k: v for k, v in context.items() if k != "task_state_store"}
+        order_context = cast("Context", {k: v for k, v in context.items() if k != "task_state_store"})
         pending: set[Future[dict[str, Any]]] = set()
         next_log = time.monotonic() + self.progress_interval
 
@@ -590,7 +606,11 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         failed = {outcome: counts[outcome] for outcome in FAILURES if counts[outcome]}
         self.log.info(
             "Progress: %d/%d orders done (%.1f orders/s, ETA %s); not submitted so far: %d%s",
-            done, total, rate, eta, sum(failed.values()),
+            done,
+            total,
+            rate,
+            eta,
+            sum(failed.values()),
             f" ({', '.join(f'{k} {v}' for k, v in failed.items())})" if failed else "",
         )
 
@@ -622,7 +642,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
             with self._batch_lock:
                 self._batch_in_flight.pop(external_id).set()
 
-    def _run_one(self, item: _Item, context: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    def _run_one(self, item: _Item, context: Context, dry_run: bool) -> dict[str, Any]:
         """One order, start to end, in a worker thread: its result line (never raises)."""
         from limio_provider.models.results import OrderResult, PreviewResult
 

@@ -19,7 +19,8 @@ from airflow.providers.common.compat.sdk import BaseOperator
 from limio_provider.links.limio import LimioOrderLink
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Context
+    from airflow.providers.common.compat.sdk import BaseOperatorLink, Context
+
     from limio_provider.hooks.limio import LimioHook
     from limio_provider.ledger import OrderLedger
     from limio_provider.models.results import OrderObject, PreviewResult
@@ -228,7 +229,9 @@ class _OrderRecord:
             step = next_step(entry, body_fingerprint, owner)
             if step == "wait":
                 entry = self.ledger.wait_final(self.external_id, wait_timeout) or {"state": "refused"}
-                step = next_step({**entry, "fingerprint": entry.get("fingerprint", body_fingerprint)}, body_fingerprint, owner)
+                step = next_step(
+                    {**entry, "fingerprint": entry.get("fingerprint", body_fingerprint)}, body_fingerprint, owner
+                )
                 if step == "wait":
                     raise LimioOutcomeUnknownError(
                         f"order {self.external_id} is claimed in the ledger by {entry.get('claimed_by')} (state "
@@ -237,7 +240,9 @@ class _OrderRecord:
                         external_id=self.external_id,
                     )
             if step == "reclaim":
-                created, entry = self.ledger.reclaim({**entry, "external_id": self.external_id}, body_fingerprint, owner)
+                created, entry = self.ledger.reclaim(
+                    {**entry, "external_id": self.external_id}, body_fingerprint, owner
+                )
                 continue
             self.entry = entry
             return {"adopt": "adopt", "resume": "send", "reconcile": "reconcile"}[step]
@@ -301,7 +306,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
     """
 
     template_fields: Sequence[str] = (*_LimioOrderOperator.template_fields, "preview_only", "ledger_path")
-    operator_extra_links = (LimioOrderLink(),)
+    operator_extra_links: tuple[BaseOperatorLink, ...] = (LimioOrderLink(),)
     #: The ``task_state_store`` key of the submit's record (see :class:`_OrderRecord`).
     state_key = "limio_order"
 
@@ -372,7 +377,10 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             if log:
                 self.log.info(
                     "Derived external_id %s from dag %s, task %s, %s and the order's fingerprint",
-                    body["external_id"], ti.dag_id, ti.task_id, work,
+                    body["external_id"],
+                    ti.dag_id,
+                    ti.task_id,
+                    work,
                 )
         return body
 
@@ -390,7 +398,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             order = self.hook.get_order(stored["order_id"])
             self._log_order(
                 "Order %s (%s) was submitted by an earlier try; reconnecting (status %s)",
-                stored["order_id"], external_id, order.status,
+                stored["order_id"],
+                external_id,
+                order.status,
             )
             return {**stored["result"], **_result_of(order, status_only=True)}, True
 
@@ -400,7 +410,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             step = record.claim(body, context, self.ledger_wait_timeout)
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
-                self._log_order("Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"])
+                self._log_order(
+                    "Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"]
+                )
                 record.save("sent", order_id=result["id"], result=result, adopted=True)
                 return result, True
 
@@ -412,7 +424,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             if found is not None:
                 self.log.warning(
                     "An earlier try sent order %s and its outcome was unknown; Limio has it as %s (%s): adopting it",
-                    external_id, found["id"], found.get("status"),
+                    external_id,
+                    found["id"],
+                    found.get("status"),
                 )
                 record.save("sent", order_id=found["id"], result=found, adopted=True)
                 return found, True
@@ -428,14 +442,17 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             self.log.info(
                 "No order ledger: protection against another run sending order %s is limited to the %d newest "
                 "orders; set the connection's ledger_path extra to remember every order sent",
-                external_id, self.reconcile_page_size * self.reconcile_pages,
+                external_id,
+                self.reconcile_page_size * self.reconcile_pages,
             )
             existing = self._lookup(external_id)
             if self.adopt_existing:
                 earlier = next((order for order in existing if not order.failed), None)
                 if earlier is not None:
                     result = _result_of(earlier)
-                    self.log.info("Order %s already exists as %s (an earlier run's): adopting it", external_id, earlier.id)
+                    self.log.info(
+                        "Order %s already exists as %s (an earlier run's): adopting it", external_id, earlier.id
+                    )
                     record.save("sent", order_id=earlier.id, result=result, adopted=True)
                     return result, True
             seen = [order.id for order in existing]
@@ -469,7 +486,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
                 return None
             self.log.warning(
                 "Outcome of order %s was unknown; resolved: Limio created it as %s (%s)",
-                external_id, found["id"], found.get("status"),
+                external_id,
+                found["id"],
+                found.get("status"),
             )
             record.save("sent", order_id=found["id"], result=found, adopted=False)
             return found

@@ -12,6 +12,7 @@ from airflow.providers.common.compat.sdk import BaseSensorOperator
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+
     from limio_provider.hooks.limio import LimioHook
 
 

@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Orders previewed: {len(previews)}")
     print(f"Orders submitted: {len(submitted)}")
     for order in submitted:
-        print(
-            f"  {order.get('external_id'):40s} {order['id']}  {order.get('order_type'):20s} {order['status']}"
-        )
+        print(f"  {order.get('external_id'):40s} {order['id']}  {order.get('order_type'):20s} {order['status']}")
     if results is not None:
         lines = results.read_text().splitlines() if results.exists() else []
         outcomes = Counter(json.loads(line)["outcome"] for line in lines)

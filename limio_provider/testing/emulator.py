@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
@@ -124,9 +124,7 @@ class _Request:
 class HttpError(Exception):
     """An error answer, raised from a route handler."""
 
-    def __init__(
-        self, status: int, message: str, headers: dict[str, str] | None = None, **fields: Any
-    ) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **fields: Any) -> None:
         super().__init__(message)
         self.answer: Answer = (status, {**fields, "message": message}, headers or {})
 
@@ -230,6 +228,7 @@ class LimioEmulator:
         if self._server is None:
             raise RuntimeError("the Limio emulator is not running; call start() first")
         host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     @property
@@ -429,11 +428,12 @@ class LimioEmulator:
         Emulator behaviour: prices come from :data:`CATALOGUE`; ``new`` charges each item times its
         quantity, ``change_offer``/``add_offer`` charge the new offer, ``cancel_subscription`` credits
         one period of the subscription (a credit memo with negative amounts and a zero invoice), ``renew``
-        charges one period of it (priced from the subscription id), and other types preview nothing due. One invoice per charged line, tax always zero; the period starts
-        on the order's ``effectiveDate``, ``cancelDate`` or ``orderDate``, else today.
+        charges one period of it (priced from the subscription id), and other types preview nothing due. One
+        invoice per charged line, tax always zero; the period starts on the order's ``effectiveDate``,
+        ``cancelDate`` or ``orderDate``, else today.
         """
         _, order = self._validated(request)
-        start = _order_date(order) or datetime.fromtimestamp(self._wall(self._now()), timezone.utc).date()
+        start = _order_date(order) or datetime.fromtimestamp(self._wall(self._now()), UTC).date()
         subscription_number = f"S-{secrets.randbelow(10**9):09d}"
         charges, refunds = _priced_lines(order)
         lines = [_line(offer_id, quantity, start, subscription_number) for offer_id, quantity in charges]
@@ -584,7 +584,7 @@ class LimioEmulator:
 
     def _timestamp(self, at: float) -> str:
         """Emulator-clock time ``at`` as an ISO 8601 UTC timestamp."""
-        moment = datetime.fromtimestamp(self._wall(at), timezone.utc)
+        moment = datetime.fromtimestamp(self._wall(at), UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -710,7 +710,7 @@ def _self_signed_certificate(directory: str, host: str) -> tuple[str, str]:
     if extra is not None and extra not in names:
         names.append(extra)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Limio emulator")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     public_key = key.public_key()
     certificate = (
         x509.CertificateBuilder()
@@ -723,9 +723,15 @@ def _self_signed_certificate(directory: str, host: str) -> tuple[str, str]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
 from limio_provider.hooks.limio import LimioHook
 
 

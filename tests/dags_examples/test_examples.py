@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ DAG_IDS = {"limio_scheduled_renewals", "limio_billing_reconciliation", "limio_ba
 
 
 def day(d: int, month: int = 1, year: int = 2026) -> datetime:
-    return datetime(year, month, d, tzinfo=timezone.utc)
+    return datetime(year, month, d, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +107,7 @@ def test_renewals_previews_then_submits_the_due_renewals(dagbag: Any, limio_emul
     assert {o["id"] for o in summary["orders"]} == set(limio_emulator.orders)
 
 
-def test_renewals_reads_the_file_named_by_the_param(
-    dagbag: Any, limio_emulator: LimioEmulator, tmp_path: Path
-) -> None:
+def test_renewals_reads_the_file_named_by_the_param(dagbag: Any, limio_emulator: LimioEmulator, tmp_path: Path) -> None:
     csv = tmp_path / "due.csv"
     csv.write_text(
         "subscription_id,subscription_ref,customer_email,offer_id,due_date\n"

@@ -20,7 +20,7 @@ from limio_provider.exceptions import (
 )
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import calls, new_order, set_connection
+from tests.helpers import calls, new_order, set_connection, set_no_proxy
 
 
 class FakeClock:
@@ -394,14 +394,22 @@ def test_host_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api_url == "https://acme.prod-us.limio.com/api"
     assert settings.token_url == "https://acme.prod-us.limio.com/oauth2/token"
     set_connection(
-        monkeypatch, "limio_s", host="https://acme-sandbox.prod.limio.com/", login="id", password="pw",
+        monkeypatch,
+        "limio_s",
+        host="https://acme-sandbox.prod.limio.com/",
+        login="id",
+        password="pw",
         extra={"base_path": "/api/v2", "timeout": "12.5"},
     )
     settings = LimioHook("limio_s").settings
     assert settings.api_url == "https://acme-sandbox.prod.limio.com/api/v2"
     assert settings.options.timeout == 12.5
     set_connection(
-        monkeypatch, "limio_t", host="acme.prod.limio.com:8443", login="id", password="pw",
+        monkeypatch,
+        "limio_t",
+        host="acme.prod.limio.com:8443",
+        login="id",
+        password="pw",
         extra={"extra__limio__verify": "false", "extra__limio__retry_limit": "", "token_auth": "basic"},
     )
     settings = LimioHook("limio_t").settings  # Airflow 2 form fields: prefixed, text, empty meaning unset
@@ -415,12 +423,12 @@ def test_constructing_a_hook_does_no_io() -> None:
     hook = LimioHook("no_such_connection")  # no connection exists: reading it would fail
     assert hook.limio_conn_id == "no_such_connection"
     with pytest.raises(Exception, match="no_such_connection"):
-        hook.settings
+        hook.settings  # noqa: B018 - reading it raises
 
 
 def test_environment_proxies_and_ca_bundle_are_read_once_and_extras_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "")
+    set_no_proxy(monkeypatch, "")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corporate.pem")
     set_connection(monkeypatch, "limio_p", host="acme.prod.limio.com", login="id", password="pw")
     session = LimioHook("limio_p").session
@@ -428,10 +436,14 @@ def test_environment_proxies_and_ca_bundle_are_read_once_and_extras_win(monkeypa
     assert session.verify == "/etc/ssl/corporate.pem"
     assert session.trust_env is False  # requests need not scan the environment again on every call
 
-    monkeypatch.setenv("NO_PROXY", "acme.prod.limio.com")
+    set_no_proxy(monkeypatch, "acme.prod.limio.com")
     assert "https" not in LimioHook("limio_p").session.proxies
     set_connection(
-        monkeypatch, "limio_q", host="acme.prod.limio.com", login="id", password="pw",
+        monkeypatch,
+        "limio_q",
+        host="acme.prod.limio.com",
+        login="id",
+        password="pw",
         extra={"proxies": {"https": "http://other:8080"}, "verify": False},
     )
     session = LimioHook("limio_q").session

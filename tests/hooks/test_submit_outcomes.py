@@ -21,7 +21,7 @@ from limio_provider.exceptions import (
 )
 from limio_provider.hooks.limio import LimioHook, submit_outcome
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import Capture, calls, new_order, set_connection
+from tests.helpers import Capture, calls, new_order, set_connection, set_no_proxy
 
 
 @pytest.fixture
@@ -141,8 +141,9 @@ def test_tls_error_while_reading_a_submit_answer_is_outcome_unknown(tls_emulator
 def test_tls_handshake_failure_is_not_sent_and_says_why(
     tls_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    set_connection(monkeypatch, "limio_untrusted", host=tls_emulator.url, login="emulator-client",
-                   password="emulator-secret")
+    set_connection(
+        monkeypatch, "limio_untrusted", host=tls_emulator.url, login="emulator-client", password="emulator-secret"
+    )
     sleeps: list[float] = []
     with pytest.raises(LimioServerError, match="TLS certificate not trusted") as excinfo:
         LimioHook("limio_untrusted", sleep=sleeps.append, retry_limit=1).submit_order(new_order())
@@ -170,8 +171,14 @@ def test_a_refused_connection_on_the_token_call_names_the_connection_and_the_lik
     with pytest.raises(LimioServerError) as excinfo:
         LimioHook("limio_down", sleep=lambda s: None, retry_limit=1).get_token()
     text = str(excinfo.value)
-    for expected in ("could not connect", f"http://127.0.0.1:{port}", "connection refused", "'limio_down'",
-                     "wrong host or port", "gave up after 2 attempts"):
+    for expected in (
+        "could not connect",
+        f"http://127.0.0.1:{port}",
+        "connection refused",
+        "'limio_down'",
+        "wrong host or port",
+        "gave up after 2 attempts",
+    ):
         assert expected in text
     assert "pw-9" not in text
 
@@ -193,7 +200,7 @@ def test_token_redirect_is_not_followed_and_the_secret_stays_home(
 
 # -- defect: a secret echoed in any encoding the hook sends is scrubbed ---------------------------------
 
-SECRET = "s3cr3t/with+odd&chars=\"x\""
+SECRET = 's3cr3t/with+odd&chars="x"'
 
 
 @pytest.mark.parametrize(
@@ -232,7 +239,7 @@ def test_a_loopback_host_never_goes_through_the_environment_proxy(
 ) -> None:
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.setenv(name, capture.url)
-    monkeypatch.setenv("NO_PROXY", "")
+    set_no_proxy(monkeypatch, "")
     result = hook.submit_order(new_order("EXT-P"))
     assert result.id in limio_emulator.orders
     assert capture.requests == []
@@ -241,7 +248,7 @@ def test_a_loopback_host_never_goes_through_the_environment_proxy(
 
 def test_a_remote_host_still_uses_the_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "")
+    set_no_proxy(monkeypatch, "")
     set_connection(monkeypatch, "limio_remote", host="acme.prod.limio.com", login="id", password="pw")
     assert LimioHook("limio_remote").session.proxies["https"] == "http://proxy.internal:3128"
 
@@ -251,15 +258,18 @@ def test_a_remote_host_still_uses_the_environment_proxy(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize(
     "host",
-    ["ftp://id:PW-123@acme.prod.limio.com", "acme.prod.limio.com:abc", "https://id:PW-123@acme.prod.limio.com",
-     "http://[::1", "gopher://PW-123"],
+    [
+        "ftp://id:PW-123@acme.prod.limio.com",
+        "acme.prod.limio.com:abc",
+        "https://id:PW-123@acme.prod.limio.com",
+        "http://[::1",
+        "gopher://PW-123",
+    ],
 )
-def test_bad_hosts_are_config_errors_that_never_echo_credentials(
-    monkeypatch: pytest.MonkeyPatch, host: str
-) -> None:
+def test_bad_hosts_are_config_errors_that_never_echo_credentials(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
     set_connection(monkeypatch, "limio_bad_host", host=host, login="id", password="PW-123")
     with pytest.raises(LimioConfigError, match="limio_bad_host") as excinfo:
-        LimioHook("limio_bad_host").settings
+        LimioHook("limio_bad_host").settings  # noqa: B018 - reading it raises
     assert "PW-123" not in str(excinfo.value)
 
 
@@ -267,7 +277,11 @@ def test_an_unknown_link_placeholder_fails_with_the_connection_before_any_call(
     limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_connection(
-        monkeypatch, "limio_link", host=limio_emulator.url, login="emulator-client", password="emulator-secret",
+        monkeypatch,
+        "limio_link",
+        host=limio_emulator.url,
+        login="emulator-client",
+        password="emulator-secret",
         extra={"order_link_template": "https://app.example/orders/{orderid}"},
     )
     with pytest.raises(LimioConfigError, match=r"order_link_template: unknown placeholder \{orderid\}"):

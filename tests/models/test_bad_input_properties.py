@@ -542,9 +542,7 @@ def bad_external_ids(draw: st.DrawFn) -> str:
     return prefix + draw(BAD_ID_CHARS) + suffix
 
 
-not_iso = st.text(string.ascii_letters + " :/", min_size=1, max_size=30).filter(
-    lambda s: not _is_iso(s)
-)
+not_iso = st.text(string.ascii_letters + " :/", min_size=1, max_size=30).filter(lambda s: not _is_iso(s))
 
 
 def _is_iso(text: str) -> bool:
@@ -618,7 +616,7 @@ not_an_object = st.one_of(
     st.text(max_size=60),
     json_value.filter(lambda v: not isinstance(v, dict)).map(json.dumps),  # JSON, but not an object
     json_value.filter(lambda v: not isinstance(v, dict)).map(repr),  # a Python literal, not a dict
-    valid_orders().map(lambda o: json.dumps(o)[: -1]),  # a truncated JSON object
+    valid_orders().map(lambda o: json.dumps(o)[:-1]),  # a truncated JSON object
     valid_orders().map(lambda o: json.dumps([o])),  # an order, but in a list
     st.tuples(st.integers(1, 3000), st.sampled_from("[({")).map(lambda t: t[1] * t[0]),  # deep, unclosed
     st.integers(600, 3000).map(lambda n: "[" * n + "]" * n),  # valid JSON, nested deeper than the parser goes

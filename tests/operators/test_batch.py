@@ -201,7 +201,10 @@ def test_an_external_id_repeated_in_the_batch_is_sent_once(
     limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=0.2))  # all three in flight at once
     run = run_dag(
         batch_dag(
-            "limio_batch_twice", ledger_root, orders=[new_order("TWICE")] * 3, max_in_flight=3,
+            "limio_batch_twice",
+            ledger_root,
+            orders=[new_order("TWICE")] * 3,
+            max_in_flight=3,
             results_path=f"file://{tmp_path}/twice.results.jsonl",
         )
     )
@@ -263,7 +266,10 @@ def test_partner_sends_every_order_to_admin_order(
 ) -> None:
     run = run_dag(
         batch_dag(
-            "limio_batch_partner", ledger_root, orders=orders("ADM", 3), partner="partner-org-1",
+            "limio_batch_partner",
+            ledger_root,
+            orders=orders("ADM", 3),
+            partner="partner-org-1",
             results_path=f"file://{tmp_path}/admin.results.jsonl",
         )
     )
@@ -284,7 +290,12 @@ def test_dry_run_previews_each_order_and_sends_nothing(
     batch = [*orders("DRY", 2), dear]
     run = run_dag(
         batch_dag(
-            "limio_batch_dry", ledger_root, orders=batch, dry_run=True, preview_check=check, max_failed=1,
+            "limio_batch_dry",
+            ledger_root,
+            orders=batch,
+            dry_run=True,
+            preview_check=check,
+            max_failed=1,
             results_path=f"file://{tmp_path}/dry.results.jsonl",
         )
     )
@@ -313,7 +324,10 @@ def test_max_in_flight_runs_submits_concurrently(
     limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=0.2))
     run = run_dag(
         batch_dag(
-            "limio_batch_concurrent", ledger_root, orders=orders("CONC", 40), max_in_flight=8,
+            "limio_batch_concurrent",
+            ledger_root,
+            orders=orders("CONC", 40),
+            max_in_flight=8,
             results_path=f"file://{tmp_path}/conc.results.jsonl",
         )
     )
@@ -340,8 +354,12 @@ def test_a_429_pauses_the_whole_batch(limio_emulator: LimioEmulator, ledger_root
     limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=0.02))  # orders keep coming
     run = run_dag(
         batch_dag(
-            "limio_batch_429", ledger_root, orders=orders("PAUSE", 30), max_in_flight=4,
-            results_path=f"file://{tmp_path}/pause.results.jsonl", hook_params={**FAST, "retry_limit": 1},
+            "limio_batch_429",
+            ledger_root,
+            orders=orders("PAUSE", 30),
+            max_in_flight=4,
+            results_path=f"file://{tmp_path}/pause.results.jsonl",
+            hook_params={**FAST, "retry_limit": 1},
         )
     )
     posts = calls(limio_emulator, ORDER_POSTS)
@@ -359,7 +377,10 @@ def test_max_orders_per_second_spaces_the_submits(
 ) -> None:
     run = run_dag(
         batch_dag(
-            "limio_batch_rate", ledger_root, orders=orders("RATE", 6), max_orders_per_second=10,
+            "limio_batch_rate",
+            ledger_root,
+            orders=orders("RATE", 6),
+            max_orders_per_second=10,
             results_path=f"file://{tmp_path}/rate.results.jsonl",
         )
     )

@@ -190,8 +190,10 @@ def test_a_task_killed_after_limio_created_the_order_is_retried_and_adopts_it(tm
             dags_test = start(["dags", "test", "--use-executor", DAG_ID, "2026-01-01"], dags_log, env)
             started = time.monotonic()
             _wait_until(
-                "the execution API", lambda: _healthy(f"http://127.0.0.1:{api_port}/execution/health"),
-                STARTUP_TIMEOUT, *procs,
+                "the execution API",
+                lambda: _healthy(f"http://127.0.0.1:{api_port}/execution/health"),
+                STARTUP_TIMEOUT,
+                *procs,
             )
 
             def order_created_and_unanswered() -> bool:
@@ -203,7 +205,8 @@ def test_a_task_killed_after_limio_created_the_order_is_retried_and_adopts_it(tm
             (task,) = _wait_until(
                 "the task's connection to Limio",
                 lambda: _processes_connected_to(psutil.Process(dags_test.pid), emulator_port),
-                10, dags_test,
+                10,
+                dags_test,
             )
             killed_pid = task.pid
             task.send_signal(signal.SIGKILL)

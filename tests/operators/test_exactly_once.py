@@ -136,7 +136,11 @@ def test_a_failed_order_fails_the_task_with_limios_reason(
 def test_waiting_is_bounded(limio_emulator: LimioEmulator, capfd: pytest.CaptureFixture[str]) -> None:
     limio_emulator.processing_delay = 3600
     dag = submit_dag(
-        "limio_wait_timeout", order=new_order("EXT-SLOW"), wait_for_completion=True, poll_interval=0.05, wait_timeout=0.3
+        "limio_wait_timeout",
+        order=new_order("EXT-SLOW"),
+        wait_for_completion=True,
+        poll_interval=0.05,
+        wait_timeout=0.3,
     )
     run = run_dag(dag)
     assert states(run)["submit"] == "failed"
@@ -244,8 +248,13 @@ def test_a_retry_reconnects_to_the_stored_order_without_searching(limio_emulator
     limio_emulator.add_fault(Fault(route="list_orders", action="status", status=400))  # any later search fails
     limio_emulator.add_fault(Fault(route="get_order", action="status", status=404, times=1))  # try 1 dies
     dag = submit_dag(
-        "limio_stored_id_wins", order=new_order("EXT-SW"), wait_for_completion=True, poll_interval=0.05,
-        on_unknown_outcome="resubmit", retries=1, retry_delay=timedelta(0),
+        "limio_stored_id_wins",
+        order=new_order("EXT-SW"),
+        wait_for_completion=True,
+        poll_interval=0.05,
+        on_unknown_outcome="resubmit",
+        retries=1,
+        retry_delay=timedelta(0),
     )
     run = run_dag(dag)
     assert run.state == "success", states(run)
@@ -263,8 +272,13 @@ def test_a_retry_reconnects_to_the_stored_order_without_searching(limio_emulator
 def test_a_retry_never_resubmits_an_order_it_stored_that_failed(limio_emulator: LimioEmulator) -> None:
     limio_emulator.decline_payment_refs = frozenset({"pm-1"})
     dag = submit_dag(
-        "limio_stored_failed", order=new_order("EXT-SF2"), wait_for_completion=True, poll_interval=0.05,
-        on_unknown_outcome="resubmit", retries=1, retry_delay=timedelta(0),
+        "limio_stored_failed",
+        order=new_order("EXT-SF2"),
+        wait_for_completion=True,
+        poll_interval=0.05,
+        on_unknown_outcome="resubmit",
+        retries=1,
+        retry_delay=timedelta(0),
     )
     run = run_dag(dag)
     assert states(run)["submit"] == "failed"
@@ -277,7 +291,10 @@ def test_a_retry_never_resubmits_an_order_it_stored_that_failed(limio_emulator: 
 def test_the_deferred_path_pushes_every_xcom_and_returns_the_full_result(limio_emulator: LimioEmulator) -> None:
     limio_emulator.processing_delay = 0.5
     dag = submit_dag(
-        "limio_deferred_xcoms", order=new_order("EXT-DX"), wait_for_completion=True, poll_interval=0.05,
+        "limio_deferred_xcoms",
+        order=new_order("EXT-DX"),
+        wait_for_completion=True,
+        poll_interval=0.05,
         deferrable=True,
     )
     run = run_dag(dag)

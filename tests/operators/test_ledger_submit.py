@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from airflow.sdk import DAG
+
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.ledger import OrderLedger, Owner, fingerprint
 from limio_provider.operators import LimioSubmitOrderOperator
@@ -51,10 +51,14 @@ def test_a_rerun_on_a_busy_tenant_adopts_from_the_ledger_without_listing(
     assert xcom(second, "submit")[0]["id"] == created["id"]
     assert xcom(second, "submit", "adopted") == [True]
     assert limio_emulator.requests[before:] == []  # one object read, no Limio call at all
-    record = json.loads((Path(ledger_root.removeprefix("file://")) / limio_tenant(limio_emulator) / "EXT-LEDGER.json")
-                        .read_text())
-    assert (record["state"], record["order_id"], record["fingerprint"]) == ("done", created["id"],
-                                                                            fingerprint(new_order("EXT-LEDGER")))
+    record = json.loads(
+        (Path(ledger_root.removeprefix("file://")) / limio_tenant(limio_emulator) / "EXT-LEDGER.json").read_text()
+    )
+    assert (record["state"], record["order_id"], record["fingerprint"]) == (
+        "done",
+        created["id"],
+        fingerprint(new_order("EXT-LEDGER")),
+    )
     assert record["claimed_by"]["dag_id"] == "limio_ledger_first"
 
 

@@ -108,9 +108,7 @@ def test_preview_then_submit_chained_through_xcom(limio_emulator: LimioEmulator)
 def test_jinja_template_orders_render_with_and_without_native_objects(
     limio_emulator: LimioEmulator, native: bool
 ) -> None:
-    with DAG(
-        f"limio_jinja_{native}", schedule=None, start_date=START, render_template_as_native_obj=native
-    ) as dag:
+    with DAG(f"limio_jinja_{native}", schedule=None, start_date=START, render_template_as_native_obj=native) as dag:
 
         @task
         def build() -> dict[str, Any]:
@@ -196,9 +194,7 @@ def test_external_id_survives_a_task_retry(limio_emulator: LimioEmulator) -> Non
 
 def test_mapped_submit_pushes_a_link_per_map_index(limio_emulator: LimioEmulator) -> None:
     with DAG("limio_mapped", schedule=None, start_date=START) as dag:
-        LimioSubmitOrderOperator.partial(task_id="submit").expand(
-            order=[new_order(f"EXT-M{i}") for i in range(3)]
-        )
+        LimioSubmitOrderOperator.partial(task_id="submit").expand(order=[new_order(f"EXT-M{i}") for i in range(3)])
     run = run_dag(dag)
     assert run.state == "success", states(run)
     results = xcom(run, "submit")

@@ -85,9 +85,7 @@ def test_api_needs_a_current_bearer_token(emulators: Start, connect: Connect) ->
 # -- submitting orders ---------------------------------------------------------------------------------
 
 
-def test_async_order_is_submitted_then_completes_after_the_processing_delay(
-    emulators: Start, connect: Connect
-) -> None:
+def test_async_order_is_submitted_then_completes_after_the_processing_delay(emulators: Start, connect: Connect) -> None:
     emulator = emulators(processing_delay=30)
     client = connect(emulator)
     answer = client.order(external_id="EXT-ASYNC")
@@ -315,9 +313,7 @@ def test_process_then_status_creates_the_order_but_answers_502(api: Client, emu:
     assert len(emu.orders_with_external_id("EXT-AMBIGUOUS")) == 1
 
 
-def test_process_then_hang_creates_the_order_and_never_answers(
-    emulators: Start, connect: Connect
-) -> None:
+def test_process_then_hang_creates_the_order_and_never_answers(emulators: Start, connect: Connect) -> None:
     emulator = emulators()
     client = connect(emulator)
     emulator.add_fault(Fault(route="admin_order", action="process_then_hang"))  # holds 30 s by default
@@ -338,9 +334,7 @@ def test_latency_only_fault_answers_normally_but_late(api: Client) -> None:
     assert time.monotonic() - started >= 0.2
 
 
-def test_revoke_tokens_fault_gets_401_until_a_new_token(
-    emu: LimioEmulator, api: Client, connect: Connect
-) -> None:
+def test_revoke_tokens_fault_gets_401_until_a_new_token(emu: LimioEmulator, api: Client, connect: Connect) -> None:
     emu.add_fault(Fault(route="list_orders", action="revoke_tokens", times=1))
     assert api.get("/api/objects/limio/orders").status_code == 401
     assert api.get("/api/objects/limio/orders").status_code == 401  # the token stays revoked

@@ -77,7 +77,10 @@ def test_the_trigger_talks_to_limio_with_the_operators_hook_params(
     monkeypatch.setenv("AIRFLOW_CONN_LIMIO_PATHS", json.dumps({**connection, "extra": {"base_path": "/nope"}}))
     order_id = LimioHook("limio_paths", base_path="/api").submit_order(new_order("EXT-HP")).id
     trigger = LimioOrderTrigger(
-        order_id=order_id, limio_conn_id="limio_paths", poll_interval=0.05, end_time=time.time() + 10,
+        order_id=order_id,
+        limio_conn_id="limio_paths",
+        poll_interval=0.05,
+        end_time=time.time() + 10,
         hook_params={"base_path": "/api"},
     )
     classpath, kwargs = trigger.serialize()
