@@ -28,7 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy limio_provider dags_examples/limio_backfill_orders.py tests/typing/dag_with_every_operator.py
+	$(VENV)/bin/mypy limio_provider dags_examples/limio_backfill_orders.py tests/typecheck/dag_with_every_operator.py
 
 # Every script in benchmarks/ (not the package's __init__ nor campaign.py, the engine fault_campaign.py runs).
 BENCHMARKS := $(filter-out benchmarks/__init__.py benchmarks/campaign.py,$(wildcard benchmarks/*.py))
