@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": ["schema", "port"],
+    "hidden-fields": ["schema"],  # the port is shown: it is used, and overrides a port written in the host
     "relabeling": {"host": "Tenant host", "login": "Client ID", "password": "Client secret"},
     "placeholders": {
         "host": "acme.prod.limio.com",
+        "port": "443 (optional)",
         "login": "client id issued by Limio Support",
         "password": "client secret",
         "extra": '{"timeout": 30, "retry_limit": 4}',

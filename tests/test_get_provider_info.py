@@ -39,7 +39,21 @@ def test_provider_info_matches_the_code() -> None:
         "login": "Client ID",
         "password": "Client secret",
     }
-    assert LimioHook.get_ui_field_behaviour() == conn["ui-field-behaviour"]  # Airflow 2 reads it from the hook
+    assert "port" not in conn["ui-field-behaviour"]["hidden-fields"]  # the hook uses conn.port
+
+
+def test_the_hooks_form_behaviour_passes_airflows_hook_schema() -> None:
+    """Below Airflow 3.2 the form comes from the hook, checked against this schema (``hidden_fields``)."""
+    from pathlib import Path
+
+    import airflow
+    import jsonschema
+
+    schema_file = Path(airflow.__file__).parent / "customized_form_field_behaviours.schema.json"
+    behaviour = LimioHook.get_ui_field_behaviour()
+    jsonschema.validate(behaviour, json.loads(schema_file.read_text()))
+    provider_spelling = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+    assert behaviour == {key.replace("-", "_"): value for key, value in provider_spelling.items()}
 
 
 def test_provider_info_lists_each_module_of_each_kind() -> None:

@@ -367,10 +367,11 @@ class LimioHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """The connection form on Airflow 2 (Airflow 3 reads it from the provider info)."""
+        """The connection form below Airflow 3.2, which reads it from the hook (3.2 on read the provider info),
+        in the hook's spelling (``hidden_fields``; the provider info says ``hidden-fields``)."""
         from limio_provider.get_provider_info import UI_FIELD_BEHAVIOUR
 
-        return UI_FIELD_BEHAVIOUR
+        return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
     # -- configuration ------------------------------------------------------------------------------
 

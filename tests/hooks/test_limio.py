@@ -388,6 +388,15 @@ def test_unknown_extras_are_refused_with_the_accepted_list(monkeypatch: pytest.M
         LimioHook(tiemout=3)
 
 
+def test_the_connections_port_is_used_and_wins_over_a_port_in_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "limio_port", host="acme.prod.limio.com", port=9443, login="id", password="pw")
+    assert LimioHook("limio_port").settings.api_url == "https://acme.prod.limio.com:9443/api"
+    set_connection(monkeypatch, "limio_both", host="acme.prod.limio.com:8443", port=9443, login="id", password="pw")
+    assert LimioHook("limio_both").settings.token_url == "https://acme.prod.limio.com:9443/oauth2/token"
+    set_connection(monkeypatch, "limio_host", host="acme.prod.limio.com:8443", login="id", password="pw")
+    assert LimioHook("limio_host").settings.api_url == "https://acme.prod.limio.com:8443/api"
+
+
 def test_host_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     set_connection(monkeypatch, "limio_us", host="acme.prod-us.limio.com", login="id", password="pw")
     settings = LimioHook("limio_us").settings
