@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The main job: the scheduled-renewals example DAG against a local Limio emulator, on SQLite, in .demo/.
 demo: $(STAMP)
-	$(PY) -m limio_provider.testing.demo --dags-folder dags_examples --home .demo
+	$(PY) -m tools.demo --dags-folder dags_examples --home .demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from limio_provider.testing.demo import main
+from tools.demo import main
 
 ROOT = Path(__file__).parent.parent.parent
 

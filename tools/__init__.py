@@ -1,0 +1,1 @@
+"""Developer tools (not shipped in the wheel): the demo driver behind ``make demo``."""
