@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint demo bench lock clean
+.PHONY: test lint package demo bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy limio_provider dags_examples/limio_backfill_orders.py tests/typecheck/dag_with_every_operator.py
 
+# The package as users get it: build sdist and wheel, check their metadata, install the wheel alone (no extras)
+# into a fresh venv and import every public module there.
+package: $(STAMP)
+	rm -rf dist .venv-wheel
+	$(UV) build --quiet -o dist
+	$(VENV)/bin/twine check --strict dist/*
+	$(PYTHON) -m venv --without-pip .venv-wheel
+	$(UV) pip install --quiet --python .venv-wheel/bin/python -c constraints.txt dist/*.whl
+	.venv-wheel/bin/python -I tools/check_wheel.py dist/*.whl
+
 # Every script in benchmarks/ (not the package's __init__ nor campaign.py, the engine fault_campaign.py runs).
 BENCHMARKS := $(filter-out benchmarks/__init__.py benchmarks/campaign.py,$(wildcard benchmarks/*.py))
 
@@ -41,4 +51,4 @@ lock: $(STAMP)
 	$(UV) pip compile --quiet --python-version 3.11 pyproject.toml --extra test --extra s3 requirements.in -o constraints.txt
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .venv-wheel dist .demo .pytest_cache
