@@ -50,6 +50,7 @@ FAULT_KINDS = (
     "processed, garbage 2xx",
     "processed, then reset",
     "processed, then TLS error",
+    "processed, answer trickled",
     "token expired mid-run",
     "credentials revoked, restored",
 )
@@ -229,6 +230,8 @@ def _inject(
         return on_submit("process_then_reset")
     if kind == "processed, then TLS error":
         return on_submit("process_then_tls_error")
+    if kind == "processed, answer trickled":  # a byte every 50 ms: each read is on time, the answer is not
+        return on_submit("process_then_trickle", latency=0.05)
     if kind == "token expired mid-run":
         emulator.advance(emulator.token_ttl + 1)  # every token issued so far expires at Limio
         return []

@@ -227,6 +227,32 @@ class _TrackedAdapter(requests.adapters.HTTPAdapter):
         return manager
 
 
+def _read_answer(response: requests.Response, deadline: float) -> None:
+    """Read the whole body into ``response``, as requests does unless asked to stream, but give up at
+    ``deadline`` (monotonic): requests' read timeout bounds each read, so an answer trickled a byte at a time
+    would otherwise hold the call for as long as the server likes."""
+    from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
+    from urllib3.exceptions import SSLError as TLSError
+
+    chunks = []
+    try:
+        while chunk := response.raw.read1(65536, decode_content=True):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                response.close()
+                raise requests.exceptions.ReadTimeout("the answer was still arriving when the timeout ran out")
+    except ProtocolError as exc:  # the same mapping as requests' own reading of a body
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except TLSError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    response._content = b"".join(chunks)
+    response.raw.release_conn()  # back to the pool for the next call
+
+
 def _is_loopback(hostname: str) -> bool:
     if hostname == "localhost":
         return True
@@ -577,8 +603,10 @@ class LimioHook(BaseHook):
                 url,
                 timeout=(options.connect_timeout, options.timeout),
                 allow_redirects=False,
+                stream=True,  # the body is read below, all of it within the read timeout
                 **kwargs,
             )
+            _read_answer(response, time.monotonic() + options.timeout)
         except requests.RequestException as exc:
             reached = getattr(_wire, "phase", None) != "connecting"
             raise self._transport_error(method, url, kind, exc, reached, kwargs.get("json")) from None

@@ -337,7 +337,7 @@ class LimioEmulator:
             elif how in ("none", "reset", "tls_error"):
                 answer = None
         record.status = None if answer is None else answer[0]
-        http.reply(answer, how)
+        http.reply(answer, how, pause=fault.trickle_seconds if fault is not None else 0.0)
 
     def _process(self, request: _Request) -> Answer:
         """Route, authorise and handle a request; every error becomes a ``{"message": ...}`` answer."""
@@ -610,9 +610,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
-    def reply(self, answer: Answer | None, how: str = "normal") -> None:
+    def reply(self, answer: Answer | None, how: str = "normal", pause: float = 0.0) -> None:
         """Send ``answer`` with its ``Content-Length``, spoilt as a fault's reply kind ``how`` says (see
-        :data:`~limio_provider.testing.faults.ACTIONS`); ``None`` answers nothing and closes the connection."""
+        :data:`~limio_provider.testing.faults.ACTIONS`; ``pause`` spaces a ``trickle`` body's bytes); ``None``
+        answers nothing and closes the connection."""
         if answer is None:
             self.close_connection = True
             if how == "reset":  # the server closes it without a FIN: SO_LINGER 0 makes that a RST
@@ -632,6 +633,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if how == "truncate":
             data, self.close_connection = data[: len(data) // 2], True
+        if how == "trickle":
+            self.close_connection = True
+            stopping = self.server.emulator._stopping
+            for index in range(len(data)):
+                self.wfile.write(data[index : index + 1])
+                self.wfile.flush()
+                if stopping.wait(pause):
+                    return
+            return
         self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -15,7 +15,8 @@ ROUTES = frozenset({"token", "order", "admin_order", "preview", "get_order", "li
 #: answer), ``status`` (this fault's error answer), ``none`` (close the connection without answering),
 #: ``truncate`` (the normal answer's headers, full ``Content-Length``, half its body, then close),
 #: ``undecodable`` (the normal answer labelled ``Content-Encoding: gzip``, not gzipped), ``garbage`` (200 with
-#: :meth:`Fault.raw_body` as the JSON body), ``reset`` (a TCP RST, no answer) and ``tls_error``
+#: :meth:`Fault.raw_body` as the JSON body), ``trickle`` (the normal answer, its body one byte at a time,
+#: ``latency`` seconds apart), ``reset`` (a TCP RST, no answer) and ``tls_error``
 #: (:data:`NOT_TLS` written on the raw TCP socket, under any TLS, then close).
 #: ``revoke_tokens`` also revokes every token first.
 ACTIONS: dict[str, tuple[bool, str]] = {
@@ -28,12 +29,16 @@ ACTIONS: dict[str, tuple[bool, str]] = {
     "process_then_garbage": (True, "garbage"),
     "process_then_reset": (True, "reset"),
     "process_then_tls_error": (True, "tls_error"),
+    "process_then_trickle": (True, "trickle"),
     "latency_only": (True, "normal"),
     "revoke_tokens": (True, "normal"),
 }
 
 #: What ``process_then_tls_error`` writes: neither a TLS record nor an HTTP status line.
 NOT_TLS = b"\xff\xffnot a TLS record\r\n\r\n"
+
+#: The pause between two bytes of a ``process_then_trickle`` body when the fault sets no ``latency``.
+DEFAULT_TRICKLE_SECONDS = 0.1
 
 #: How long ``process_then_hang`` holds the connection when the fault sets no ``latency``.
 DEFAULT_HANG_SECONDS = 30.0
@@ -56,11 +61,15 @@ class Fault:
         that is not gzip), ``process_then_garbage`` (process, then answer 200 with ``body`` instead of the
         order), ``process_then_reset`` (process, then reset the connection: TCP RST, no answer),
         ``process_then_tls_error`` (process, then write bytes that are not TLS on the raw socket and close;
-        meant for a ``tls=True`` emulator), ``latency_only`` (answer normally, late) or ``revoke_tokens``
-        (revoke every token, then answer normally: 401 on ``/api`` routes).
+        meant for a ``tls=True`` emulator), ``process_then_trickle`` (process, then send the answer's headers
+        at once and its body one byte every ``latency`` seconds, 0.1 by default: each read of a client
+        comes back within its read timeout, the whole answer takes minutes), ``latency_only`` (answer
+        normally, late) or ``revoke_tokens`` (revoke every token, then answer normally: 401 on ``/api``
+        routes).
     :param status: the HTTP status of ``status``/``process_then_status`` answers (default 502), 3xx too.
     :param retry_after: sent as the ``Retry-After`` header of those answers.
-    :param latency: seconds waited (really) after processing and before answering.
+    :param latency: seconds waited (really) after processing and before answering (with
+        ``process_then_trickle``: between two bytes of the body).
     :param times: hit only the next ``times`` matching requests; ``None`` for no limit.
     :param probability: chance (0..1) that a matching request is hit, drawn from a generator seeded
         with ``seed``.
@@ -134,9 +143,16 @@ class Fault:
     @property
     def wait_seconds(self) -> float:
         """How long to wait before answering (or, for ``process_then_hang``, before closing)."""
+        if self.action == "process_then_trickle":
+            return 0.0  # its latency spaces the body's bytes
         if self.latency is None:
             return DEFAULT_HANG_SECONDS if self.action == "process_then_hang" else 0.0
         return float(self.latency)
+
+    @property
+    def trickle_seconds(self) -> float:
+        """With ``process_then_trickle``: the pause between two bytes of the body."""
+        return DEFAULT_TRICKLE_SECONDS if self.latency is None else float(self.latency)
 
     def error(self) -> tuple[int, dict[str, Any], dict[str, str]]:
         """The answer of a ``status`` reply: status, ``{"message": ...}`` body and headers."""

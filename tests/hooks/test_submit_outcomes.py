@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -115,6 +116,34 @@ def test_a_broken_answer_after_processing_is_outcome_unknown(
     assert excinfo.value.external_id == "EXT-4"
     assert len(submits(limio_emulator)) == 1
     assert len(limio_emulator.orders_with_external_id("EXT-4")) == 1
+
+
+# -- defect: an answer trickled a byte at a time held a call far past its read timeout ------------------
+
+
+def test_a_trickled_submit_answer_ends_at_the_read_timeout_as_outcome_unknown(limio_emulator: LimioEmulator) -> None:
+    """Each byte arrives within the read timeout, so requests alone would wait for the whole body (here 0.05 s
+    a byte: over 10 s); the hook gives the body the read timeout, all of it."""
+    limio_emulator.add_fault(Fault(route="order", action="process_then_trickle", latency=0.05, times=1))
+    hook = LimioHook(sleep=lambda seconds: None, timeout=0.5)
+    hook.get_token()
+    started = time.monotonic()
+    with pytest.raises(LimioOutcomeUnknownError, match="timed out waiting for the answer") as excinfo:
+        hook.submit_order(new_order("EXT-TRICKLE"))
+    assert time.monotonic() - started < 3
+    assert excinfo.value.external_id == "EXT-TRICKLE"
+    assert len(submits(limio_emulator)) == 1  # never resent
+    assert len(limio_emulator.orders_with_external_id("EXT-TRICKLE")) == 1
+
+
+def test_a_trickled_read_is_retried_within_its_timeout(limio_emulator: LimioEmulator) -> None:
+    order_id = LimioHook(timeout=2.0).submit_order(new_order("EXT-READ")).id
+    limio_emulator.add_fault(Fault(route="get_order", action="process_then_trickle", latency=0.05, times=1))
+    hook = LimioHook(sleep=lambda seconds: None, timeout=0.5, retry_limit=1)
+    started = time.monotonic()
+    assert hook.get_order(order_id).id == order_id
+    assert time.monotonic() - started < 3
+    assert len(calls(limio_emulator, f"/api/objects/limio/orders/{order_id}")) == 2
 
 
 # -- defect: a TLS error while reading the answer is not "not sent" -------------------------------------
