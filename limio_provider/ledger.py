@@ -74,6 +74,27 @@ class Owner:
         return all(other.get(key) == mine[key] for key in ("dag_id", "run_id", "task_id", "map_index"))
 
 
+def storage_path(name: str, value: Any) -> Any:
+    """The ``ObjectStoragePath`` that the argument ``name`` gives as a URI (or as a path already).
+
+    :raises LimioConfigError: not a URI, or not usable here (an unknown scheme, a missing filesystem
+        package...), naming the argument.
+    """
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    if isinstance(value, ObjectStoragePath):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise LimioConfigError(
+            f"{name} must be an ObjectStoragePath URI such as file:///data/limio or "
+            f"s3://aws_conn_id@bucket/limio, got {value!r}"
+        )
+    try:
+        return ObjectStoragePath(value.strip())
+    except Exception as exc:  # an unknown scheme, a missing filesystem package...
+        raise LimioConfigError(f"{name} {value!r} is not usable: {type(exc).__name__}: {exc}") from None
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -115,14 +136,8 @@ class OrderLedger:
     """
 
     def __init__(self, root: Any, tenant: str) -> None:
-        from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-        try:
-            base = root if isinstance(root, ObjectStoragePath) else ObjectStoragePath(str(root))
-        except Exception as exc:  # an unknown scheme, a missing filesystem package...
-            raise LimioConfigError(f"ledger_path {str(root)!r} is not usable: {type(exc).__name__}: {exc}") from None
+        base = storage_path("ledger_path", root)
         self.root = base / quote(tenant, safe="")
-        self.tenant = tenant
         self.fs = self.root.fs
         self._folder = self.root.path.rstrip("/")
 

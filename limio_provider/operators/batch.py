@@ -6,7 +6,6 @@ order models are imported when a task runs.
 
 from __future__ import annotations
 
-import ast
 import gzip
 import json
 import threading
@@ -17,7 +16,15 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from limio_provider.operators.orders import LimioSubmitOrderOperator, PreviewCheck, _admin_body, _as_bool, work_of
+from limio_provider.ledger import storage_path
+from limio_provider.operators.orders import (
+    LimioSubmitOrderOperator,
+    PreviewCheck,
+    _admin_body,
+    _as_bool,
+    _rendered,
+    work_of,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context, ObjectStoragePath
@@ -69,42 +76,7 @@ def _one_line(message: str) -> str:
 
 def _as_list(value: Any) -> list[Any]:
     """The rendered ``orders``: a list, or a JSON (or Python-literal) list in a string."""
-    from limio_provider.exceptions import LimioValidationError
-
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = json.loads(text)
-        except (ValueError, RecursionError):
-            try:  # a list rendered without render_template_as_native_obj comes out as its Python repr
-                value = ast.literal_eval(text)
-            except Exception:
-                shown = text if len(text) <= 80 else text[:80] + "..."
-                raise LimioValidationError(
-                    f"invalid orders: the template rendered to a string that is not a JSON list: {shown!r}"
-                ) from None
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        raise LimioValidationError(f"invalid orders: expected a list of orders, got {type(value).__name__}")
-    return value
-
-
-def _storage_path(name: str, value: Any) -> ObjectStoragePath:
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-
-    from limio_provider.exceptions import LimioConfigError
-
-    if isinstance(value, ObjectStoragePath):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        raise LimioConfigError(
-            f"{name} must be an ObjectStoragePath URI such as file:///data/orders.jsonl, got {value!r}"
-        )
-    try:
-        return ObjectStoragePath(value.strip())
-    except Exception as exc:  # an unknown scheme, a missing filesystem package...
-        raise LimioConfigError(f"{name} {value!r} is not usable: {type(exc).__name__}: {exc}") from None
+    return _rendered("orders", list(value) if isinstance(value, tuple) else value, list)
 
 
 def default_results_path(orders_path: str) -> str:
@@ -159,12 +131,10 @@ class _Throttle:
         self._interval = 1.0 / per_second if per_second else 0.0
         self._paused_until = 0.0
         self._next_slot = 0.0
-        self.pauses = 0
 
     def sleep(self, seconds: float) -> None:
         with self._batch_lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-            self.pauses += 1
         time.sleep(seconds)
 
     def wait_pause(self) -> None:
@@ -395,7 +365,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                 '(e.g. {"ledger_path": "s3://aws_default@bucket/limio-ledger"}) or the operator\'s ledger_path '
                 "argument (file:///var/lib/limio-ledger on a single machine)"
             )
-        results_uri = self._results_uri()
+        results_uri, results_file = self._results_uri()
 
         # 1. Validation pass: every order, before the first request.
         total = invalid = derived = 0
@@ -440,7 +410,6 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         self._batch_lock = threading.Lock()
         self._batch_in_flight: dict[str, threading.Event] = {}
         self._batch_stopped: str | None = None
-        results_file = _storage_path("results_path", results_uri)
         if isinstance(results_file.fs, LocalFileSystem):  # an object store has no folders to make
             results_file.fs.makedirs(results_file.parent.path, exist_ok=True)
         with results_file.open("wb") as results:
@@ -504,27 +473,20 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         """Start no more orders; those in flight end and are recorded."""
         self._batch_stopped = "the task was killed"
 
-    def _results_uri(self) -> str:
+    def _results_uri(self) -> tuple[str, ObjectStoragePath]:
         from limio_provider.exceptions import LimioConfigError
 
-        if self.results_path is not None:
-            uri = str(self.results_path)
-        elif self.orders_path is not None:
-            uri = default_results_path(str(self.orders_path))
-        else:
-            raise LimioConfigError(
-                "results_path is required with orders= (with orders_path= it defaults to next to it)"
-            )
+        # (__init__ requires results_path with orders=)
+        uri = str(self.results_path) if self.results_path is not None else default_results_path(str(self.orders_path))
         if self.orders_path is not None and uri == str(self.orders_path):
             raise LimioConfigError(f"results_path {uri} is the orders_path: give the results another path")
-        _storage_path("results_path", uri)  # usable (scheme, filesystem) before any call
-        return uri
+        return uri, storage_path("results_path", uri)  # usable (scheme, filesystem) before any call
 
     def _items(self, context: Context) -> Iterator[_Item]:
         """Each order of the batch, read afresh and prepared for sending (no network call)."""
         if self.orders_path is not None:
             uri = str(self.orders_path)
-            for number, text, error in _file_lines(_storage_path("orders_path", self.orders_path), uri):
+            for number, text, error in _file_lines(storage_path("orders_path", self.orders_path), uri):
                 position, where = {"line": number}, f"line {number}"
                 if error is not None:
                     yield _Item(position, where, None, None, error)

@@ -74,10 +74,17 @@ def _as_dict(name: str, value: Any) -> dict[str, Any]:
     """The rendered ``order``: a dict, a model, or a JSON (or Python-literal) object in a string."""
     from pydantic import BaseModel
 
-    from limio_provider.exceptions import LimioValidationError
-
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return _rendered(name, value, dict)
+
+
+def _rendered(name: str, value: Any, kind: type[Any]) -> Any:
+    """A rendered template field that must be a ``kind`` (dict or list): as given, or parsed from a JSON (or
+    Python-literal) string."""
+    from limio_provider.exceptions import LimioValidationError
+
+    noun = "JSON object" if kind is dict else "JSON list"
     if isinstance(value, str):
         text = value.strip()
         shown = text if len(text) <= 80 else text[:80] + "..."
@@ -88,14 +95,15 @@ def _as_dict(name: str, value: Any) -> dict[str, Any]:
                 f"invalid {name}: the template rendered to JSON nested too deeply to read: {shown!r}"
             ) from None
         except ValueError:
-            try:  # a dict rendered without render_template_as_native_obj comes out as its Python repr
+            try:  # a value rendered without render_template_as_native_obj comes out as its Python repr
                 value = ast.literal_eval(text)
             except Exception:  # not a literal: SyntaxError, ValueError, TypeError ({[]: 1}), RecursionError...
                 raise LimioValidationError(
-                    f"invalid {name}: the template rendered to a string that is not a JSON object: {shown!r}"
+                    f"invalid {name}: the template rendered to a string that is not a {noun}: {shown!r}"
                 ) from None
-    if not isinstance(value, dict):
-        raise LimioValidationError(f"invalid {name}: expected a JSON object (dict), got {type(value).__name__}")
+    if not isinstance(value, kind):
+        expected = "a JSON object (dict)" if kind is dict else "a list of orders"
+        raise LimioValidationError(f"invalid {name}: expected {expected}, got {type(value).__name__}")
     return value
 
 
@@ -194,7 +202,8 @@ class _OrderRecord:
     def save(self, state: str, **fields: Any) -> None:
         if self._store is not None:
             self._store.set(self.key, {"external_id": self.external_id, "state": state, **fields})
-        if self.ledger is not None and self.entry:
+        # An adopted entry is done already, and is another task's claim: it is not written again.
+        if self.ledger is not None and self.entry and self.entry.get("state") != "done":
             if state == "sent":
                 result = fields["result"]
                 changes = {"order_id": fields["order_id"], "status": result.get("status"), "result": result}

@@ -41,6 +41,8 @@ def test_a_rerun_on_a_busy_tenant_adopts_from_the_ledger_without_listing(
     first = run_dag(submit_dag("limio_ledger_first", new_order("EXT-LEDGER"), ledger_root))
     assert first.state == "success", states(first)
     (created,) = xcom(first, "submit")
+    record_file = Path(ledger_root.removeprefix("file://")) / limio_tenant(limio_emulator) / "EXT-LEDGER.json"
+    written = record_file.read_text()
     hook = LimioHook(**FAST)
     for n in range(600):  # a web shop's afternoon: the order drops out of the newest 500
         hook.submit_order(new_order(f"SHOP-{n}"))
@@ -51,9 +53,8 @@ def test_a_rerun_on_a_busy_tenant_adopts_from_the_ledger_without_listing(
     assert xcom(second, "submit")[0]["id"] == created["id"]
     assert xcom(second, "submit", "adopted") == [True]
     assert limio_emulator.requests[before:] == []  # one object read, no Limio call at all
-    record = json.loads(
-        (Path(ledger_root.removeprefix("file://")) / limio_tenant(limio_emulator) / "EXT-LEDGER.json").read_text()
-    )
+    assert record_file.read_text() == written  # adopting reads the record; only its claimer writes it
+    record = json.loads(written)
     assert (record["state"], record["order_id"], record["fingerprint"]) == (
         "done",
         created["id"],
