@@ -26,7 +26,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -70,8 +70,7 @@ class Owner:
         """Whether ``other`` (a record's ``claimed_by``) is this task instance, in any try."""
         if not isinstance(other, dict):
             return False
-        mine = asdict(self)
-        return all(other.get(key) == mine[key] for key in ("dag_id", "run_id", "task_id", "map_index"))
+        return all(other.get(key) == getattr(self, key) for key in ("dag_id", "run_id", "task_id", "map_index"))
 
 
 def storage_path(name: str, value: Any) -> Any:
@@ -172,7 +171,7 @@ class OrderLedger:
             "status": None,
             "result": None,
             "error": None,
-            "claimed_by": asdict(owner),
+            "claimed_by": vars(owner).copy(),
             "claimed_at": now,
             "updated_at": now,
         }
@@ -206,7 +205,7 @@ class OrderLedger:
             return False, current
         version = hashlib.sha256(_dump(current)).hexdigest()[:32]
         marker = f"{self._key(external_id)}.reclaimed-{version}"
-        note = {"external_id": external_id, "reclaimed_by": asdict(owner), "at": _now()}
+        note = {"external_id": external_id, "reclaimed_by": vars(owner).copy(), "at": _now()}
         try:
             _write(self.fs, marker, _dump(note), create=True)
         except FileExistsError:
@@ -305,15 +304,19 @@ def _write(fs: Any, path: str, data: bytes, *, create: bool, durable: bool = Fal
         os.makedirs(folder, exist_ok=True)
         fd = os.open(tmp, flags, 0o644)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if durable:
-                f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         if create:
             os.link(tmp, path)  # FileExistsError if the name exists
         else:
             os.replace(tmp, path)
+            tmp = ""  # renamed: nothing left to remove
         if durable:
             folder_fd = os.open(folder, os.O_RDONLY)
             try:
@@ -321,10 +324,11 @@ def _write(fs: Any, path: str, data: bytes, *, create: bool, durable: bool = Fal
             finally:
                 os.close(folder_fd)
     finally:
-        try:
-            os.unlink(tmp)  # gone already after a rename
-        except FileNotFoundError:
-            pass
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
 
 def _put(fs: Any, path: str, data: bytes, *, create: bool) -> None:

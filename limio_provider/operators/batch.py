@@ -176,9 +176,10 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     external_id within the batch are sent one at a time: a repeat adopts the first one's order (or, with a
     different body, is refused by the ledger).
 
-    The orders share one hook: one token and one pool of ``max_in_flight`` connections. Any backoff the hook
-    takes (a 429's ``Retry-After``, a retried 503...) pauses the whole batch: no worker starts an order or
-    sends a submit until it has passed.
+    The orders share one hook: one token and one pool of ``max_in_flight`` connections, through which at most
+    ``max_in_flight`` requests are in flight at once; twice as many orders are worked on at once, so that one
+    order's ledger writes overlap another's request. Any backoff the hook takes (a 429's ``Retry-After``, a
+    retried 503...) pauses the whole batch: no worker starts an order or sends a submit until it has passed.
 
     Each line of the results file is ``{"line": n}`` (or ``{"index": i}`` for a list), ``external_id``,
     ``outcome``, ``order_id``, ``status`` and ``error``, written as each order finishes (not in input
@@ -205,7 +206,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     :param on_invalid: ``"fail"`` (default) refuses the whole batch before sending anything if any order is
         invalid, naming each by line number (or list index) and field; ``"skip"`` sends the valid ones and
         counts the invalid ones as not submitted.
-    :param max_in_flight: orders in flight at once (threads sharing the hook), 1 to 64. Default 8.
+    :param max_in_flight: requests to Limio in flight at once, 1 to 64. Default 8.
     :param max_orders_per_second: at most this many submits (previews, with ``dry_run``) per second across
         the batch; default: no limit beyond ``max_in_flight``.
     :param max_failed: how many orders may end refused, unknown, failed or invalid before the task fails (at
@@ -310,7 +311,11 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         from limio_provider.hooks.limio import LimioHook
 
         return LimioHook(
-            self.limio_conn_id, sleep=self._throttle.sleep, pool_size=self.max_in_flight, **self.hook_params
+            self.limio_conn_id,
+            sleep=self._throttle.sleep,
+            pool_size=self.max_in_flight,
+            max_in_flight=self.max_in_flight,
+            **self.hook_params,
         )
 
     # -- the seams of the single-order submit --------------------------------------------------------------
@@ -323,9 +328,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         self.log.debug(message, *args)
 
     def _post(self, body: dict[str, Any]) -> Any:
-        if self.partner is None:
-            return super()._post(body)
-        return self.hook.submit_admin_order(body, allow_unmodelled=self.allow_unmodelled)
+        return self.hook._submit("/order" if self.partner is None else "/admin/order", body)
 
     def _send_recorded(
         self, body: dict[str, Any], record: _OrderRecord, seen: list[str] | None
@@ -520,25 +523,31 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         started: float,
     ) -> None:
         """Send (or preview) every valid order, ``max_in_flight`` at a time; ``record`` each result as it ends."""
-        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+        import queue
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         # The ledger is each order's record: the task's one task_state_store key is not for thousands of orders.
         order_context = cast("Context", {k: v for k, v in context.items() if k != "task_state_store"})
         pending: set[Future[dict[str, Any]]] = set()
+        finished: queue.SimpleQueue[Future[dict[str, Any]]] = queue.SimpleQueue()  # in the order they end
         next_log = time.monotonic() + self.progress_interval
 
         def drain(until: int) -> None:
             nonlocal next_log
             while len(pending) > until:
-                finished, _ = wait(pending, timeout=max(0.0, next_log - time.monotonic()), return_when=FIRST_COMPLETED)
-                for future in finished:
+                try:
+                    future = finished.get(timeout=max(0.0, next_log - time.monotonic()))
                     pending.discard(future)
                     record(future.result())
+                except queue.Empty:
+                    pass
                 if time.monotonic() >= next_log:
                     self._log_progress(counts, total, started)
                     next_log = time.monotonic() + self.progress_interval
 
-        pool = ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="limio-batch")
+        # Twice as many orders as requests in flight: one order's ledger writes overlap another's request.
+        workers = 2 * self.max_in_flight
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="limio-batch")
         try:
             for item in self._items(context):
                 if item.body is None:
@@ -547,8 +556,10 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                 if self._batch_stopped:
                     record(self._row(item, "failed", error=f"not sent: the batch stopped: {self._batch_stopped}"))
                     continue
-                drain(self.max_in_flight - 1)
-                pending.add(pool.submit(self._run_one, item, order_context, dry_run))
+                drain(workers - 1)
+                future = pool.submit(self._run_one, item, order_context, dry_run)
+                pending.add(future)
+                future.add_done_callback(finished.put)
             drain(0)
         except BaseException as exc:  # killed, timed out: start nothing more; what is in flight ends and is recorded
             self._batch_stopped = f"{type(exc).__name__}: {exc}"

@@ -514,7 +514,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         self.log.info(message, *args)
 
     def _post(self, body: dict[str, Any]) -> Any:
-        return self.hook.submit_order(body, allow_unmodelled=self.allow_unmodelled)
+        """Send ``body``, which :meth:`_prepared_body` validated (the hook's ``submit_order`` would again)."""
+        return self.hook._submit("/order", body)
 
     def _lookup(self, external_id: str) -> list[OrderObject]:
         found = self.hook.find_orders(external_id, page_size=self.reconcile_page_size, max_pages=self.reconcile_pages)
@@ -674,4 +675,4 @@ class LimioAdminSubmitOrderOperator(LimioSubmitOrderOperator):
         return _admin_body(super()._body_of(order), self.partner)
 
     def _post(self, body: dict[str, Any]) -> Any:
-        return self.hook.submit_admin_order(body, allow_unmodelled=self.allow_unmodelled)
+        return self.hook._submit("/admin/order", body)
