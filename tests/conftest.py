@@ -11,7 +11,7 @@ os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.pop("AIRFLOW_CONN_LIMIO_DEFAULT", None)
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -24,6 +24,19 @@ def airflow_db() -> None:
     from airflow.utils import db
 
     db.resetdb()
+
+
+@pytest.fixture
+def task_log(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
+    """What tasks logged since the last call: Airflow 3's task logs reach the captured output, Airflow 2's
+    the captured log records."""
+
+    def read() -> str:
+        text = "".join(capfd.readouterr()) + caplog.text
+        caplog.clear()
+        return text
+
+    return read
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
-from airflow.sdk import DAG, task
+from airflow.providers.common.compat.sdk import DAG, task
 
 from limio_provider.exceptions import (
     LimioAuthError,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, task
+from airflow.providers.common.compat.sdk import DAG, task
 
 from limio_provider.operators import LimioSubmitOrdersOperator
 from limio_provider.testing import Fault, LimioEmulator
@@ -115,14 +116,14 @@ def test_a_json_lines_file_plain_or_gzipped(
 
 
 def test_an_invalid_order_refuses_the_batch_naming_line_and_field_before_any_request(
-    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, task_log: Callable[[], str]
 ) -> None:
     bad = new_order("BAD-1", orderItems=[{"offer": {}, "quantity": 1}])
     uri = write_jsonl(tmp_path / "orders.jsonl", [*orders("OK", 2), bad, "{not json", orders("OK", 3)[2]])
     run = run_dag(batch_dag("limio_batch_invalid", ledger_root, orders_path=uri))
     assert states(run)["submit"] == "failed"
     assert limio_emulator.requests == []
-    output = "".join(capfd.readouterr())
+    output = task_log()
     assert "2 of 5 orders are invalid; nothing was sent" in output
     assert "line 3: invalid 'new' order: orderItems[0].offer.id: Field required" in output
     assert "line 4: not a JSON object" in output
@@ -145,14 +146,14 @@ def test_on_invalid_skip_sends_the_valid_ones_and_counts_the_invalid(
 
 
 def test_without_a_ledger_the_batch_fails_before_any_request_saying_how_to_configure_one(
-    limio_emulator: LimioEmulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    limio_emulator: LimioEmulator, tmp_path: Path, task_log: Callable[[], str]
 ) -> None:
     with DAG("limio_batch_no_ledger", schedule=None, start_date=START) as dag:
         LimioSubmitOrdersOperator(task_id="submit", orders=orders("NL", 2), results_path=f"file://{tmp_path}/r.jsonl")
     run = run_dag(dag)
     assert states(run)["submit"] == "failed"
     assert limio_emulator.requests == []
-    output = "".join(capfd.readouterr())
+    output = task_log()
     assert "LimioConfigError" in output and "needs an order ledger" in output and "ledger_path extra" in output
 
 
@@ -179,7 +180,7 @@ def test_a_rerun_of_a_completed_batch_adopts_everything_without_calling_limio(
 
 
 def test_a_retried_batch_adopts_what_is_done_and_reconciles_what_is_unknown_never_resending(
-    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, task_log: Callable[[], str]
 ) -> None:
     limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, times=3))
     limio_emulator.add_fault(Fault(route="list_orders", action="status", status=400, times=3))  # try 1 cannot look
@@ -192,7 +193,7 @@ def test_a_retried_batch_adopts_what_is_done_and_reconciles_what_is_unknown_neve
     assert_each_order_once(limio_emulator, rows)
     assert len(calls(limio_emulator, ORDER_POSTS)) == 10  # each sent once, by try 1; try 2 sent nothing
     # Try 1 could not look the three up: unknown (Limio may hold them), not refused by the look-up's 400.
-    assert '"submitted": 7, "adopted": 0, "refused": 0, "unknown": 3' in "".join(capfd.readouterr())
+    assert '"submitted": 7, "adopted": 0, "refused": 0, "unknown": 3' in task_log()
 
 
 def test_an_external_id_repeated_in_the_batch_is_sent_once(
@@ -217,7 +218,7 @@ def test_an_external_id_repeated_in_the_batch_is_sent_once(
 
 
 def test_faults_give_each_order_at_most_once_and_fail_the_task_at_the_end_with_the_summary(
-    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, task_log: Callable[[], str]
 ) -> None:
     limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, probability=0.2, seed=1))
     limio_emulator.add_fault(Fault(route="order", action="drop", probability=0.1, seed=2))
@@ -236,7 +237,7 @@ def test_faults_give_each_order_at_most_once_and_fail_the_task_at_the_end_with_t
     assert statuses[None] == outcomes["unknown"] and statuses[502] > 0 and statuses[429] > 0
     summary = summary_of(run)  # pushed before failing
     assert summary["counts"]["unknown"] == outcomes["unknown"] and summary["failures"] == outcomes["unknown"]
-    output = "".join(capfd.readouterr())
+    output = task_log()
     assert f"{outcomes['unknown']} of 40 orders were not submitted (unknown {outcomes['unknown']})" in output
     assert '"counts": {"submitted": ' in output  # the summary is in the error
     assert "Progress: 40/40 orders done" in output

@@ -52,7 +52,7 @@ DAG_FILE = '''\
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 from limio_provider.operators import LimioSubmitOrderOperator
 
 with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc)):

@@ -4,11 +4,12 @@ across runs, on a busy tenant; one body per external_id; refusals do not block a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG
+from airflow.providers.common.compat.sdk import DAG
 
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.ledger import OrderLedger, Owner, fingerprint
@@ -70,14 +71,14 @@ def limio_tenant(emulator: LimioEmulator) -> str:
 
 
 def test_the_same_external_id_with_another_body_is_refused_naming_both_fingerprints(
-    limio_emulator: LimioEmulator, ledger_root: str, capfd: pytest.CaptureFixture[str]
+    limio_emulator: LimioEmulator, ledger_root: str, task_log: Callable[[], str]
 ) -> None:
     run_dag(submit_dag("limio_ledger_body_1", new_order("EXT-BODY"), ledger_root))
     other = new_order("EXT-BODY", country="IE")
     run = run_dag(submit_dag("limio_ledger_body_2", other, ledger_root))
     assert states(run)["submit"] == "failed"
     assert len(limio_emulator.orders_with_external_id("EXT-BODY")) == 1
-    output = "".join(capfd.readouterr())
+    output = task_log()
     assert fingerprint(new_order("EXT-BODY")) in output and fingerprint(other) in output
 
 
@@ -92,7 +93,7 @@ def test_a_refused_order_does_not_block_a_corrected_one(limio_emulator: LimioEmu
 
 
 def test_a_claim_held_by_another_task_instance_is_never_sent_twice(
-    limio_emulator: LimioEmulator, ledger_root: str, capfd: pytest.CaptureFixture[str]
+    limio_emulator: LimioEmulator, ledger_root: str, task_log: Callable[[], str]
 ) -> None:
     body = new_order("EXT-HELD")
     ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.api_url.split("//")[1].split("/")[0])
@@ -102,7 +103,7 @@ def test_a_claim_held_by_another_task_instance_is_never_sent_twice(
     run = run_dag(submit_dag("limio_ledger_held", body, ledger_root, ledger_wait_timeout=0.3))
     assert states(run)["submit"] == "failed"
     assert calls(limio_emulator, "/api/order") == []
-    assert "EXT-HELD" in "".join(capfd.readouterr())
+    assert "EXT-HELD" in task_log()
 
 
 def test_a_retry_after_an_unknown_outcome_reconciles_through_the_ledger(
@@ -121,11 +122,9 @@ def test_a_retry_after_an_unknown_outcome_reconciles_through_the_ledger(
 
 
 def test_without_a_ledger_the_task_says_how_far_its_protection_reaches(
-    limio_emulator: LimioEmulator, capfd: pytest.CaptureFixture[str]
+    limio_emulator: LimioEmulator, task_log: Callable[[], str]
 ) -> None:
     with DAG("limio_no_ledger", schedule=None, start_date=START) as dag:
         LimioSubmitOrderOperator(task_id="submit", order=new_order("EXT-NL"), hook_params=FAST)
     run_dag(dag)
-    assert "protection against another run sending order EXT-NL is limited to the 500 newest" in "".join(
-        capfd.readouterr()
-    )
+    assert "protection against another run sending order EXT-NL is limited to the 500 newest" in "".join(task_log())

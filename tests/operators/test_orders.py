@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, task
+from airflow.providers.common.compat.sdk import DAG, task
 
 from limio_provider.links.limio import LimioOrderLink
 from limio_provider.models import NewOrder, order_body
@@ -18,7 +18,7 @@ from limio_provider.operators import (
     external_id_for,
 )
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import START, new_order, run_dag, states, xcom
+from tests.helpers import START, needs_airflow, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -40,7 +40,12 @@ def all_operators() -> list[Any]:
 
 
 def test_operators_serialize_and_deserialize() -> None:
-    from airflow.serialization.serialized_objects import OperatorSerialization
+    try:
+        from airflow.serialization.serialized_objects import OperatorSerialization
+    except ImportError:  # before Airflow 3.2
+        from airflow.serialization.serialized_objects import (  # type: ignore[attr-defined,no-redef]
+            SerializedBaseOperator as OperatorSerialization,
+        )
 
     for op in all_operators():
         data = OperatorSerialization.serialize_operator(op)
@@ -101,7 +106,8 @@ def test_preview_then_submit_chained_through_xcom(limio_emulator: LimioEmulator)
     assert result["id"] in limio_emulator.orders
     assert xcom(run, "submit", "order_id") == [result["id"]]
     assert xcom(run, "submit", LimioOrderLink.key) == [f"{limio_emulator.url}/api/objects/limio/orders/{result['id']}"]
-    assert xcom(run, "submit", LimioOrderLink().xcom_key) == xcom(run, "submit", LimioOrderLink.key)
+    if hasattr(LimioOrderLink(), "xcom_key"):  # Airflow 3: its own reading of the link's XCom
+        assert xcom(run, "submit", LimioOrderLink().xcom_key) == xcom(run, "submit", LimioOrderLink.key)
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -142,6 +148,7 @@ def test_missing_external_id_is_derived_from_the_task_instance(limio_emulator: L
     assert result["external_id"] == external_id_for("limio_derived_id", "submit", work, order_body(body))
 
 
+@needs_airflow("3.0", "Airflow 2's dag.test() reuses the run of a date instead of making a new one")
 def test_a_new_run_of_the_same_date_adopts_instead_of_submitting_again(limio_emulator: LimioEmulator) -> None:
     body = new_order()
     del body["external_id"]
@@ -179,6 +186,7 @@ def test_mapped_ids_follow_the_order_not_its_position(limio_emulator: LimioEmula
     assert xcom(run, "submit", "adopted") == [True, True, True]
 
 
+@needs_airflow("3.3", "task_state_store tells the retry that try 1 was refused")
 def test_external_id_survives_a_task_retry(limio_emulator: LimioEmulator) -> None:
     body = new_order()
     del body["external_id"]
@@ -199,7 +207,7 @@ def test_mapped_submit_pushes_a_link_per_map_index(limio_emulator: LimioEmulator
     assert run.state == "success", states(run)
     results = xcom(run, "submit")
     assert [r["external_id"] for r in results] == ["EXT-M0", "EXT-M1", "EXT-M2"]
-    links = xcom(run, "submit", LimioOrderLink().xcom_key)
+    links = xcom(run, "submit", LimioOrderLink.key)
     assert links == [f"{limio_emulator.url}/api/objects/limio/orders/{r['id']}" for r in results]
     assert len(limio_emulator.orders) == 3
 
@@ -266,9 +274,10 @@ def test_operators_module_imports_nothing_heavy() -> None:
     import sys
 
     probe = (
-        "import sys, airflow.sdk; import limio_provider.operators; "
+        "import sys, airflow.providers.common.compat.sdk; before = set(sys.modules); "
+        "import limio_provider.operators; "
         "print(sorted(m for m in ('requests', 'limio_provider.hooks.limio', "
-        "'limio_provider.models.orders') if m in sys.modules))"
+        "'limio_provider.models.orders') if m in sys.modules and m not in before))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
