@@ -103,7 +103,7 @@ def _file_lines(path: ObjectStoragePath, uri: str) -> Iterator[tuple[int, str | 
     with raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
         try:
-            for number, data in enumerate(stream, 1):  # number is read after the loop, too
+            for number, data in enumerate(_read_lines(stream), 1):  # number is read after the loop, too
                 try:
                     text = data.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -116,6 +116,17 @@ def _file_lines(path: ObjectStoragePath, uri: str) -> Iterator[tuple[int, str | 
             raise LimioValidationError(
                 f"invalid orders_path {uri}: cannot be read after line {number}: {type(exc).__name__}: {exc}"
             ) from None
+
+
+def _read_lines(stream: Any) -> Iterator[bytes]:
+    """The lines of a binary ``stream``, read 64 KiB at a time (an fsspec file is not always iterable by line,
+    e.g. a local one under Airflow 2)."""
+    rest = b""
+    while chunk := stream.read(65536):
+        *lines, rest = (rest + chunk).split(b"\n")
+        yield from lines
+    if rest:
+        yield rest
 
 
 class _Throttle:
