@@ -137,3 +137,19 @@ def test_airflow_cli_lists_adds_and_tests_limio_connections(limio_emulator: Limi
     )
     assert "refused the client credentials" in failed.stdout + failed.stderr
     assert "wrong-secret-123" not in failed.stdout + failed.stderr
+
+
+def test_airflow_cli_lists_the_hook_link_and_trigger() -> None:
+    hooks = airflow_cli("providers", "hooks", "-o", "json")
+    assert hooks.returncode == 0, hooks.stderr
+    assert {"connection_type": "limio", "class": "limio_provider.hooks.limio.LimioHook"}.items() <= next(
+        h for h in json.loads(hooks.stdout) if h.get("connection_type") == "limio"
+    ).items()
+    links = airflow_cli("providers", "links", "-o", "json")
+    assert links.returncode == 0, links.stderr
+    assert "limio_provider.links.limio.LimioOrderLink" in [
+        link["extra_link_class_name"] for link in json.loads(links.stdout)
+    ]
+    triggers = airflow_cli("providers", "triggers", "-o", "json")
+    assert triggers.returncode == 0, triggers.stderr
+    assert any("limio_provider.triggers.limio" in json.dumps(t) for t in json.loads(triggers.stdout))

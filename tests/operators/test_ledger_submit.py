@@ -121,6 +121,22 @@ def test_a_retry_after_an_unknown_outcome_reconciles_through_the_ledger(
     assert len(calls(limio_emulator, "/api/order")) == 1
 
 
+def test_a_retry_after_a_refused_try_submits_through_the_ledger_on_every_airflow(
+    limio_emulator: LimioEmulator, ledger_root: str
+) -> None:
+    """Without task_state_store (before 3.3) only the ledger tells the retry that try 1 was refused."""
+    from datetime import timedelta
+
+    limio_emulator.add_fault(Fault(route="order", action="status", status=503, times=5))  # try 1: every retry
+    dag = submit_dag(
+        "limio_ledger_refused_retry", new_order("EXT-RR"), ledger_root, retries=1, retry_delay=timedelta(0)
+    )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    assert len(limio_emulator.orders_with_external_id("EXT-RR")) == 1
+    assert list_reads(limio_emulator) == 0  # the ledger said "refused": nothing to look up
+
+
 def test_without_a_ledger_the_task_says_how_far_its_protection_reaches(
     limio_emulator: LimioEmulator, task_log: Callable[[], str]
 ) -> None:

@@ -25,3 +25,21 @@ def test_demo_runs_the_renewals_example_and_can_run_again(
     assert "Submitted order renew-sub-1001-2025-12-28" in (tmp_path / "airflow-dags-test.log").read_text()
     assert main(args) == 0  # a second run reuses the home and starts a fresh emulator
     assert "Orders submitted: 4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "expected"),
+    [
+        ("limio_billing_reconciliation", "Orders submitted: 3"),
+        ("limio_backfill_orders", "(3 submitted)"),  # the day's renewals file, through the batch operator
+    ],
+)
+def test_the_other_examples_run_through_airflow_dags_test(
+    dag_id: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_LIMIO_DEFAULT", raising=False)
+    code = main(["--dags-folder", str(ROOT / "dags_examples"), "--home", str(tmp_path), "--dag-id", dag_id])
+    out = capsys.readouterr().out
+    assert code == 0, (tmp_path / "airflow-dags-test.log").read_text()[-3000:]
+    assert f"DAG run {dag_id} (2026-01-01): success" in out
+    assert expected in out
