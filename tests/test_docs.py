@@ -29,6 +29,12 @@ def test_readme_dag_previews_guards_and_submits(limio_emulator: LimioEmulator) -
     assert xcom(run, "submit")[0]["id"] == order["id"]
 
 
+def test_the_package_index_page_shows_the_readme_example_and_links_nowhere_relative() -> None:
+    assert python_blocks("docs/package-index.md")[0] == python_blocks("README.md")[0]
+    text = (ROOT / "docs/package-index.md").read_text()
+    assert re.findall(r"\]\((?!https://)[^)]*\)", text) == []  # an index page has no repository to link into
+
+
 def test_testing_page_fixture_example_runs(limio_emulator: LimioEmulator) -> None:
     namespace: dict[str, Any] = {}
     exec(python_blocks("docs/testing.md")[0], namespace)

@@ -2,13 +2,15 @@
 
 Run with the Python of a fresh virtualenv into which only the built wheel (no extras) was installed, in
 isolated mode (``python -I``, so this checkout is not importable): ``python -I tools/check_wheel.py WHEEL``.
-Checks the wheel's file list (the package, its ``py.typed`` and licence; no tests, tools or benchmarks),
+Checks the wheel's file list (the package, its ``py.typed`` and licence; no tests, tools or benchmarks), its
+long description (the package index page: how to install, no links into the repository),
 imports every public module (not the pytest plugin, which pytest loads), and prints the file list.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import zipfile
 
@@ -39,6 +41,12 @@ def main(wheel: str) -> int:
             problems.append(f"missing {required}")
     if not any(name.endswith("licenses/LICENSE") for name in names):
         problems.append("missing the licence")
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    description = metadata.partition("\n\n")[2]
+    if "pip install airflow-provider-limio" not in description:
+        problems.append("the long description (the package index page) does not say how to install")
+    if re.search(r"\]\((?!https://)", description):
+        problems.append("the long description links into the repository, which a package index page cannot")
     for module in PUBLIC_MODULES:
         try:
             importlib.import_module(module)
