@@ -153,3 +153,29 @@ def test_airflow_cli_lists_the_hook_link_and_trigger() -> None:
     triggers = airflow_cli("providers", "triggers", "-o", "json")
     assert triggers.returncode == 0, triggers.stderr
     assert any("limio_provider.triggers.limio" in json.dumps(t) for t in json.loads(triggers.stdout))
+
+
+def test_the_connection_form_shows_each_extra_and_the_relabelled_fields_on_this_airflow() -> None:
+    """What the connection form gets: below 3.2 Airflow reads it from the hook, from 3.2 from the provider info."""
+    expected = {name for name, field in CONN_FIELDS.items() if "object" not in field["schema"]["type"]}
+    try:
+        from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+    except ImportError:  # Airflow 2: the Flask form
+        from airflow.providers_manager import ProvidersManager
+
+        manager = ProvidersManager()
+        fields = {key.split("__")[-1] for key in manager.connection_form_widgets if key.startswith("extra__limio__")}
+        assert expected <= fields
+        behaviour = manager.field_behaviours["limio"]
+        assert behaviour["relabeling"]["host"] == "Tenant host"
+        assert behaviour["hidden_fields"] == ["schema"]
+        return
+    HookMetaService.hook_meta_data.cache_clear()
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "limio"]
+    assert expected <= set(meta.extra_fields or {})
+    assert meta.standard_fields is not None
+    fields = meta.standard_fields.model_dump()
+    assert fields["host"]["title"] == "Tenant host"
+    assert fields["login"]["title"] == "Client ID"
+    assert fields["port"]["hidden"] is False  # used: it overrides a port written in the host
+    assert fields["url_schema"]["hidden"] is True

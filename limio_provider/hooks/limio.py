@@ -406,6 +406,32 @@ class LimioHook(BaseHook):
 
         return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extras as connection form fields below Airflow 3.2, which reads them from the hook (3.2 on read
+        ``conn-fields`` from the provider info). Numbers and flags are text fields, as the hook reads form
+        text; ``proxies`` (an object) stays in the Extra JSON."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import Optional
+
+        from limio_provider.get_provider_info import CONN_FIELDS
+
+        widgets: dict[str, Any] = {}
+        for name, field in CONN_FIELDS.items():
+            kinds = set(field["schema"]["type"]) - {"null"}
+            if "object" in kinds:
+                continue
+            kind = IntegerField if kinds == {"integer"} else StringField
+            widgets[name] = kind(
+                lazy_gettext(field["label"]),
+                validators=[Optional()],
+                description=field["description"],
+                widget=BS3TextFieldWidget(),
+            )
+        return widgets
+
     # -- configuration ------------------------------------------------------------------------------
 
     @cached_property
