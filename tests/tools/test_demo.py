@@ -27,6 +27,12 @@ def test_demo_runs_the_renewals_example_and_can_run_again(
     assert "Orders submitted: 4" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def examples_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Airflow home for the examples below: its database is migrated once (slow on some Airflow lines)."""
+    return tmp_path_factory.mktemp("examples")
+
+
 @pytest.mark.parametrize(
     ("dag_id", "expected"),
     [
@@ -35,11 +41,11 @@ def test_demo_runs_the_renewals_example_and_can_run_again(
     ],
 )
 def test_the_other_examples_run_through_airflow_dags_test(
-    dag_id: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    dag_id: str, expected: str, examples_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_LIMIO_DEFAULT", raising=False)
-    code = main(["--dags-folder", str(ROOT / "dags_examples"), "--home", str(tmp_path), "--dag-id", dag_id])
+    code = main(["--dags-folder", str(ROOT / "dags_examples"), "--home", str(examples_home), "--dag-id", dag_id])
     out = capsys.readouterr().out
-    assert code == 0, (tmp_path / "airflow-dags-test.log").read_text()[-3000:]
+    assert code == 0, (examples_home / "airflow-dags-test.log").read_text()[-3000:]
     assert f"DAG run {dag_id} (2026-01-01): success" in out
     assert expected in out
