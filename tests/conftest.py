@@ -12,6 +12,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.pop("AIRFLOW_CONN_LIMIO_DEFAULT", None)
 
 from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -87,6 +88,20 @@ def moto_s3() -> Iterator[str]:
             # find the service; it never changes while we run, so list it once (a quarter of each request's CPU).
             modules = tuple(moto.backends.list_of_moto_modules())
             mp.setattr(moto.backends, "list_of_moto_modules", lambda: modules)
+        import threading
+
+        from moto.s3.responses import S3Response
+
+        # S3's conditional PUT (If-None-Match: *) is atomic; moto's server checks, then writes, with other
+        # requests' threads free to run in between, so two racing creates could both succeed (seen once in
+        # the 8-process reclaim race). One PUT at a time makes moto keep S3's promise.
+        put_object, one_put = S3Response.put_object, threading.Lock()
+
+        def atomic_put_object(self: S3Response) -> Any:
+            with one_put:
+                return put_object(self)
+
+        mp.setattr(S3Response, "put_object", atomic_put_object)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         try:
