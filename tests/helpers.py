@@ -53,15 +53,15 @@ def run_dag(dag: Any, **kwargs: Any) -> Any:
     """``dag.test()`` for a DAG defined in a test (logical date ``START`` unless given). Airflow 3 runs only
     DAGs it has serialized, so it is written first; Airflow 2 calls the logical date ``execution_date``."""
     kwargs.setdefault("logical_date", START)
-    try:
-        from airflow.dag_processing.bundles.manager import DagBundlesManager
-    except ImportError:  # Airflow 2
+    if AIRFLOW_VERSION.major < 3:
         kwargs["execution_date"] = kwargs.pop("logical_date")
         return dag.test(**kwargs)
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
     try:
         from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     except ImportError:  # Airflow 3.0 and 3.1
-        from airflow.models.dagbag import DagBag, sync_bag_to_db  # type: ignore[no-redef,attr-defined]
+        from airflow.models.dagbag import DagBag, sync_bag_to_db  # type: ignore[no-redef]
 
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(dag_folder=os.devnull)
@@ -74,10 +74,10 @@ def xcom(run: Any, task_id: str, key: str = "return_value") -> list[Any]:
     """Every value of ``key`` pushed by ``task_id`` in ``run``, ordered by map index."""
     from airflow.utils.session import create_session
 
-    try:
+    if AIRFLOW_VERSION.major < 3:
+        from airflow.models.xcom import XCom as XComModel  # its rows deserialise their value when loaded
+    else:
         from airflow.models.xcom import XComModel
-    except ImportError:  # Airflow 2: its XCom rows deserialise their value when loaded
-        from airflow.models.xcom import XCom as XComModel  # type: ignore[no-redef]
 
     with create_session() as session:
         rows = (
@@ -86,7 +86,7 @@ def xcom(run: Any, task_id: str, key: str = "return_value") -> list[Any]:
             .order_by(XComModel.map_index)
             .all()
         )
-        if not hasattr(XComModel, "deserialize_value") or XComModel.__name__ != "XComModel":
+        if AIRFLOW_VERSION.major < 3:
             return [row.value for row in rows]
         return [XComModel.deserialize_value(row) for row in rows]
 
