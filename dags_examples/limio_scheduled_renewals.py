@@ -75,6 +75,10 @@ def summarize(previews: list[dict[str, Any]], results: list[dict[str, Any]]) -> 
 
     from limio_provider.models import PreviewResult
 
+    # Mapped results arrive as lazy sequences: read them by index up to len(). Iterating one asks for the item
+    # after the last, and Airflow logs that lookup's "XCom not found" at ERROR although nothing is wrong.
+    previews = [previews[i] for i in range(len(previews))]
+    results = [results[i] for i in range(len(results))]
     total = sum((PreviewResult.model_validate(p).total_due() for p in previews), Decimal(0))
     orders = [{"external_id": r.get("external_id"), "id": r.get("id"), "status": r.get("status")} for r in results]
     summary = {

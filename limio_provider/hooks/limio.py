@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import difflib
 import email.utils
 import ipaddress
 import json
@@ -469,7 +470,8 @@ class LimioHook(BaseHook):
             for error in exc.errors(include_url=False, include_input=False):
                 name = ".".join(str(part) for part in error["loc"])
                 if error["type"] == "extra_forbidden":
-                    problems.append(f"unknown extra {name!r}")
+                    close = difflib.get_close_matches(name, OPTION_NAMES, n=1)
+                    problems.append(f"unknown extra {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
                 else:
                     problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
             raise LimioConfigError(

@@ -16,10 +16,18 @@ class LimioOrderLink(BaseOperatorLink):
     name = "Limio order"
     key: ClassVar[str] = "limio_order_url"
 
+    #: The operator attribute holding the URL in the worker that ran the task (``None``: no order).
+    attribute: ClassVar[str] = "limio_order_url"
+
     @classmethod
     def persist(cls, context: Context, *, url: str) -> None:
-        """Push the order's URL to XCom for this task instance."""
+        """Push the order's URL to XCom for this task instance, and keep it on the running operator."""
         context["ti"].xcom_push(key=cls.key, value=url)
+        setattr(context["task"], cls.attribute, url)
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
+        # Airflow 3 computes each link in the worker as the task ends: the operator that ran knows whether it
+        # has an order, and asking XCom for a task without one would log "XCom not found" at ERROR.
+        if hasattr(operator, self.attribute):
+            return getattr(operator, self.attribute) or ""
         return XCom.get_value(key=self.key, ti_key=ti_key) or ""

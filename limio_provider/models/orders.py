@@ -28,7 +28,10 @@ from pydantic import (
 
 NonEmptyStr = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=10_000)]
 #: Limio documents no length for ``external_id``; 255 keeps it inside any sane string column.
-ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]
+EXTERNAL_ID_PATTERN = r"^[\x21-\x7e]+$"
+ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=EXTERNAL_ID_PATTERN)]
+#: Patterns said in words in error messages.
+_PATTERN_WORDS = {EXTERNAL_ID_PATTERN: "must be printable ASCII without spaces (letters, digits, - _ . : / etc.)"}
 
 
 def _iso_datetime(value: str) -> str:
@@ -287,6 +290,8 @@ def format_validation_error(what: str, error: ValidationError) -> str:
             elif part not in ORDER_TYPES:  # the union's tag adds nothing for the reader
                 path += f".{part}" if path else str(part)
         reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "string_pattern_mismatch":
+            reason = _PATTERN_WORDS.get(item.get("ctx", {}).get("pattern", ""), reason)
         lines.append(f"  - {path or '(order)'}: {reason}")
     return f"invalid {what}:\n" + "\n".join(lines)
 

@@ -358,10 +358,13 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
         self.deferrable = deferrable
+        #: The order's URL once this task instance has one (:class:`LimioOrderLink` reads it).
+        self.limio_order_url: str | None = None
 
     # -- execute ----------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self.limio_order_url = None  # a runner may reuse the operator for the next try
         body = self._prepared_order(context)
         if _as_bool("dry_run", self.preview_only):
             preview = self._check_preview(body)
@@ -552,7 +555,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         if verdict is True:
             return preview.to_json_dict()
         reason = verdict if isinstance(verdict, str) and verdict else "preview_check refused the preview"
-        message = f"order {body['external_id']} not submitted: {reason} (total due {preview.total_due()})"
+        total = f"total due {preview.total_due()}"
+        message = f"order {body['external_id']} not submitted: {reason}" + ("" if total in reason else f" ({total})")
         if self.on_preview_reject == "skip":
             from airflow.providers.common.compat.sdk import AirflowSkipException
 
@@ -609,6 +613,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         does) gets them from the task's record, else the order is read back from Limio."""
         from limio_provider.triggers.limio import raise_for_event
 
+        self.limio_order_url = None
         if result is None:
             stored = _OrderRecord.sent(context, self.state_key, event["order_id"])
             result = stored.get("result") or _result_of(self.hook.get_order(event["order_id"]))
@@ -670,6 +675,12 @@ class LimioAdminSubmitOrderOperator(LimioSubmitOrderOperator):
     def __init__(self, *, partner: str | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.partner = partner
+        # Said at parse time when it is certain: a literal order without forPartner and no partner=.
+        if partner is None and isinstance(self.order, dict) and "forPartner" not in self.order:
+            raise ValueError(
+                f"{type(self).__name__} {self.task_id!r}: partner is required: pass partner='partner-org-...' "
+                "(the partner organisation the order is for) or put forPartner in the order"
+            )
 
     def _body_of(self, order: Any) -> dict[str, Any]:
         return _admin_body(super()._body_of(order), self.partner)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -72,9 +73,13 @@ def test_examples_parse_without_errors(dagbag: Any) -> None:
 # -- limio_scheduled_renewals ---------------------------------------------------------------------
 
 
-def test_renewals_previews_then_submits_the_due_renewals(dagbag: Any, limio_emulator: LimioEmulator) -> None:
+def test_renewals_previews_then_submits_the_due_renewals(
+    dagbag: Any, limio_emulator: LimioEmulator, task_log: Callable[[], str]
+) -> None:
+    task_log()
     run = run_dag(example(dagbag, "limio_scheduled_renewals"), logical_date=day(1))
     assert run.state == "success", states(run)
+    assert "error" not in task_log().lower()  # a run that is fine prints no error (e.g. "XCom not found")
 
     expected = [
         "renew-sub-1001-2025-12-28",

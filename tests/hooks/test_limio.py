@@ -384,6 +384,9 @@ def test_unknown_extras_are_refused_with_the_accepted_list(monkeypatch: pytest.M
     )
     with pytest.raises(LimioConfigError, match="unknown extra 'X-Api-Key'.*Accepted extras: base_path"):
         LimioHook("limio_x").get_token()
+    set_connection(monkeypatch, "limio_x", host="acme.prod.limio.com", login="id", password="pw", extra={"timout": 3})
+    with pytest.raises(LimioConfigError, match=r"unknown extra 'timout' \(did you mean 'timeout'\?\)"):
+        LimioHook("limio_x").get_token()
     with pytest.raises(LimioConfigError, match="unknown LimioHook option"):
         LimioHook(tiemout=3)
 

@@ -85,6 +85,10 @@ def test_external_id_must_be_printable_and_bounded() -> None:
     for bad in ("has space", "x" * 256, ""):
         with pytest.raises(LimioValidationError, match="external_id"):
             parse_order({**NEW, "external_id": bad})
+    with pytest.raises(LimioValidationError) as error:
+        parse_order({**NEW, "external_id": "has space"})
+    assert "external_id: must be printable ASCII without spaces" in str(error.value)  # words, not the regex
+    assert "pattern" not in str(error.value)
 
 
 def test_subscription_orders_need_a_subscription() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -213,7 +215,10 @@ def test_mapped_submit_pushes_a_link_per_map_index(limio_emulator: LimioEmulator
 
 
 @pytest.mark.parametrize(("on_reject", "state"), [("fail", "failed"), ("skip", "skipped")])
-def test_preview_check_guards_the_submit(limio_emulator: LimioEmulator, on_reject: str, state: str) -> None:
+def test_preview_check_guards_the_submit(
+    limio_emulator: LimioEmulator, on_reject: str, state: str, task_log: Callable[[], str]
+) -> None:
+    task_log()
     with DAG(f"limio_guard_{on_reject}", schedule=None, start_date=START) as dag:
         LimioSubmitOrderOperator(
             task_id="cheap",
@@ -223,11 +228,16 @@ def test_preview_check_guards_the_submit(limio_emulator: LimioEmulator, on_rejec
         LimioSubmitOrderOperator(
             task_id="dear",
             order=new_order("EXT-DEAR"),
-            preview_check=lambda preview: "over the limit" if preview.total_due() > 0 else True,
+            preview_check=lambda preview: f"total due {preview.total_due()} is over the limit",
             on_preview_reject=on_reject,
         )
     run = run_dag(dag)
     assert states(run) == {"cheap": "success", "dear": state}
+    log = task_log()
+    assert re.search(r"EXT-DEAR not submitted: total due [\d.]+ is over the limit", log)
+    assert "(total due" not in log  # the reason already says the total: not repeated
+    assert "XCom not found" not in log  # the task without an order has no link, and no error says so
+    assert xcom(run, "dear", LimioOrderLink.key) == []
     assert len(limio_emulator.orders_with_external_id("EXT-CHEAP")) == 1
     assert limio_emulator.orders_with_external_id("EXT-DEAR") == []
     previews = [r for r in limio_emulator.requests if r.path == "/api/order/preview"]
@@ -267,6 +277,15 @@ def test_admin_operator_posts_for_partner(limio_emulator: LimioEmulator) -> None
     (sent,) = [r for r in limio_emulator.requests if r.path == "/api/admin/order"]
     assert sent.body["forPartner"] == {"id": "partner-7"}
     assert xcom(run, "admin", "order_id")
+
+
+def test_admin_operator_without_a_partner_fails_at_parse_naming_the_task() -> None:
+    with DAG("limio_admin_no_partner", schedule=None, start_date=START):
+        with pytest.raises(ValueError, match=r"LimioAdminSubmitOrderOperator 'admin': partner is required"):
+            LimioAdminSubmitOrderOperator(task_id="admin", order=new_order("EXT-ADM"))
+        # The order's own forPartner, or an order known only at run time, is checked when the task runs.
+        LimioAdminSubmitOrderOperator(task_id="own", order=new_order("EXT-OWN", forPartner={"id": "partner-7"}))
+        LimioAdminSubmitOrderOperator(task_id="later", order="{{ ti.xcom_pull('build') }}")
 
 
 def test_operators_module_imports_nothing_heavy() -> None:
