@@ -21,9 +21,8 @@ class LimioOrderLink(BaseOperatorLink):
 
     @classmethod
     def persist(cls, context: Context, *, url: str) -> None:
-        """Push the order's URL to XCom for this task instance, and keep it on the running operator."""
+        """Push the order's URL to XCom for this task instance."""
         context["ti"].xcom_push(key=cls.key, value=url)
-        setattr(context["task"], cls.attribute, url)
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         # Airflow 3 computes each link in the worker as the task ends: the operator that ran knows whether it
