@@ -1,1 +1,2 @@
-"""Developer tools (not shipped in the wheel): the demo driver behind ``make demo``."""
+"""Developer tools (not shipped in the wheel): the demo driver behind ``make demo``, and the griffe extension
+``make docs`` reads the docstrings with."""

@@ -11,6 +11,7 @@ import binascii
 import calendar
 import copy
 import hashlib
+import html
 import ipaddress
 import json
 import random
@@ -88,6 +89,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("POST", r"/_emulator/revoke-tokens", "revoke_tokens"),
         ("POST", r"/_emulator/reset", "reset"),
         ("GET", r"/_emulator/requests", "list_requests"),
+        ("GET", r"/_emulator/orders/(?P<order_id>[^/]+)", "order_page"),
     )
 )
 
@@ -244,9 +246,11 @@ class LimioEmulator:
             "host": self.url,
             "login": self.client_id,
             "password": self.client_secret,
+            # The emulator's own order page (Limio's API URL, the default, needs a token a browser lacks).
+            "extra": {"order_link_template": f"{self.url}/_emulator/orders/{{order_id}}"},
         }
         if self.ca_path is not None:
-            connection["extra"] = {"verify": self.ca_path}
+            connection["extra"]["verify"] = self.ca_path
         return json.dumps(connection)
 
     def connection_env(self, conn_id: str = "limio_default") -> dict[str, str]:
@@ -529,6 +533,25 @@ class LimioEmulator:
     def _on_list_requests(self, request: _Request) -> Answer:
         """``GET /_emulator/requests``: the recorded requests, oldest first."""
         return 200, {"requests": [asdict(record) for record in self.requests]}, {}
+
+    def _on_order_page(self, request: _Request) -> Answer:
+        """``GET /_emulator/orders/{id}``: the order as a web page, for the "Limio order" link (emulator
+        behaviour: Limio documents no web page per order; :meth:`connection_json` points the link here)."""
+        with self._lock:
+            self._settle()
+            order = self._orders.get(request.params["order_id"])
+        if order is None:
+            raise HttpError(404, "Not found")
+        rows = "".join(
+            f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(order.get(key)))}</td></tr>"
+            for key in ("id", "external_id", "order_type", "status", "order_reference")
+        )
+        page = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>Limio order {html.escape(order['id'])}</title>"
+            f"</head><body><h1>Limio order (emulator)</h1><table>{rows}</table>"
+            f"<pre>{html.escape(json.dumps(order, indent=2, default=str))}</pre></body></html>"
+        )
+        return 200, page.encode(), {"Content-Type": "text/html; charset=utf-8"}
 
     # -- helpers -----------------------------------------------------------------------------------
 

@@ -107,7 +107,7 @@ def test_preview_then_submit_chained_through_xcom(limio_emulator: LimioEmulator)
     assert result["external_id"] == "EXT-CHAIN"  # a user-provided external_id is kept
     assert result["id"] in limio_emulator.orders
     assert xcom(run, "submit", "order_id") == [result["id"]]
-    assert xcom(run, "submit", LimioOrderLink.key) == [f"{limio_emulator.url}/api/objects/limio/orders/{result['id']}"]
+    assert xcom(run, "submit", LimioOrderLink.key) == [f"{limio_emulator.url}/_emulator/orders/{result['id']}"]
     if hasattr(LimioOrderLink(), "xcom_key"):  # Airflow 3: its own reading of the link's XCom
         assert xcom(run, "submit", LimioOrderLink().xcom_key) == xcom(run, "submit", LimioOrderLink.key)
 
@@ -210,7 +210,7 @@ def test_mapped_submit_pushes_a_link_per_map_index(limio_emulator: LimioEmulator
     results = xcom(run, "submit")
     assert [r["external_id"] for r in results] == ["EXT-M0", "EXT-M1", "EXT-M2"]
     links = xcom(run, "submit", LimioOrderLink.key)
-    assert links == [f"{limio_emulator.url}/api/objects/limio/orders/{r['id']}" for r in results]
+    assert links == [f"{limio_emulator.url}/_emulator/orders/{r['id']}" for r in results]
     assert len(limio_emulator.orders) == 3
 
 

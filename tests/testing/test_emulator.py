@@ -421,7 +421,24 @@ def test_cli_prints_the_connection_and_serves_until_sigterm() -> None:
 
 def test_limio_emulator_fixture_sets_the_airflow_connection(limio_emulator: LimioEmulator) -> None:
     connection = json.loads(os.environ["AIRFLOW_CONN_LIMIO_DEFAULT"])
-    expected = {"conn_type": "limio", "host": limio_emulator.url, "login": CLIENT_ID, "password": SECRET}
+    expected = {
+        "conn_type": "limio",
+        "host": limio_emulator.url,
+        "login": CLIENT_ID,
+        "password": SECRET,
+        "extra": {"order_link_template": f"{limio_emulator.url}/_emulator/orders/{{order_id}}"},
+    }
     assert connection == expected
     url = f"{connection['host']}/oauth2/token"
     assert requests.post(url, data=token_form(), timeout=5).status_code == 200
+
+
+def test_order_page_shows_the_order_to_a_browser_without_a_token(emu: LimioEmulator, connect: Connect) -> None:
+    order_id = connect(emu).order(external_id="EXT-PAGE").json()["id"]
+    link = json.loads(emu.connection_json())["extra"]["order_link_template"].format(order_id=order_id)
+    page = requests.get(link, timeout=5)  # no Authorization: as a person's browser
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert order_id in page.text and "EXT-PAGE" in page.text
+    assert requests.get(f"{emu.url}/_emulator/orders/order-nope", timeout=5).status_code == 404
+    # Limio's own URL for the order (the hook's default link) needs a token.
+    assert requests.get(f"{emu.url}/api/objects/limio/orders/{order_id}", timeout=5).status_code == 401

@@ -188,7 +188,10 @@ def test_tls_emulator_is_trusted_only_with_its_certificate(emulators: Start, con
     ca_path = emulator.ca_path
     assert ca_path is not None and os.path.isfile(ca_path) and emulator.url.startswith("https://127.0.0.1:")
     connection = json.loads(emulator.connection_json())
-    assert connection["host"] == emulator.url and connection["extra"] == {"verify": ca_path}
+    assert connection["host"] == emulator.url and connection["extra"] == {
+        "verify": ca_path,
+        "order_link_template": f"{emulator.url}/_emulator/orders/{{order_id}}",
+    }
     token = f"{emulator.url}/oauth2/token"
     assert requests.post(token, data=token_form(), verify=ca_path, timeout=5).status_code == 200
     with pytest.raises(requests.exceptions.SSLError):
@@ -221,7 +224,7 @@ def test_tls_emulator_that_cannot_listen_leaves_no_certificate(
 
 def test_plain_emulator_has_no_certificate(emu: LimioEmulator) -> None:
     assert emu.ca_path is None and emu.url.startswith("http://")
-    assert "extra" not in json.loads(emu.connection_json())
+    assert "verify" not in json.loads(emu.connection_json())["extra"]
 
 
 def test_cli_tls_prints_an_https_connection_that_trusts_its_certificate() -> None:
