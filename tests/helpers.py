@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ import requests
 from packaging.version import Version
 
 from limio_provider.testing import LimioEmulator, sample_order
+from limio_provider.testing import dags as testing_dags
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -50,56 +50,14 @@ def calls(emulator: Any, path: str) -> list[Any]:
 
 
 def run_dag(dag: Any, **kwargs: Any) -> Any:
-    """``dag.test()`` for a DAG defined in a test (logical date ``START`` unless given). Airflow 3 runs only
-    DAGs it has serialized, so it is written first; Airflow 2 calls the logical date ``execution_date``."""
+    """``dag.test()`` through the public helper, on the session's database (the ``airflow_db`` fixture made
+    it); logical date ``START`` unless given."""
     kwargs.setdefault("logical_date", START)
-    if AIRFLOW_VERSION.major < 3:
-        kwargs["execution_date"] = kwargs.pop("logical_date")
-        return dag.test(**kwargs)
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-
-    try:
-        from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
-    except ImportError:  # Airflow 3.0 and 3.1
-        from airflow.models.dagbag import DagBag, sync_bag_to_db  # type: ignore[no-redef]
-
-    DagBundlesManager().sync_bundles_to_db()
-    bag = DagBag(dag_folder=os.devnull)
-    bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
-    return dag.test(**kwargs)
+    return testing_dags.run_dag(dag, migrate=False, **kwargs)
 
 
-def xcom(run: Any, task_id: str, key: str = "return_value") -> list[Any]:
-    """Every value of ``key`` pushed by ``task_id`` in ``run``, ordered by map index."""
-    from airflow.utils.session import create_session
-
-    if AIRFLOW_VERSION.major < 3:
-        from airflow.models.xcom import XCom as XComModel  # its rows deserialise their value when loaded
-    else:
-        from airflow.models.xcom import XComModel
-
-    with create_session() as session:
-        rows = (
-            session.query(XComModel)
-            .filter_by(dag_id=run.dag_id, run_id=run.run_id, task_id=task_id, key=key)
-            .order_by(XComModel.map_index)
-            .all()
-        )
-        if AIRFLOW_VERSION.major < 3:
-            return [row.value for row in rows]
-        return [XComModel.deserialize_value(row) for row in rows]
-
-
-def states(run: Any) -> dict[str, str]:
-    """Task states of ``run`` by task id (``task[i]`` for mapped instances)."""
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        return {
-            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): ti.state
-            for ti in run.get_task_instances(session=session)
-        }
+xcom = testing_dags.xcom_values
+states = testing_dags.task_states
 
 
 class Capture:

@@ -51,11 +51,11 @@ def _airflow(args: list[str], env: dict[str, str], log: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dags-folder", type=Path, default=Path("dags_examples"))
-    parser.add_argument("--home", type=Path, default=Path(".demo"))
-    parser.add_argument("--dag-id", default="limio_scheduled_renewals")
-    parser.add_argument("--logical-date", default="2026-01-01")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dags-folder", type=Path, default=Path("dags_examples"), help="where the DAG files are")
+    parser.add_argument("--home", type=Path, default=Path(".demo"), help="scratch folder: Airflow home, logs")
+    parser.add_argument("--dag-id", default="limio_scheduled_renewals", help="the DAG to run")
+    parser.add_argument("--logical-date", default="2026-01-01", help="the run's logical date (YYYY-MM-DD)")
     args = parser.parse_args(argv)
 
     home = args.home.resolve()
@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Orders previewed: {len(previews)}")
     print(f"Orders submitted: {len(submitted)}")
     for order in submitted:
-        print(f"  {order.get('external_id'):40s} {order['id']}  {order.get('order_type'):20s} {order['status']}")
+        partner = order.get("forPartner")
+        via = f"  /admin/order for partner {partner.get('id', partner)}" if isinstance(partner, dict) else ""
+        print(f"  {order.get('external_id'):40s} {order['id']}  {order.get('order_type'):20s} {order['status']}{via}")
     if results is not None:
         lines = results.read_text().splitlines() if results.exists() else []
         outcomes = Counter(json.loads(line)["outcome"] for line in lines)

@@ -1,4 +1,5 @@
-"""A local Limio emulator, like moto for AWS: ``LimioEmulator``, ``Fault`` and a ``limio_emulator`` fixture.
+"""A local Limio emulator, like moto for AWS: ``LimioEmulator``, ``Fault`` and a ``limio_emulator`` fixture;
+and ``run_dag`` to run a DAG with ``dag.test()`` on any supported Airflow.
 
 ``LimioEmulator`` is imported on first use, so loading the pytest plugin stays cheap.
 """
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from limio_provider.testing.dags import migrate_db, run_dag, task_states, xcom_values
 from limio_provider.testing.faults import Fault
 
 if TYPE_CHECKING:
     from limio_provider.testing.emulator import LimioEmulator
 
-__all__ = ["Fault", "LimioEmulator", "sample_order"]
+__all__ = ["Fault", "LimioEmulator", "migrate_db", "run_dag", "sample_order", "task_states", "xcom_values"]
 
 
 def sample_order(external_id: str = "EXT-1", **fields: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,5 @@ def test_the_other_examples_run_through_airflow_dags_test(
     assert code == 0, (examples_home / "airflow-dags-test.log").read_text()[-3000:]
     assert f"DAG run {dag_id} (2026-01-01): success" in out
     assert expected in out
+    if dag_id == "limio_billing_reconciliation":  # which order went where, for whom
+        assert re.search(r"complete  /admin/order for partner \S+", out), out
