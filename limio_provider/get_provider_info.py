@@ -30,6 +30,11 @@ def _optional(kind: str | list[str], **schema: Any) -> dict[str, Any]:
 
 
 CONN_FIELDS: dict[str, Any] = {
+    "scheme": _field(
+        "Scheme",
+        _optional("string", enum=["https", "http", None]),
+        "https (default). http only for a loopback emulator (127.0.0.1, localhost).",
+    ),
     "base_path": _field("API base path", _optional("string"), "Path of the API on the tenant host (default /api)."),
     "token_path": _field(
         "Token path", _optional("string"), "OAuth2 token endpoint on the tenant root (default /oauth2/token)."

@@ -104,6 +104,9 @@ class LimioConnectionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    scheme: Literal["https", "http"] | None = Field(
+        None, description="https (default), or http for a loopback emulator; for a host written without one."
+    )
     base_path: str = Field("/api", description="Path of the API on the tenant host.")
     token_path: str = Field("/oauth2/token", description="Path of the OAuth2 token endpoint, on the tenant root.")
     token_auth: Literal["body", "basic"] = Field(
@@ -446,7 +449,7 @@ class LimioHook(BaseHook):
                 f"connection {self.limio_conn_id!r} needs the client id (login) and client secret (password)"
             )
         options = self._options(conn.extra_dejson or {})
-        root, loopback = self._root_url(conn.host, conn.port)
+        root, loopback = self._root_url(conn.host, conn.port, options.scheme)
         settings = _Settings(
             api_url=root + "/" + options.base_path.strip("/"),
             token_url=root + "/" + options.token_path.lstrip("/"),
@@ -478,15 +481,18 @@ class LimioHook(BaseHook):
                 f"connection {self.limio_conn_id!r}: {'; '.join(problems)}. Accepted extras: {', '.join(OPTION_NAMES)}"
             ) from None
 
-    def _root_url(self, host: str | None, port: int | None) -> tuple[str, bool]:
-        """``scheme://host[:port]`` of the tenant, and whether it is a loopback host. Errors never repeat
-        the host as given: it may carry credentials."""
+    def _root_url(self, host: str | None, port: int | None, scheme: str | None = None) -> tuple[str, bool]:
+        """``scheme://host[:port]`` of the tenant, and whether it is a loopback host. The scheme is the host's
+        own (``http://127.0.0.1``), else the ``scheme`` extra, else https. Errors never repeat the host as
+        given: it may carry credentials."""
         where = f"connection {self.limio_conn_id!r}"
         text = (host or "").strip()
         if not text:
             raise LimioConfigError(f"{where} needs the tenant host, e.g. acme.prod.limio.com")
+        if scheme and "://" in text and not text.lower().startswith(f"{scheme}://"):
+            raise LimioConfigError(f"{where}: the host's scheme and the 'scheme' extra ({scheme}) differ; give one")
         try:
-            parts = urlsplit(text if "://" in text else f"https://{text}")
+            parts = urlsplit(text if "://" in text else f"{scheme or 'https'}://{text}")
             hostname, host_port = parts.hostname, parts.port
         except ValueError:
             raise LimioConfigError(

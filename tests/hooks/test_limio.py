@@ -382,7 +382,7 @@ def test_unknown_extras_are_refused_with_the_accepted_list(monkeypatch: pytest.M
     set_connection(
         monkeypatch, "limio_x", host="acme.prod.limio.com", login="id", password="pw", extra={"X-Api-Key": "k"}
     )
-    with pytest.raises(LimioConfigError, match="unknown extra 'X-Api-Key'.*Accepted extras: base_path"):
+    with pytest.raises(LimioConfigError, match="unknown extra 'X-Api-Key'.*Accepted extras: scheme, base_path"):
         LimioHook("limio_x").get_token()
     set_connection(monkeypatch, "limio_x", host="acme.prod.limio.com", login="id", password="pw", extra={"timout": 3})
     with pytest.raises(LimioConfigError, match=r"unknown extra 'timout' \(did you mean 'timeout'\?\)"):
@@ -482,3 +482,40 @@ def test_a_secret_echoed_by_limio_is_scrubbed_from_the_error(hook: LimioHook, li
         hook.submit_order(new_order())
     assert secret not in str(excinfo.value)
     assert "bad client ***" in str(excinfo.value)
+
+
+def test_the_order_link_is_the_api_url_unless_a_template_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_connection(monkeypatch, "limio_link", host="acme.prod.limio.com", login="id", password="pw")
+    assert (
+        LimioHook("limio_link").order_url("order-1") == "https://acme.prod.limio.com/api/objects/limio/orders/order-1"
+    )
+    set_connection(
+        monkeypatch,
+        "limio_link",
+        host="acme.prod.limio.com",
+        login="id",
+        password="pw",
+        extra={"order_link_template": "https://app.example/orders/{order_id}"},
+    )
+    assert LimioHook("limio_link").order_url("order/1") == "https://app.example/orders/order%2F1"
+
+
+def test_the_uri_form_reaches_a_loopback_emulator_with_the_scheme_extra(
+    monkeypatch: pytest.MonkeyPatch, limio_emulator: LimioEmulator
+) -> None:
+    netloc = limio_emulator.url.removeprefix("http://")
+    uri = f"limio://emulator-client:emulator-secret@{netloc}"
+    monkeypatch.setenv("AIRFLOW_CONN_LIMIO_URI", uri)  # no scheme: https, which a plain-http server cannot answer
+    assert LimioHook("limio_uri").settings.api_url == f"https://{netloc}/api"
+    monkeypatch.setenv("AIRFLOW_CONN_LIMIO_URI", f"{uri}?scheme=http")
+    hook = LimioHook("limio_uri")
+    assert hook.settings.api_url == f"{limio_emulator.url}/api"
+    assert hook.test_connection()[0] is True
+    monkeypatch.setenv("AIRFLOW_CONN_LIMIO_URI", "limio://id:pw@acme.prod.limio.com?scheme=http")
+    with pytest.raises(LimioConfigError, match="plain http:// to acme.prod.limio.com"):
+        LimioHook("limio_uri").get_token()  # http only for loopback, whichever way it is said
+    set_connection(
+        monkeypatch, "limio_both", host="https://127.0.0.1:1", login="i", password="p", extra={"scheme": "http"}
+    )
+    with pytest.raises(LimioConfigError, match="scheme and the 'scheme' extra"):
+        LimioHook("limio_both").get_token()
