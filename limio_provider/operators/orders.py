@@ -44,6 +44,20 @@ def external_id_for(dag_id: str, task_id: str, work: str, order: dict[str, Any])
     return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+#: Prefix of the Airflow Variable through which a person decides an order whose outcome stayed unknown.
+DECISION_PREFIX = "limio_decision."
+
+
+def decision_key(external_id: str) -> str:
+    """The Airflow Variable that carries a person's decision for order ``external_id``:
+    ``limio_decision.<external_id>`` (a SHA-256 for an id too long for a Variable name). Its value is
+    ``send`` (I checked: Limio does not have it; send it) or ``adopt <order id>`` (Limio has it as that
+    order). The submit task reads it only when the order's outcome is unknown, and deletes it as it acts."""
+    if len(DECISION_PREFIX) + len(external_id) <= 250:  # Airflow's longest Variable key
+        return DECISION_PREFIX + external_id
+    return DECISION_PREFIX + "sha256-" + hashlib.sha256(external_id.encode()).hexdigest()
+
+
 def work_of(context: Context) -> str:
     """What identifies a run's work: its data interval, else its logical date, else (a run with neither,
     e.g. triggered without a logical date) its run id."""
@@ -219,9 +233,16 @@ class _OrderRecord:
         if self.ledger is not None and self.entry:
             self.entry = self.ledger.update(self.entry, "refused", error=error[:500])
 
-    def claim(self, body: dict[str, Any], context: Context, wait_timeout: float) -> str:
+    def claim(
+        self, body: dict[str, Any], context: Context, wait_timeout: float, decide: Callable[[], Any] | None = None
+    ) -> str:
         """Take the ledger's claim on this external_id: ``send``, ``adopt`` (the ledger holds Limio's order:
         :attr:`entry` has it) or ``reconcile`` (an earlier try of this task may have sent it).
+
+        ``decide`` returns a person's decision on an order whose outcome is unknown: the ledger record of
+        another task instance that sent it and never learnt the outcome (``sent``/``unknown``) is then set
+        ``refused`` ("send": Limio does not have it) or ``done`` (an order result: Limio has it) instead of
+        waited for.
 
         :raises LimioOutcomeUnknownError: another task instance holds the claim and did not finish within
             ``wait_timeout`` seconds.
@@ -236,6 +257,21 @@ class _OrderRecord:
             if created:
                 break
             step = next_step(entry, body_fingerprint, owner)
+            if step == "wait" and decide is not None and entry.get("state") in ("sent", "unknown"):
+                decision = decide()
+                if decision == "send":
+                    entry = self.ledger.update({**entry, "external_id": self.external_id}, "refused", error="decided")
+                    step = "reclaim"
+                elif decision is not None:
+                    order_id, result = decision["id"], decision
+                    self.entry = self.ledger.update(
+                        {**entry, "external_id": self.external_id},
+                        "done",
+                        order_id=order_id,
+                        status=result.get("status"),
+                        result=result,
+                    )
+                    return "adopt"
             if step == "wait":
                 entry = self.ledger.wait_final(self.external_id, wait_timeout) or {"state": "refused"}
                 step = next_step(
@@ -245,7 +281,7 @@ class _OrderRecord:
                     raise LimioOutcomeUnknownError(
                         f"order {self.external_id} is claimed in the ledger by {entry.get('claimed_by')} (state "
                         f"{entry.get('state')} since {entry.get('updated_at')}) and did not finish within "
-                        f"{wait_timeout:.0f} s; not sending it a second time",
+                        f"{wait_timeout:.0f} s; not sending it a second time. {how_to_decide(self.external_id)}",
                         external_id=self.external_id,
                     )
             if step == "reclaim":
@@ -419,7 +455,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.
         step = "send"
         if record.ledger is not None:
-            step = record.claim(body, context, self.ledger_wait_timeout)
+            step = record.claim(body, context, self.ledger_wait_timeout, lambda: self._decided(external_id))
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
                 self._log_order(
@@ -432,6 +468,10 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         earlier_try_sent = stored.get("state") in ("sending", "unknown") or step == "reconcile"
         if earlier_try_sent or (not record.durable and record.ledger is None and context["ti"].try_number > 1):
             seen = stored.get("seen")  # None: any order with this external_id may be ours
+            decided = self._decided(external_id)
+            if isinstance(decided, dict):
+                record.save("sent", order_id=decided["id"], result=decided, adopted=True)
+                return decided, True
             found = self._created_since(external_id, seen)
             if found is not None:
                 self.log.warning(
@@ -443,9 +483,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
                 record.save("sent", order_id=found["id"], result=found, adopted=True)
                 return found, True
             why = "an earlier try sent it and its outcome is unknown"
-            if self.on_unknown_outcome != "resubmit":
+            if decided is None and self.on_unknown_outcome != "resubmit":
                 raise self._unknown_outcome(external_id, why)
-            self.log.warning("Order %s not found (%s)", external_id, why)
+            self.log.warning("Order %s not found (%s): sending it", external_id, why)
         # 4. A first send, claimed in the ledger: Limio is not searched (nothing was sent under this external_id).
         elif record.ledger is not None:
             seen = None
@@ -542,10 +582,47 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         budget = self.reconcile_page_size * self.reconcile_pages
         return LimioOutcomeUnknownError(
             f"Limio may have received order {external_id} ({why}) but it is not among the {budget} newest "
-            "orders; not resubmitting. Check Limio for this external_id, then clear the task to submit it "
-            "(or set on_unknown_outcome='resubmit').",
+            f"orders; not resubmitting. {how_to_decide(external_id)}",
             external_id=external_id,
         )
+
+    def _decided(self, external_id: str) -> str | dict[str, Any] | None:
+        """A person's decision on order ``external_id`` (see :func:`decision_key`), taken once: ``"send"``,
+        the adopted order's result, or ``None`` when there is none. The Variable is deleted before acting, so
+        a decision is never applied twice.
+
+        :raises LimioValidationError: the Variable holds something else, or names an order with another
+            external_id.
+        """
+        from airflow.providers.common.compat.sdk import Variable
+
+        from limio_provider.exceptions import LimioValidationError
+
+        key = decision_key(external_id)
+        value = Variable.get(key, None)  # positional: Airflow 2 calls the default default_var
+        if value is None:
+            return None
+        words = str(value).split()
+        if words not in (["send"],) and not (len(words) == 2 and words[0] == "adopt"):
+            raise LimioValidationError(
+                f"invalid Variable {key}: expected 'send' or 'adopt <order id>', got {str(value)[:100]!r}"
+            )
+        Variable.delete(key)
+        if words == ["send"]:
+            self.log.warning(
+                "Variable %s says Limio does not have order %s: sending it (Variable deleted)", key, external_id
+            )
+            return "send"
+        order = self.hook.get_order(words[1])
+        if order.external_id != external_id:
+            raise LimioValidationError(
+                f"invalid Variable {key}: order {order.id} has external_id {order.external_id!r}, not "
+                f"{external_id!r}; not adopting it"
+            )
+        self.log.warning(
+            "Variable %s says Limio has order %s as %s: adopting it (Variable deleted)", key, external_id, order.id
+        )
+        return _result_of(order)
 
     def _check_preview(self, body: dict[str, Any]) -> dict[str, Any]:
         preview = self.hook.preview_order(body, allow_unmodelled=self.allow_unmodelled)
@@ -642,6 +719,16 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         from airflow.providers.common.compat.sdk import conf
 
         return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def how_to_decide(external_id: str) -> str:
+    """What a person does about an order whose outcome is unknown: the error message's last sentence."""
+    key = decision_key(external_id)
+    return (
+        f"Check Limio for external_id {external_id}, then set the Airflow Variable {key} to 'send' (Limio does "
+        f"not have it) or 'adopt <order id>' (it does), e.g. `airflow variables set {key} send`, and clear "
+        "this task (docs: production.md, recovery actions)."
+    )
 
 
 def _result_of(order: OrderObject, *, status_only: bool = False) -> dict[str, Any]:

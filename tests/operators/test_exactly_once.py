@@ -10,6 +10,7 @@ import pytest
 from airflow.providers.common.compat.sdk import DAG
 
 from limio_provider.operators import LimioSubmitOrderOperator
+from limio_provider.operators.orders import decision_key
 from limio_provider.sensors.limio import LimioOrderSensor
 from limio_provider.testing import Fault, LimioEmulator
 from tests.helpers import START, needs_airflow, new_order, run_dag, states, xcom
@@ -41,8 +42,9 @@ def sent_external_ids(emulator: LimioEmulator) -> list[str]:
     ids=["processed-then-502", "processed-then-no-answer"],
 )
 def test_ambiguous_submit_is_reconciled_in_the_same_try_and_not_called_adopted(
-    limio_emulator: LimioEmulator, fault: Fault
+    limio_emulator: LimioEmulator, fault: Fault, task_log: Callable[[], str]
 ) -> None:
+    task_log()
     limio_emulator.add_fault(fault)
     run = run_dag(submit_dag(f"limio_amb_{fault.action}", order=new_order("EXT-AMB")))
     assert run.state == "success", states(run)
@@ -51,6 +53,10 @@ def test_ambiguous_submit_is_reconciled_in_the_same_try_and_not_called_adopted(
     assert result["id"] == order["id"]
     assert xcom(run, "submit", "adopted") == [False]  # this try created it: nothing earlier was adopted
     assert sent_external_ids(limio_emulator) == ["EXT-AMB"]  # sent once, never resent
+    warnings = [line for line in task_log().splitlines() if "warning" in line.lower()]
+    assert any("Limio may or may not have created the order with external_id 'EXT-AMB'" in w for w in warnings)
+    resolved = f"Outcome of order EXT-AMB was unknown; resolved: Limio created it as {order['id']}"
+    assert any(resolved in w for w in warnings)
 
 
 def test_unknown_outcome_not_found_fails_by_default_naming_the_external_id(
@@ -64,6 +70,74 @@ def test_unknown_outcome_not_found_fails_by_default_naming_the_external_id(
     assert sent_external_ids(limio_emulator) == ["EXT-LOST"]  # the retry looked it up and did not resend
     output = task_log()
     assert "Limio may have received order EXT-LOST" in output
+
+
+def set_variable(key: str, value: str) -> None:
+    from airflow.models.variable import Variable
+
+    Variable.set(key, value)
+
+
+def get_variable(key: str) -> str | None:
+    from airflow.models.variable import Variable
+
+    return Variable.get(key, None)
+
+
+def test_a_person_decides_send_after_an_unknown_outcome(
+    limio_emulator: LimioEmulator, task_log: Callable[[], str]
+) -> None:
+    """The documented recovery: the error names a Variable; 'send' there reaches the next try, which sends once."""
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))  # not processed, but ambiguous
+    task_log()
+    key = decision_key("EXT-DECIDE")
+    assert key == "limio_decision.EXT-DECIDE"
+    # Set before the run: the first try sends without asking (nothing is unknown yet); its retry, after the
+    # unknown outcome, is what a person's clear starts.
+    set_variable(key, "send")
+    dag = submit_dag("limio_decide_send", order=new_order("EXT-DECIDE"), retries=1, retry_delay=timedelta(0))
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    assert len(limio_emulator.orders_with_external_id("EXT-DECIDE")) == 1
+    assert sent_external_ids(limio_emulator) == ["EXT-DECIDE", "EXT-DECIDE"]  # the lost one, then the decided one
+    assert get_variable(key) is None  # taken once: never applied to a later unknown outcome
+    assert f"Variable {key} says Limio does not have order EXT-DECIDE: sending it" in task_log()
+
+
+def test_the_unknown_outcome_error_names_the_decision_variable(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
+    run = run_dag(submit_dag("limio_decide_named", order=new_order("EXT-NAMED")))
+    assert states(run)["submit"] == "failed"
+    from limio_provider.operators.orders import how_to_decide
+
+    assert "airflow variables set limio_decision.EXT-NAMED send" in how_to_decide("EXT-NAMED")
+
+
+@pytest.mark.parametrize("right_order", [True, False], ids=["its-order", "another-order"])
+def test_a_person_decides_adopt_after_an_unknown_outcome(limio_emulator: LimioEmulator, right_order: bool) -> None:
+    from limio_provider.hooks.limio import LimioHook
+
+    # An order with this external_id exists before the task sends (so it is not "created by this task", and the
+    # lookup after the lost answer does not take it); the person looked in Limio and says it is the one.
+    existing = LimioHook().submit_order(new_order("EXT-ADOPT" if right_order else "EXT-OTHER"))
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
+    set_variable(decision_key("EXT-ADOPT"), f"adopt {existing.id}")
+    dag = submit_dag(
+        f"limio_decide_adopt_{right_order}",
+        order=new_order("EXT-ADOPT"),
+        adopt_existing=False,
+        retries=1,
+        retry_delay=timedelta(0),
+    )
+    run = run_dag(dag)
+    if right_order:
+        assert run.state == "success", states(run)
+        assert xcom(run, "submit", "order_id") == [existing.id]
+        assert xcom(run, "submit", "adopted") == [True]
+    else:  # the named order carries another external_id: refused, nothing sent
+        assert states(run)["submit"] == "failed"
+    assert sent_external_ids(limio_emulator)[1:] == ["EXT-ADOPT"]  # after the existing order: only the lost send
+    assert get_variable(decision_key("EXT-ADOPT")) is None
 
 
 def test_unknown_outcome_not_found_resubmits_when_asked(limio_emulator: LimioEmulator) -> None:

@@ -106,6 +106,36 @@ def test_a_claim_held_by_another_task_instance_is_never_sent_twice(
     assert "EXT-HELD" in task_log()
 
 
+@pytest.mark.parametrize("decision", ["send", "adopt"])
+def test_a_persons_decision_reaches_another_task_instances_unknown_ledger_record(
+    limio_emulator: LimioEmulator, ledger_root: str, decision: str
+) -> None:
+    from airflow.models.variable import Variable
+
+    from limio_provider.operators.orders import decision_key
+
+    external_id = f"EXT-DEC-{decision}"
+    body = new_order(external_id)
+    hook = LimioHook(**FAST)
+    ledger = OrderLedger(ledger_root, hook.settings.api_url.split("//")[1].split("/")[0])
+    created, record = ledger.claim(external_id, fingerprint(body), Owner("other_dag", "run-1", "submit"))
+    ledger.update(record, "unknown")  # the other task instance sent it, never learnt the outcome, and failed
+    if decision == "adopt":  # Limio had it after all: the person found it
+        existing = hook.submit_order(body)
+        Variable.set(decision_key(external_id), f"adopt {existing.id}")
+    else:
+        Variable.set(decision_key(external_id), "send")
+    before = len(calls(limio_emulator, "/api/order"))
+    run = run_dag(submit_dag(f"limio_ledger_decided_{decision}", body, ledger_root, ledger_wait_timeout=30))
+    assert run.state == "success", states(run)
+    (order,) = limio_emulator.orders_with_external_id(external_id)
+    assert xcom(run, "submit", "order_id") == [order["id"]]
+    assert len(calls(limio_emulator, "/api/order")) - before == (1 if decision == "send" else 0)
+    assert (ledger.read(external_id) or {})["state"] == "done"  # the decision reached the ledger record
+    assert (ledger.read(external_id) or {})["order_id"] == order["id"]
+    assert Variable.get(decision_key(external_id), None) is None
+
+
 def test_a_retry_after_an_unknown_outcome_reconciles_through_the_ledger(
     limio_emulator: LimioEmulator, ledger_root: str
 ) -> None:
