@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from limio_provider.hooks.limio import LimioHook
+if TYPE_CHECKING:
+    from limio_provider.hooks.limio import LimioHook
 
 
 class LimioOrderTrigger(BaseTrigger):
@@ -58,7 +59,9 @@ class LimioOrderTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        hook = LimioHook(self.limio_conn_id, **{**self.hook_params, "retry_limit": 0})
+        # Everything that may block (importing the hook with requests and the models, reading the connection,
+        # HTTP) runs in a thread: the triggerer's event loop serves every other trigger meanwhile.
+        hook = await asyncio.to_thread(self._hook)
         try:
             while True:
                 event = await asyncio.to_thread(order_event, hook, self.order_id, self.end_time)
@@ -68,6 +71,11 @@ class LimioOrderTrigger(BaseTrigger):
                 await asyncio.sleep(self.poll_interval)
         finally:
             hook.close()
+
+    def _hook(self) -> LimioHook:
+        from limio_provider.hooks.limio import LimioHook
+
+        return LimioHook(self.limio_conn_id, **{**self.hook_params, "retry_limit": 0})
 
 
 def order_event(hook: Any, order_id: str, end_time: float) -> dict[str, Any] | None:

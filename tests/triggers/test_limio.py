@@ -88,3 +88,49 @@ def test_the_trigger_talks_to_limio_with_the_operators_hook_params(
     event = first_event(LimioOrderTrigger(**kwargs))
     assert (event["status"], event["order_id"]) == ("success", order_id)
     assert not [r for r in limio_emulator.requests if r.path.startswith("/nope")]
+
+
+BLOCKING_PROBE = """
+import asyncio, logging, sys, time
+
+from limio_provider.triggers.limio import LimioOrderTrigger  # what the triggerer imports first
+
+assert "limio_provider.hooks.limio" not in sys.modules, "importing the trigger imported the hook"
+slow = []
+
+
+class Collect(logging.Handler):
+    def emit(self, record):
+        slow.append(record.getMessage())
+
+
+logging.getLogger("asyncio").addHandler(Collect())
+
+
+async def main(order_id):
+    asyncio.get_running_loop().slow_callback_duration = 0.05  # the 0.2 s seen before is far over it
+    await asyncio.sleep(0)  # from here on, each step of the loop is timed
+    end = time.time() + 20
+    trigger = LimioOrderTrigger(order_id=order_id, limio_conn_id="limio_default", poll_interval=0.05, end_time=end)
+    async for event in trigger.run():
+        return event.payload
+
+
+payload = asyncio.run(main(sys.argv[1]), debug=True)
+assert payload["status"] == "success", payload
+assert not [m for m in slow if "took" in m], slow
+print("OK")
+"""
+
+
+def test_the_trigger_never_blocks_the_event_loop(limio_emulator: LimioEmulator) -> None:
+    """In a fresh process, as in the triggerer: importing the trigger loads no hook, and running it (importing
+    the hook, reading the connection, HTTP) holds the event loop for no step over 50 ms."""
+    import os
+    import subprocess
+    import sys
+
+    order = LimioHook().submit_order({**new_order("EXT-LOOP"), "process_immediately": True})
+    probe = [sys.executable, "-c", BLOCKING_PROBE, order.id]
+    done = subprocess.run(probe, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
