@@ -42,6 +42,7 @@ class LimioOrderSensor(BaseSensorOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.order_id = order_id
+        self._order_id_as_given = order_id  # not templated: names the upstream XCom if it renders to nothing
         self.limio_conn_id = limio_conn_id
         self.hook_params = hook_params or {}
         self.deferrable = deferrable
@@ -63,6 +64,7 @@ class LimioOrderSensor(BaseSensorOperator):
         return True
 
     def execute(self, context: Context) -> Any:
+        self._check_order_id()
         deferrable = self.deferrable
         if deferrable is None:
             from airflow.providers.common.compat.sdk import conf
@@ -84,6 +86,19 @@ class LimioOrderSensor(BaseSensorOperator):
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout),
+        )
+
+    def _check_order_id(self) -> None:
+        """Refuse an order id that rendered to nothing (an upstream without an order) before asking Limio."""
+        value = self.order_id
+        if isinstance(value, str) and value.strip() and value.strip() not in ("None", "null", "[]", "{}"):
+            return
+        from limio_provider.exceptions import LimioValidationError
+
+        raise LimioValidationError(
+            f"invalid order_id: {self._order_id_as_given!r} rendered to {value!r}, not an order id. The upstream "
+            "task pushed no order (it failed, was skipped, or the task id or XCom key is wrong); the sensor "
+            "asks Limio nothing"
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> None:
