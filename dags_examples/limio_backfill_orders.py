@@ -43,16 +43,18 @@ disk): it is what makes a re-run safe.
 
 Variables can come from the environment (``AIRFLOW_VAR_LIMIO_RENEWALS_ROOT``, ``AIRFLOW_VAR_LIMIO_LEDGER_PATH``).
 
-Rehearse the whole range, read the results files and the ``submit_renewals`` XComs, then run it for real::
+Rehearse before the first real run, while the DAG is paused: Airflow runs no task of a paused DAG, and
+unpausing starts the catch-up, which sends every day of the range for real, one day at a time. So rehearse
+each day without a scheduler, read its results file, then unpause::
+
+    airflow dags test limio_backfill_orders 2026-01-03 -c '{"dry_run": true}'
+    airflow dags unpause limio_backfill_orders
+
+To send days again later, give every setting: ``airflow backfill create`` keeps a re-processed run's old conf
+unless told, and follows its own ``--max-active-runs`` (default 10), not this DAG's::
 
     airflow backfill create --dag-id limio_backfill_orders --from-date 2026-01-01 --to-date 2026-01-05 \\
-        --dag-run-conf '{"dry_run": true}'
-    airflow backfill create --dag-id limio_backfill_orders --from-date 2026-01-01 --to-date 2026-01-05 \\
-        --reprocess-behavior completed
-
-(``--reprocess-behavior completed`` makes new runs for days the rehearsal already ran; a real run overwrites
-the rehearsal's results file. The CLI's own ``--dry-run`` only lists the runs it would create.) For one day:
-``airflow dags test limio_backfill_orders 2026-01-03 -c '{"dry_run": true}'``.
+        --reprocess-behavior completed --dag-run-conf '{"dry_run": false}' --max-active-runs 1
 """
 
 from __future__ import annotations
