@@ -70,6 +70,8 @@ def test_unknown_outcome_not_found_fails_by_default_naming_the_external_id(
     assert sent_external_ids(limio_emulator) == ["EXT-LOST"]  # the retry looked it up and did not resend
     output = task_log()
     assert "Limio may have received order EXT-LOST" in output
+    assert "airflow variables set limio_decision.EXT-LOST send" in output  # what to do, in the error itself
+    assert "VARIABLE_NOT_FOUND" not in output and "Variable not found" not in output  # asking logs no error
 
 
 def set_variable(key: str, value: str) -> None:
