@@ -15,7 +15,7 @@ import string
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -664,7 +664,7 @@ class LimioHook(BaseHook):
                 params=params,
                 auth=auth,
             )
-            with self._slots:
+            with self.in_flight_slot():
                 response = session.get_adapter(url).send(
                     prepared,
                     stream=True,  # the body is read below, all of it within the read timeout
@@ -680,6 +680,21 @@ class LimioHook(BaseHook):
         if 200 <= response.status_code < 300:
             return response
         raise self._answer_error(method, url, kind, response, json)
+
+    @contextmanager
+    def in_flight_slot(self) -> Iterator[None]:
+        """Hold one of the ``max_in_flight`` slots (re-entrant within a thread). A caller that records an
+        intent to send ("sent" in the order ledger) takes the slot first, so no order is recorded as sent while
+        it still waits for a slot: a task killed then has sent nothing it would have to look for."""
+        if getattr(_wire, "slot_held", False):
+            yield
+            return
+        with self._slots:
+            _wire.slot_held = True
+            try:
+                yield
+            finally:
+                _wire.slot_held = False
 
     def _what(self, method: str, url: str) -> str:
         return f"Limio {method} {urlsplit(url).path} (connection {self.limio_conn_id!r})"

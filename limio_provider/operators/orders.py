@@ -527,9 +527,12 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
 
         external_id = body["external_id"]
-        record.save("sending", seen=seen)
         try:
-            answer = self._post(body)
+            # "sending" is written once this order holds one of the hook's in-flight slots (a batch's orders
+            # queue for them): one killed while queueing is recorded as never sent, not as an unknown outcome.
+            with self.hook.in_flight_slot():
+                record.save("sending", seen=seen)
+                answer = self._post(body)
         except LimioOutcomeUnknownError as exc:
             record.save("unknown", seen=seen)
             self.log.warning("%s", exc)

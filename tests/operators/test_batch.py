@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -409,3 +410,40 @@ def test_the_summary_of_a_thousand_orders_is_under_2_kb(
     assert summary["counts"]["submitted"] + summary["counts"]["refused"] == 1000
     assert summary["first_failures"] and summary["orders_per_second"] > 0
     assert len(limio_emulator.orders) == summary["counts"]["submitted"]
+
+
+def test_an_order_is_recorded_sent_only_once_it_holds_an_in_flight_slot(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    """The batch works on twice as many orders as it has slots. One queueing for a slot must not be in the ledger
+    as "sent": a task killed then would leave it "unknown" although it never left (found on Celery, a worker
+    SIGKILLed mid-batch)."""
+    import threading
+
+    limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=1.0, times=2))
+    uri = write_jsonl(tmp_path / "orders.jsonl", orders("SLOT", 4))
+    folder = Path(ledger_root.removeprefix("file://"))
+    most_sent, done = 0, threading.Event()
+
+    def watch() -> None:
+        nonlocal most_sent
+        while not done.is_set():
+            states = []
+            for path in folder.rglob("*.json"):
+                try:
+                    states.append(json.loads(path.read_text())["state"])
+                except (OSError, ValueError):  # replaced while read
+                    pass
+            most_sent = max(most_sent, states.count("sent"))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run = run_dag(batch_dag("limio_batch_slots", ledger_root, orders_path=uri, max_in_flight=1))
+    finally:
+        done.set()
+        watcher.join()
+    assert run.state == "success", states(run)
+    assert most_sent == 1  # the order in flight; the one queueing behind it is still only "claimed"
+    assert_each_order_once(limio_emulator, results(summary_of(run)["results_path"]))
