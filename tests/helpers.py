@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,19 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 def new_order(external_id: str = "EXT-1", **extra: Any) -> dict[str, Any]:
     return sample_order(external_id, **extra)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file, for a failure message ("" if there is none)."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def set_no_proxy(monkeypatch: pytest.MonkeyPatch, value: str) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.helpers import free_port, tail
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -36,17 +37,6 @@ CHROMEDRIVER = os.environ.get("LIMIO_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
 WAIT_SECONDS = 30
 #: How long Airflow may take to start (migrate, then the api-server and the DAG run side by side on 2 cores).
 START_SECONDS = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +80,9 @@ class Airflow:
                 code = self.dag_test.wait(timeout=START_SECONDS)
             except subprocess.TimeoutExpired:
                 self.dag_test.kill()
-                pytest.fail(f"airflow dags test {DAG_ID} took over {START_SECONDS} s:\n{_tail(self.dag_test_log)}")
+                pytest.fail(f"airflow dags test {DAG_ID} took over {START_SECONDS} s:\n{tail(self.dag_test_log)}")
             if code != 0:
-                pytest.fail(f"airflow dags test {DAG_ID} failed ({code}):\n{_tail(self.dag_test_log)}")
+                pytest.fail(f"airflow dags test {DAG_ID} failed ({code}):\n{tail(self.dag_test_log)}")
             runs = self.api(f"dags/{DAG_ID}/dagRuns")["dag_runs"]
             assert len(runs) == 1 and runs[0]["state"] == "success", runs
             self._run_id = runs[0]["dag_run_id"]
@@ -118,9 +108,9 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, a
     with migrate_log.open("wb") as out:
         migrated = subprocess.run([*airflow_cli, "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT)
     if migrated.returncode != 0:
-        pytest.fail(f"airflow db migrate failed:\n{_tail(migrate_log)}")
+        pytest.fail(f"airflow db migrate failed:\n{tail(migrate_log)}")
 
-    port = _free_port()
+    port = free_port()
     server_log, dag_test_log = artifacts / "airflow-api-server.log", artifacts / "airflow-dags-test.log"
     with server_log.open("wb") as server_out, dag_test_log.open("wb") as dag_out:
         server = subprocess.Popen(
@@ -139,7 +129,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, a
         deadline = time.monotonic() + START_SECONDS
         while True:
             if server.poll() is not None:
-                pytest.fail(f"airflow api-server exited ({server.returncode}):\n{_tail(server_log)}")
+                pytest.fail(f"airflow api-server exited ({server.returncode}):\n{tail(server_log)}")
             try:
                 with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5) as answer:
                     if answer.status == 200:
@@ -147,7 +137,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, a
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"airflow api-server did not answer within {START_SECONDS} s:\n{_tail(server_log)}")
+                pytest.fail(f"airflow api-server did not answer within {START_SECONDS} s:\n{tail(server_log)}")
             time.sleep(0.25)
         yield Airflow(url=url, env=env, dag_test=dag_test, dag_test_log=dag_test_log)
     finally:

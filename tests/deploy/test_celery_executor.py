@@ -1,0 +1,131 @@
+"""The provider on the CeleryExecutor: PostgreSQL, Redis, two Celery workers, every Airflow service its own
+process. A mapped submit and a deferrable wait as on the LocalExecutor; then a batch split across the two
+workers, sharing one ledger, with one worker SIGKILLed mid-batch: every order exactly once."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from limio_provider.testing.faults import Fault
+from tests.deploy.harness import wait_until
+from tests.deploy.scenarios import deferrable_wait, mapped_submit, one_order, submits, task_process, unique
+
+if TYPE_CHECKING:
+    from limio_provider.testing.emulator import LimioEmulator
+    from tests.deploy.conftest import Deployment
+    from tests.deploy.harness import Service
+
+pytestmark = pytest.mark.deploy
+
+#: Airflow fails a task whose worker stopped heartbeating after this many seconds (the deployment's setting),
+#: then retries it on a live worker.
+HEARTBEAT_TIMEOUT = 30
+
+
+def test_mapped_submit_on_celery(celery: Deployment, emulator: LimioEmulator) -> None:
+    mapped_submit(celery, emulator)
+
+
+def test_deferrable_wait_on_celery(celery: Deployment, emulator: LimioEmulator) -> None:
+    deferrable_wait(celery, emulator)
+
+
+def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
+    celery: Deployment, emulator: LimioEmulator, tmp_path: Path
+) -> None:
+    """Last in this module: it leaves one worker."""
+    api, dag_id, prefix, size, shared = celery.api, "deploy_batch_two_workers", unique("batch"), 10, 4
+    ledger, results = tmp_path / "ledger", tmp_path / "results"
+    results.mkdir()
+    chunks = [
+        [f"{prefix}-c0-{i}" for i in range(size)] + [f"{prefix}-shared-{i}" for i in range(shared)],
+        [f"{prefix}-shared-{i}" for i in range(shared)] + [f"{prefix}-c1-{i}" for i in range(size)],
+    ]
+    hung = f"{prefix}-c0-5"
+    # First matching fault wins: chunk 0's sixth order is created and then never answered (its worker dies
+    # waiting); every other submit is answered late, so both chunks are still running when the worker dies.
+    emulator.add_fault(Fault(route="order", action="process_then_hang", latency=150, external_id=hung, times=1))
+    emulator.add_fault(Fault(route="order", action="latency_only", latency=0.4))
+    workers = [s for s in celery.processes.services if s.name.startswith("celery-worker-")]
+    try:
+        run_id = api.trigger(
+            dag_id,
+            {
+                "prefix": prefix,
+                "size": size,
+                "shared": shared,
+                "ledger_path": f"file://{ledger}",
+                "results_root": f"file://{results}",
+            },
+        )
+        seen: dict[int, str] = {}  # map index -> the worker whose process tree ran it
+
+        def chunk_0_hung() -> bool:
+            for ti in api.task_instances(dag_id, run_id):
+                if ti["task_id"] == "submit_batch" and ti["state"] == "running" and ti["map_index"] not in seen:
+                    process = task_process(ti["id"])
+                    owner = _worker_of(process.pid, workers) if process is not None else None
+                    if owner is not None:
+                        seen[ti["map_index"]] = owner.name
+            return 0 in seen and bool(emulator.orders_with_external_id(hung))
+
+        wait_until("chunk 0 to hang on its sixth order", chunk_0_hung, 120, 0.2, lambda: api.diagnose(dag_id, run_id))
+        # Chunk 1 must be running on the other worker (it is slowed down: it cannot have finished yet).
+        wait_until("chunk 1 to be seen on a worker", lambda: chunk_0_hung() and 1 in seen, 30, 0.2, lambda: str(seen))
+        assert seen[0] != seen[1], f"both chunks ran on {seen[0]}: the batch was not split across the workers"
+        victim = next(s for s in workers if s.name == seen[0])
+        killed = celery.processes.kill(victim)  # the worker, its pool, the supervisor and the task: SIGKILL
+        killed_at = time.monotonic()
+        assert not victim.alive() and killed
+
+        state = api.wait_run(dag_id, run_id, timeout=HEARTBEAT_TIMEOUT + 150)
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        emulator.clear_faults()
+
+    # Never twice, whatever the outcome: at most one submit on the wire and one order per external_id.
+    for external_id in {*chunks[0], *chunks[1]}:
+        assert len(submits(emulator, external_id)) <= 1, f"{external_id} was submitted more than once"
+        assert len(emulator.orders_with_external_id(external_id)) <= 1, external_id
+    assert state == "success", api.diagnose(dag_id, run_id)
+
+    first, second = api.ti(dag_id, run_id, "submit_batch", 0), api.ti(dag_id, run_id, "submit_batch", 1)
+    assert first["state"] == "success" and first["try_number"] == 2, first  # retried on the surviving worker
+    assert second["state"] == "success" and second["try_number"] == 1, second
+    assert recovered_in < HEARTBEAT_TIMEOUT + 120, recovered_in  # not Airflow's default 300 s
+
+    # Every order exactly once: one order in Limio and one submit on the wire per external_id.
+    for external_id in {*chunks[0], *chunks[1]}:
+        one_order(emulator, external_id)
+        assert len(submits(emulator, external_id)) == 1, f"{external_id} was submitted more than once"
+
+    # What each chunk says: chunk 0's retry adopted what its dead try had done (the hung order included, found
+    # by external_id) and sent the rest; nothing failed; one result line per order.
+    for index, external_ids in enumerate(chunks):
+        summary = api.xcom(dag_id, run_id, "submit_batch", map_index=index)
+        assert summary["total"] == len(external_ids) and summary["failures"] == 0, summary
+        lines = [json.loads(line) for line in (results / f"chunk-{index}.results.jsonl").read_text().splitlines()]
+        assert sorted(line["external_id"] for line in lines) == sorted(external_ids), lines
+        outcomes = {line["external_id"]: line["outcome"] for line in lines}
+        assert set(outcomes.values()) <= {"submitted", "adopted"}, outcomes
+        for line in lines:
+            assert line["order_id"] == one_order(emulator, line["external_id"])["id"], line
+        if index == 0:
+            assert outcomes[hung] == "adopted", outcomes
+    # The ledger both workers shared: one record per order, every one done.
+    records = [json.loads(path.read_text()) for path in ledger.rglob("*.json")]
+    assert sorted(r["external_id"] for r in records) == sorted({*chunks[0], *chunks[1]}), records
+    assert {r["state"] for r in records} == {"done"}, records
+
+
+def _worker_of(pid: int, workers: list[Service]) -> Service | None:
+    """The Celery worker whose process tree holds ``pid``."""
+    for worker in workers:
+        if pid in {process.pid for process in worker.family()}:
+            return worker
+    return None

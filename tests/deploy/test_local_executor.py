@@ -1,0 +1,156 @@
+"""The provider in a real single-machine deployment (LocalExecutor, SQLite, every Airflow service its own
+process), driven through the REST API: runs, deferral through the triggerer, a task process killed
+mid-submit, and the recovery of an outcome-unknown failure. The emulator's orders are the ground truth:
+exactly one per ``external_id``."""
+
+from __future__ import annotations
+
+import csv
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from limio_provider.testing.faults import Fault
+from tests.deploy.harness import EXAMPLE_DAGS, RUN_SECONDS, wait_until
+from tests.deploy.scenarios import deferrable_wait, mapped_submit, one_order, submits, task_process, unique
+
+if TYPE_CHECKING:
+    from limio_provider.testing.emulator import LimioEmulator
+    from tests.deploy.conftest import Deployment
+
+pytestmark = pytest.mark.deploy
+
+
+def test_mapped_submit_one_order_each_with_xcom_and_link(local: Deployment, emulator: LimioEmulator) -> None:
+    mapped_submit(local, emulator)
+
+
+def test_deferrable_wait_defers_and_resumes_through_the_triggerer(local: Deployment, emulator: LimioEmulator) -> None:
+    deferrable_wait(local, emulator)
+
+
+def test_task_killed_mid_submit_retries_and_adopts_the_order(local: Deployment, emulator: LimioEmulator) -> None:
+    api, dag_id, external_id = local.api, "deploy_retry_submit", unique("killed")
+    # Limio creates the order, then the answer never comes: the task hangs inside its POST.
+    emulator.add_fault(Fault(route="order", action="process_then_hang", latency=90, external_id=external_id, times=1))
+    run_id = api.trigger(dag_id, {"external_id": external_id})
+    wait_until(
+        "the order to reach Limio",
+        lambda: emulator.orders_with_external_id(external_id),
+        90,
+        0.2,
+        lambda: api.diagnose(dag_id, run_id),
+    )
+    ti = api.ti(dag_id, run_id, "submit")
+    assert ti["state"] == "running" and ti["try_number"] == 1, ti
+    process = wait_until("the task's process", lambda: task_process(ti["id"]), 10)
+    process.kill()  # SIGKILL: no exception handler, no on_kill, nothing written on the way out
+    killed_at = time.monotonic()
+
+    assert api.wait_run(dag_id, run_id) == "success", api.diagnose(dag_id, run_id)
+    assert time.monotonic() - killed_at < RUN_SECONDS
+    ti = api.ti(dag_id, run_id, "submit")
+    assert ti["state"] == "success" and ti["try_number"] == 2, ti
+    order = one_order(emulator, external_id)
+    assert api.xcom(dag_id, run_id, "submit", "order_id") == order["id"]
+    assert api.xcom(dag_id, run_id, "submit", "adopted") is True
+    posts = submits(emulator, external_id)
+    assert len(posts) == 1, f"the retry sent the order again: {posts}"
+
+
+def _fail_with_unknown_outcome(local: Deployment, emulator: LimioEmulator, external_id: str) -> tuple[str, str]:
+    """Run the no-retry submit (a fault already armed): it must fail with LimioOutcomeUnknownError. The run
+    id and the failed try's log."""
+    api, dag_id = local.api, "deploy_no_retry_submit"
+    run_id = api.trigger(dag_id, {"external_id": external_id})
+    assert api.wait_run(dag_id, run_id) == "failed", api.diagnose(dag_id, run_id)
+    ti = api.ti(dag_id, run_id, "submit")
+    assert ti["state"] == "failed" and ti["try_number"] == 1, ti
+    log = api.log(dag_id, run_id, "submit", 1)
+    assert "LimioOutcomeUnknownError" in log, log[-3000:]
+    assert external_id in log
+    return run_id, log
+
+
+def _decide_and_clear(local: Deployment, run_id: str, external_id: str, log: str, decision: str) -> None:
+    """The documented recovery: the Variable the error names, then clear the task; the run must succeed."""
+    api, dag_id, variable = local.api, "deploy_no_retry_submit", f"limio_decision.{external_id}"
+    if variable not in log:
+        pytest.xfail(f"the provider's LimioOutcomeUnknownError does not name the Variable {variable} yet")
+    api.set_variable(variable, decision)
+    api.clear(dag_id, run_id, ["submit"])
+    assert api.wait_run(dag_id, run_id) == "success", api.diagnose(dag_id, run_id)
+    ti = api.ti(dag_id, run_id, "submit")
+    assert ti["state"] == "success" and ti["try_number"] == 2, ti
+    # A decision is used once: a later run that ends the same way must not apply it again unasked.
+    assert api.variable(variable) is None, "the decision Variable is still set"
+
+
+def test_unknown_outcome_not_in_limio_decided_send(local: Deployment, emulator: LimioEmulator) -> None:
+    external_id = unique("unknown-send")
+    # The connection closes before Limio processes anything: the order does not exist, nobody can know that.
+    emulator.add_fault(Fault(route="order", action="drop", external_id=external_id, times=1))
+    run_id, log = _fail_with_unknown_outcome(local, emulator, external_id)
+    assert emulator.orders_with_external_id(external_id) == []
+
+    _decide_and_clear(local, run_id, external_id, log, "send")
+    order = one_order(emulator, external_id)
+    assert local.api.xcom("deploy_no_retry_submit", run_id, "submit", "order_id") == order["id"]
+
+
+def test_unknown_outcome_in_limio_but_not_found_decided_adopt(local: Deployment, emulator: LimioEmulator) -> None:
+    external_id = unique("unknown-adopt")
+    # Limio creates the order and answers 502; the lookups that follow do not find it (an empty order list).
+    emulator.add_fault(Fault(route="order", action="process_then_status", status=502, external_id=external_id, times=1))
+    emulator.add_fault(Fault(route="list_orders", action="process_then_garbage", body={"items": []}, times=2))
+    try:
+        run_id, log = _fail_with_unknown_outcome(local, emulator, external_id)
+    finally:
+        emulator.clear_faults()
+    order = one_order(emulator, external_id)
+
+    _decide_and_clear(local, run_id, external_id, log, f"adopt {order['id']}")
+    assert one_order(emulator, external_id)["id"] == order["id"]
+    assert local.api.xcom("deploy_no_retry_submit", run_id, "submit", "order_id") == order["id"]
+    assert local.api.xcom("deploy_no_retry_submit", run_id, "submit", "adopted") is True
+
+
+def test_example_dags_run_and_a_second_run_adopts_every_order(local: Deployment, emulator: LimioEmulator) -> None:
+    """The shipped examples as a user runs them: the renewals twice (the second run must adopt every order the
+    first sent), the reconciliation once (one adjustment held back by its preview check)."""
+    api = local.api
+    renewals = [api.trigger("limio_scheduled_renewals"), api.trigger("limio_scheduled_renewals")]
+    reconciliation = api.trigger("limio_billing_reconciliation")
+    for dag_id, run_id in [
+        *(("limio_scheduled_renewals", r) for r in renewals),
+        ("limio_billing_reconciliation", reconciliation),
+    ]:
+        assert api.wait_run(dag_id, run_id, timeout=2 * RUN_SECONDS) == "success", api.diagnose(dag_id, run_id)
+
+    # The renewals due on the run's day, as the DAG reads them from its sample export.
+    day = api.run("limio_scheduled_renewals", renewals[0])["run_after"][:10]
+    with (EXAMPLE_DAGS / "data" / "renewals_due.csv").open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["due_date"] <= day]
+    due = sorted(rows, key=lambda row: (row["due_date"], row["subscription_id"]))
+    assert due, "no renewal due: the test would prove nothing"
+    for i, row in enumerate(due):
+        order = one_order(emulator, f"renew-{row['subscription_id']}-{row['due_date']}")
+        ids = [api.xcom("limio_scheduled_renewals", r, "submit_renewals", "order_id", map_index=i) for r in renewals]
+        adopted = [api.xcom("limio_scheduled_renewals", r, "submit_renewals", "adopted", map_index=i) for r in renewals]
+        assert ids == [order["id"]] * 2 and sorted(adopted) == [False, True], (row, ids, adopted)
+    for run_id in renewals:
+        summary = api.xcom("limio_scheduled_renewals", run_id, "summarize")
+        assert summary["submitted"] == summary["previewed"] == len(due), summary
+
+    day = api.run("limio_billing_reconciliation", reconciliation)["run_after"][:10]
+    states = api.states("limio_billing_reconciliation", reconciliation)
+    assert sorted(str(s) for t, s in states.items() if t.startswith("submit_adjustments[")) == [
+        "skipped",
+        "success",
+        "success",
+    ]
+    assert states["submit_partner_adjustments[0]"] == "success", states
+    for adjustment in ("adj-0001", "adj-0002", "adj-0004"):
+        one_order(emulator, f"recon-{adjustment}-{day}")
+    assert emulator.orders_with_external_id(f"recon-adj-0003-{day}") == []  # over the limit: held for review
