@@ -468,6 +468,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         earlier_try_sent = stored.get("state") in ("sending", "unknown") or step == "reconcile"
         if earlier_try_sent or (not record.durable and record.ledger is None and context["ti"].try_number > 1):
             seen = stored.get("seen")  # None: any order with this external_id may be ours
+            # A person's decision is taken before looking, so that it is used up (deleted) whatever the look
+            # finds: one left behind could apply to a later unknown outcome of the same external_id.
             decided = self._decided(external_id)
             if isinstance(decided, dict):
                 record.save("sent", order_id=decided["id"], result=decided, adopted=True)

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from airflow.providers.common.compat.sdk import DAG
+from packaging.version import Version
 
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.operators.orders import decision_key
 from limio_provider.sensors.limio import LimioOrderSensor
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import START, needs_airflow, new_order, run_dag, states, xcom
+from tests.helpers import AIRFLOW_VERSION, START, needs_airflow, new_order, run_dag, states, xcom
 
 #: Without task_state_store (before Airflow 3.3) and without a ledger, a retry cannot tell a refusal in an
 #: earlier try from a lost answer, so it fails safe instead of sending.
@@ -71,7 +72,9 @@ def test_unknown_outcome_not_found_fails_by_default_naming_the_external_id(
     output = task_log()
     assert "Limio may have received order EXT-LOST" in output
     assert "airflow variables set limio_decision.EXT-LOST send" in output  # what to do, in the error itself
-    assert "VARIABLE_NOT_FOUND" not in output and "Variable not found" not in output  # asking logs no error
+    noise = [line for line in output.splitlines() if "VARIABLE_NOT_FOUND" in line or "Variable not found" in line]
+    if AIRFLOW_VERSION >= Version("3.3"):  # Airflow 3.1's task SDK logs any missing Variable at ERROR
+        assert noise == []  # asking for a decision logs no error
 
 
 def set_variable(key: str, value: str) -> None:
