@@ -651,11 +651,16 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}
         if how == "undecodable":
             headers["Content-Encoding"] = "gzip"
+        if how == "bad_chunked":
+            del headers["Content-Length"]
+            headers["Transfer-Encoding"] = "chunked"
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         if how == "truncate":
             data, self.close_connection = data[: len(data) // 2], True
+        if how == "bad_chunked":  # a chunk-size line that is not hex, some bytes, then the end of the stream
+            data, self.close_connection = b"zz\r\n" + data[:16], True
         if how == "trickle":
             self.close_connection = True
             stopping = self.server.emulator._stopping

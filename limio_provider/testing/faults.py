@@ -16,7 +16,9 @@ ROUTES = frozenset({"token", "order", "admin_order", "preview", "get_order", "li
 #: ``truncate`` (the normal answer's headers, full ``Content-Length``, half its body, then close),
 #: ``undecodable`` (the normal answer labelled ``Content-Encoding: gzip``, not gzipped), ``garbage`` (200 with
 #: :meth:`Fault.raw_body` as the JSON body), ``trickle`` (the normal answer, its body one byte at a time,
-#: ``latency`` seconds apart), ``reset`` (a TCP RST, no answer) and ``tls_error``
+#: ``latency`` seconds apart), ``bad_chunked`` (the normal answer's status and headers as
+#: ``Transfer-Encoding: chunked``, then a chunk-size line that is not hex, then close), ``reset`` (a TCP RST,
+#: no answer) and ``tls_error``
 #: (:data:`NOT_TLS` written on the raw TCP socket, under any TLS, then close).
 #: ``revoke_tokens`` also revokes every token first.
 ACTIONS: dict[str, tuple[bool, str]] = {
@@ -30,6 +32,7 @@ ACTIONS: dict[str, tuple[bool, str]] = {
     "process_then_reset": (True, "reset"),
     "process_then_tls_error": (True, "tls_error"),
     "process_then_trickle": (True, "trickle"),
+    "process_then_bad_chunked": (True, "bad_chunked"),
     "latency_only": (True, "normal"),
     "revoke_tokens": (True, "normal"),
 }

@@ -97,6 +97,7 @@ def test_a_redirect_on_submit_is_not_followed_and_is_outcome_unknown(
     ("fault", "words"),
     [
         (Fault(route="order", action="process_then_truncate", times=1), "cut short"),
+        (Fault(route="order", action="process_then_bad_chunked", times=1), "cut short"),
         (Fault(route="order", action="process_then_undecodable", times=1), "could not be decoded"),
         (Fault(route="order", action="process_then_reset", times=1), "no complete answer"),
         (Fault(route="order", action="process_then_garbage", body="not json", times=1), "not JSON"),
@@ -105,7 +106,7 @@ def test_a_redirect_on_submit_is_not_followed_and_is_outcome_unknown(
         (Fault(route="order", action="process_then_garbage", body='"ok"', times=1), "a str, not an order"),
         (Fault(route="order", action="process_then_garbage", body={"id": ""}, times=1), "without an order id"),
     ],
-    ids=["truncated", "undecodable", "reset", "not-json", "empty-object", "list", "string", "empty-id"],
+    ids=["truncated", "bad-chunked", "undecodable", "reset", "not-json", "empty-object", "list", "string", "empty-id"],
 )
 def test_a_broken_answer_after_processing_is_outcome_unknown(
     hook: LimioHook, limio_emulator: LimioEmulator, fault: Fault, words: str

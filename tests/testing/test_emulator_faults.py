@@ -87,6 +87,20 @@ def test_process_then_truncate_sends_half_the_declared_body(api: Client, emu: Li
     assert api.order().status_code == 200  # times=2 used up
 
 
+def test_process_then_bad_chunked_sends_a_chunk_size_that_is_not_hex(api: Client, emu: LimioEmulator) -> None:
+    emu.add_fault(Fault(route="order", action="process_then_bad_chunked", times=2))
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        api.order(external_id="EXT-CHUNK")
+    assert ordered(emu, "EXT-CHUNK") and emu.requests[-1].status == 200
+    answer = raw_order(emu, api, external_id="EXT-CHUNK-2").getresponse()
+    assert answer.status == 200 and answer.getheader("Transfer-Encoding") == "chunked"
+    assert answer.getheader("Content-Length") is None
+    with pytest.raises(http.client.IncompleteRead):  # http.client reads "zz" as no chunk size
+        answer.read()
+    assert ordered(emu, "EXT-CHUNK-2")
+    assert api.order().status_code == 200  # times=2 used up
+
+
 def test_process_then_undecodable_labels_plain_json_as_gzip(api: Client, emu: LimioEmulator) -> None:
     emu.add_fault(Fault(route="order", action="process_then_undecodable", times=2))
     with pytest.raises(requests.exceptions.ContentDecodingError):
