@@ -46,10 +46,17 @@ def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
         [f"{prefix}-c0-{i}" for i in range(size)] + [f"{prefix}-shared-{i}" for i in range(shared)],
         [f"{prefix}-shared-{i}" for i in range(shared)] + [f"{prefix}-c1-{i}" for i in range(size)],
     ]
-    hung = f"{prefix}-c0-5"
-    # First matching fault wins: chunk 0's sixth order is created and then never answered (its worker dies
-    # waiting); every other submit is answered late, so both chunks are still running when the worker dies.
-    emulator.add_fault(Fault(route="order", action="process_then_hang", latency=150, external_id=hung, times=1))
+    hung = [f"{prefix}-c0-5", f"{prefix}-c0-6"]
+    # First matching fault wins: chunk 0's sixth and seventh orders are created and then never answered, so
+    # both its request slots hang (max_in_flight=2) and its worker dies waiting; the orders it has claimed are
+    # at most two more of its own (it works on twice as many orders as slots), never a shared one. Were chunk 0
+    # to die holding a shared order's claim, chunk 1 would wait for it (ledger_wait_timeout) on the surviving
+    # worker's only slot, which chunk 0's retry needs: the waiter, not the order, would be stuck (docs/production.md).
+    # Every other submit is answered late, so chunk 1 is still running when the worker dies.
+    for external_id in hung:
+        emulator.add_fault(
+            Fault(route="order", action="process_then_hang", latency=150, external_id=external_id, times=1)
+        )
     emulator.add_fault(Fault(route="order", action="latency_only", latency=0.4))
     workers = [s for s in celery.processes.services if s.name.startswith("celery-worker-")]
     try:
@@ -72,9 +79,15 @@ def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
                     owner = _worker_of(process.pid, workers) if process is not None else None
                     if owner is not None:
                         seen[ti["map_index"]] = owner.name
-            return 0 in seen and bool(emulator.orders_with_external_id(hung))
+            return 0 in seen and all(emulator.orders_with_external_id(external_id) for external_id in hung)
 
-        wait_until("chunk 0 to hang on its sixth order", chunk_0_hung, 120, 0.2, lambda: api.diagnose(dag_id, run_id))
+        wait_until(
+            "chunk 0 to hang on its sixth and seventh orders",
+            chunk_0_hung,
+            120,
+            0.2,
+            lambda: api.diagnose(dag_id, run_id),
+        )
         # Chunk 1 must be running on the other worker (it is slowed down: it cannot have finished yet).
         wait_until("chunk 1 to be seen on a worker", lambda: chunk_0_hung() and 1 in seen, 30, 0.2, lambda: str(seen))
         assert seen[0] != seen[1], f"both chunks ran on {seen[0]}: the batch was not split across the workers"
@@ -104,7 +117,7 @@ def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
         one_order(emulator, external_id)
         assert len(submits(emulator, external_id)) == 1, f"{external_id} was submitted more than once"
 
-    # What each chunk says: chunk 0's retry adopted what its dead try had done (the hung order included, found
+    # What each chunk says: chunk 0's retry adopted what its dead try had done (the hung orders included, found
     # by external_id) and sent the rest; nothing failed; one result line per order.
     for index, external_ids in enumerate(chunks):
         summary = api.xcom(dag_id, run_id, "submit_batch", map_index=index)
@@ -116,7 +129,7 @@ def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
         for line in lines:
             assert line["order_id"] == one_order(emulator, line["external_id"])["id"], line
         if index == 0:
-            assert outcomes[hung] == "adopted", outcomes
+            assert all(outcomes[external_id] == "adopted" for external_id in hung), outcomes
     # The ledger both workers shared: one record per order, every one done.
     records = [json.loads(path.read_text()) for path in ledger.rglob("*.json")]
     assert sorted(r["external_id"] for r in records) == sorted({*chunks[0], *chunks[1]}), records
