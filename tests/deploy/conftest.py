@@ -44,7 +44,7 @@ TEST_DAG_IDS = (
     "deploy_no_retry_submit",
     "deploy_batch_two_workers",
 )
-EXAMPLE_DAG_IDS = ("limio_scheduled_renewals", "limio_billing_reconciliation")
+EXAMPLE_DAG_IDS = ("limio_scheduled_renewals", "limio_billing_reconciliation", "limio_backfill_orders")
 #: How long an order without process_immediately stays ``submitted`` in the emulator (the deferrable wait).
 PROCESSING_DELAY = 8.0
 

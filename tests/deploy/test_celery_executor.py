@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from limio_provider.testing.faults import Fault
-from tests.deploy.harness import wait_until
+from tests.deploy.harness import AIRFLOW, RUN_SECONDS, wait_until
 from tests.deploy.scenarios import deferrable_wait, mapped_submit, one_order, submits, task_process, unique
 
 if TYPE_CHECKING:
@@ -33,6 +33,88 @@ def test_mapped_submit_on_celery(celery: Deployment, emulator: LimioEmulator) ->
 
 def test_deferrable_wait_on_celery(celery: Deployment, emulator: LimioEmulator) -> None:
     deferrable_wait(celery, emulator)
+
+
+def test_backfill_example_rehearsed_then_backfilled_as_the_docs_say(
+    celery: Deployment, emulator: LimioEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """docs/examples.md's commands, as written: a rehearsal with ``airflow dags test -c '{"dry_run": true}'``
+    while the DAG is paused sends nothing; ``airflow backfill create ... --reprocess-behavior completed
+    --dag-run-conf '{"dry_run": false}' --max-active-runs 1`` then sends every order of every day once (the
+    rehearsed day too: its run is reused with the new conf), one run at a time, oldest first; the same command
+    again adopts every order and sends none. On PostgreSQL: on SQLite the CLI's writes meet the scheduler's
+    and fail now and then with "database is locked"."""
+    from limio_provider.testing import sample_order
+
+    api, dag_id, prefix = celery.api, "limio_backfill_orders", unique("bf")
+    days = ["2026-01-01", "2026-01-02", "2026-01-03"]
+    root, ledger = tmp_path_factory.mktemp("backfill-renewals"), tmp_path_factory.mktemp("backfill-ledger")
+    (root / "renewals").mkdir()
+    ids = {day: [f"{prefix}-{day}-{n}" for n in (1, 2)] for day in days}
+    for day in days:
+        lines = [json.dumps(sample_order(external_id)) for external_id in ids[day]]
+        (root / "renewals" / f"{day}.jsonl").write_text("\n".join(lines) + "\n")
+    api.set_variable("limio_renewals_root", root.as_uri())
+    api.set_variable("limio_ledger_path", ledger.as_uri())
+    every_id = [external_id for day in days for external_id in ids[day]]
+
+    api.send("PATCH", f"dags/{dag_id}", {"is_paused": True})
+    try:
+        # -B: this deployment has two bundles (a single dags folder needs none).
+        rehearse = [*AIRFLOW, "dags", "test", dag_id, days[0], "-c", '{"dry_run": true}', "-B", "examples"]
+        celery.processes.run("rehearsal", rehearse)
+        rehearsed = [
+            json.loads(line) for line in (root / "renewals" / f"{days[0]}.results.jsonl").read_text().splitlines()
+        ]
+        assert [line["outcome"] for line in rehearsed] == ["dry_run", "dry_run"], rehearsed
+        assert all(submits(emulator, external_id) == [] for external_id in every_id)
+        assert not any(ledger.rglob("*.json")), "a rehearsal wrote to the ledger"
+    finally:
+        api.send("PATCH", f"dags/{dag_id}", {"is_paused": False})
+
+    backfill = [
+        *AIRFLOW, "backfill", "create", "--dag-id", dag_id, "--from-date", days[0], "--to-date", days[-1],
+        "--reprocess-behavior", "completed", "--dag-run-conf", '{"dry_run": false}', "--max-active-runs", "1",
+    ]  # fmt: skip
+    for attempt in ("backfill", "backfill-again"):
+        started = time.time()
+        celery.processes.run(attempt, backfill)
+
+        def runs(since: float = started) -> list[dict] | None:
+            found = [
+                run
+                for run in api.get(f"dags/{dag_id}/dagRuns", limit=100, order_by="logical_date")["dag_runs"]
+                if run["run_type"] == "backfill" and (run["logical_date"] or "")[:10] in days
+            ]
+            finished = len(found) == len(days) and all(run["state"] in ("success", "failed") for run in found)
+            return found if finished and all(_at(run["end_date"]) >= since for run in found) else None
+
+        found = wait_until(
+            f"{attempt}: {len(days)} backfill runs to finish", runs, 3 * RUN_SECONDS, 1.0, celery.processes.tails
+        )
+        assert [run["state"] for run in found] == ["success"] * len(days), found
+        assert [run["logical_date"][:10] for run in found] == days
+        assert all(run["conf"].get("dry_run") is False for run in found), [run["conf"] for run in found]
+        for earlier, later in zip(found, found[1:], strict=False):  # --max-active-runs 1: one day at a time
+            assert _at(earlier["end_date"]) <= _at(later["start_date"]), (earlier, later)
+        expected = "submitted" if attempt == "backfill" else "adopted"
+        for run, day in zip(found, days, strict=True):
+            summary = api.xcom(dag_id, run["dag_run_id"], "submit_renewals")
+            assert {k: v for k, v in summary["counts"].items() if v} == {expected: 2}, (day, summary)
+        if attempt == "backfill":
+            # One backfill per DAG at a time: the next is refused until the scheduler marks this one complete
+            # (it looks every 30 s).
+            wait_until(
+                "the scheduler to mark the backfill complete",
+                lambda: all(b["completed_at"] for b in api.get("backfills", dag_id=dag_id)["backfills"]),
+                RUN_SECONDS,
+                1.0,
+                celery.processes.tails,
+            )
+        # Every order once in Limio and once on the wire, however many times the days ran.
+        for external_id in every_id:
+            one_order(emulator, external_id)
+            assert len(submits(emulator, external_id)) == 1, external_id
 
 
 def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
@@ -142,3 +224,10 @@ def _worker_of(pid: int, workers: list[Service]) -> Service | None:
         if pid in {process.pid for process in worker.family()}:
             return worker
     return None
+
+
+def _at(timestamp: str) -> float:
+    """An API timestamp in seconds since the epoch."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp).timestamp()
