@@ -363,8 +363,8 @@ class LimioHook(BaseHook):
     :param clock: a monotonic clock in seconds, for token expiry (injectable for tests).
     :param pool_size: keep-alive connections the session keeps to Limio (requests' default, 10, if not
         given): as many as the calls made at once by threads sharing this hook.
-    :param max_in_flight: at most this many calls to Limio at once through this hook; more threads wait
-        for a free slot (``None``: no limit).
+    :param max_in_flight: at most this many calls to Limio at once through this hook, not counting the
+        token request (one at a time); more threads wait for a free slot (``None``: no limit).
     :param options: any :class:`LimioConnectionOptions` field, overriding the connection's extras.
     """
 
@@ -664,7 +664,9 @@ class LimioHook(BaseHook):
                 params=params,
                 auth=auth,
             )
-            with self.in_flight_slot():
+            # A token request takes no slot: it runs under the token lock, one at a time, and the threads it
+            # serves may be holding every slot while they wait for that lock.
+            with nullcontext() if kind == "token" else self.in_flight_slot():
                 response = session.get_adapter(url).send(
                     prepared,
                     stream=True,  # the body is read below, all of it within the read timeout

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -87,6 +89,34 @@ def test_token_refreshed_when_less_than_60s_remain(
     clock.now += 2  # 59 s left
     hook.submit_order(new_order("C"))
     assert len(calls(limio_emulator, "/oauth2/token")) == 2
+
+
+def test_a_token_request_never_waits_for_an_in_flight_slot(limio_emulator: LimioEmulator) -> None:
+    """Threads holding every in-flight slot may wait for the token another thread is fetching: that request
+    must not need a slot. (The batch campaign deadlocked here when a token expired with every slot busy.)"""
+    hook = LimioHook(max_in_flight=1)
+    limio_emulator.add_fault(Fault(route="token", action="latency_only", latency=0.5, times=1))
+    fetching, tokens = threading.Event(), {}
+
+    def fetch() -> None:  # holds the token lock for the 0.5 s Limio takes to answer
+        fetching.set()
+        tokens["fetcher"] = hook.get_token()
+
+    def hold_the_slot_then_want_a_token() -> None:
+        with hook.in_flight_slot():
+            fetching.wait(5)
+            time.sleep(0.2)  # the fetcher is inside the token lock by now
+            tokens["slot holder"] = hook.get_token()
+
+    threads = [threading.Thread(target=hold_the_slot_then_want_a_token, daemon=True)]
+    threads.append(threading.Thread(target=fetch, daemon=True))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads), "deadlock: the token request waited for a slot"
+    assert tokens["fetcher"] == tokens["slot holder"]
+    assert len(calls(limio_emulator, "/oauth2/token")) == 1
 
 
 def test_401_fetches_a_new_token_once_and_replays_once(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
