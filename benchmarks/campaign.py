@@ -51,6 +51,7 @@ FAULT_KINDS = (
     "processed, then reset",
     "processed, then TLS error",
     "processed, answer trickled",
+    "processed, bad chunked body",
     "token expired mid-run",
     "credentials revoked, restored",
 )
@@ -232,6 +233,8 @@ def _inject(
         return on_submit("process_then_tls_error")
     if kind == "processed, answer trickled":  # a byte every 50 ms: each read is on time, the answer is not
         return on_submit("process_then_trickle", latency=0.05)
+    if kind == "processed, bad chunked body":  # a chunk-size line that is not hex
+        return on_submit("process_then_bad_chunked")
     if kind == "token expired mid-run":
         emulator.advance(emulator.token_ttl + 1)  # every token issued so far expires at Limio
         return []

@@ -188,9 +188,10 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     different body, is refused by the ledger).
 
     The orders share one hook: one token and one pool of ``max_in_flight`` connections, through which at most
-    ``max_in_flight`` requests are in flight at once; twice as many orders are worked on at once, so that one
-    order's ledger writes overlap another's request. Any backoff the hook takes (a 429's ``Retry-After``, a
-    retried 503...) pauses the whole batch: no worker starts an order or sends a submit until it has passed.
+    ``max_in_flight`` requests (and a token request) are in flight at once; twice as many orders are worked on
+    at once, so that one order's ledger writes overlap another's request. Any backoff the hook takes (a 429's
+    ``Retry-After``, a retried 503...) pauses the whole batch: no worker starts an order or sends a submit until
+    it has passed.
 
     Each line of the results file is ``{"line": n}`` (or ``{"index": i}`` for a list), ``external_id``,
     ``outcome``, ``order_id``, ``status`` and ``error``, written as each order finishes (not in input
