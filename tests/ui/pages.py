@@ -32,10 +32,21 @@ def visible(driver: WebDriver, xpath: str) -> WebElement:
     return wait(driver).until(EC.visibility_of_element_located((By.XPATH, xpath)), f"nothing visible at {xpath}")
 
 
+#: True when nothing else (a notification sliding away, a closing dialog's backdrop) is on top of the element's
+#: centre, where a click lands.
+_UNCOVERED = """
+const rect = arguments[0].getBoundingClientRect();
+const top = document.elementFromPoint(rect.left + rect.width / 2, rect.top + rect.height / 2);
+return top !== null && (top === arguments[0] || arguments[0].contains(top));
+"""
+
+
 def click(driver: WebDriver, xpath: str) -> WebElement:
-    """Click the element at ``xpath`` once it is clickable (scrolled into view first)."""
+    """Click the element at ``xpath`` as a person would: once it is clickable, scrolled into view, and nothing
+    covers it (Selenium's "clickable" is only visible and enabled: a notification over it takes the click)."""
     element = wait(driver).until(EC.element_to_be_clickable((By.XPATH, xpath)), f"nothing clickable at {xpath}")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    wait(driver).until(lambda _: driver.execute_script(_UNCOVERED, element), f"something covers {xpath}")
     element.click()
     return element
 
@@ -74,10 +85,15 @@ def labels(driver: WebDriver) -> list[str]:
 
 def toast(driver: WebDriver, kind: str, title: str) -> str:
     """The visible text of the ``kind`` (success, error) notification titled ``title``, once it has slid in far
-    enough to show more than its title (its description comes in last, from below the window's edge)."""
-    notice = visible(driver, f"//*[@role='status' and @data-type='{kind}'][.//*[{text_is(title)}]]")
+    enough to show more than its title (its description comes in last, from below the window's edge); then
+    wait, as a person reading it would, until it has gone (while it is there, its region takes clicks meant for
+    what is under it, e.g. a dialog's Save button)."""
+    xpath = f"//*[@role='status' and @data-type='{kind}'][.//*[{text_is(title)}]]"
+    notice = visible(driver, xpath)
     wait(driver).until(lambda _: notice.text.strip() != title, f"the {title!r} notification shows no description")
-    return notice.text
+    text = notice.text
+    wait(driver).until(EC.invisibility_of_element_located((By.XPATH, xpath)), f"the {title!r} notification stayed")
+    return text
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:

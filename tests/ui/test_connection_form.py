@@ -70,9 +70,14 @@ def test_the_form_shows_the_limio_fields(browser: WebDriver, airflow: Airflow) -
     # Every extra is a field of its own, with its label and description.
     click(browser, button("Extra Fields"))
     pages.visible(browser, f"//*[@role='dialog']//label[{text_is(CONN_FIELDS['base_path']['label'])}]")
-    assert [label for label in pages.labels(browser) if label not in ("Connection ID", "Connection Type")] == [
-        field["label"] for field in CONN_FIELDS.values()
-    ]
+    expected = [field["label"] for field in CONN_FIELDS.values()]
+
+    def extra_labels() -> list[str]:
+        return [label for label in pages.labels(browser) if label not in ("Connection ID", "Connection Type")]
+
+    # The standard fields' section folds away as the extras' opens: wait for the animation to end.
+    pages.wait(browser).until(lambda _: extra_labels() == expected, "the extras are not shown alone")
+    assert extra_labels() == expected
     text = dialog(browser).text
     for name, field in CONN_FIELDS.items():
         assert field["description"] in text, name
