@@ -45,6 +45,8 @@ from limio_provider.models.orders import OrderBase, admin_order_body, order_body
 from limio_provider.models.results import OrderObject, OrderPage, OrderResult, PreviewResult
 
 if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Connection
+
     from limio_provider.ledger import OrderLedger
 
 #: How a call may be retried: reads and previews are safe to repeat; a submit only where it provably
@@ -365,6 +367,10 @@ class LimioHook(BaseHook):
         given): as many as the calls made at once by threads sharing this hook.
     :param max_in_flight: at most this many calls to Limio at once through this hook, not counting the
         token request (one at a time); more threads wait for a free slot (``None``: no limit).
+    :param connection: the connection, already read (the trigger reads it on its event loop); by default the
+        hook reads ``limio_conn_id`` itself, on first use.
+    :param mask: how a secret is hidden from logs the moment the hook learns it (default: Airflow's
+        ``mask_secret``; the trigger passes one that runs it on its event loop).
     :param options: any :class:`LimioConnectionOptions` field, overriding the connection's extras.
     """
 
@@ -381,6 +387,8 @@ class LimioHook(BaseHook):
         clock: Callable[[], float] = time.monotonic,
         pool_size: int = requests.adapters.DEFAULT_POOLSIZE,
         max_in_flight: int | None = None,
+        connection: Connection | None = None,
+        mask: Callable[[str], None] = mask_secret,
         **options: Any,
     ) -> None:
         super().__init__()
@@ -394,6 +402,8 @@ class LimioHook(BaseHook):
         self._sleep = sleep
         self._clock = clock
         self._pool_size = pool_size
+        self._connection = connection
+        self._mask = mask
         self._slots: AbstractContextManager[Any] = (
             nullcontext() if max_in_flight is None else threading.BoundedSemaphore(max_in_flight)
         )
@@ -441,14 +451,14 @@ class LimioHook(BaseHook):
     @cached_property
     def settings(self) -> _Settings:
         """The connection, read once and checked; raises :class:`LimioConfigError` if unusable."""
-        conn = self.get_connection(self.limio_conn_id)
+        conn = self._connection or self.get_connection(self.limio_conn_id)
         if conn.password:
-            mask_secret(conn.password)
+            self._mask(conn.password)
         if not conn.login or not conn.password:
             raise LimioConfigError(
                 f"connection {self.limio_conn_id!r} needs the client id (login) and client secret (password)"
             )
-        options = self._options(conn.extra_dejson or {})
+        options = self._options(self._extras(conn.extra))
         root, loopback = self._root_url(conn.host, conn.port, options.scheme)
         settings = _Settings(
             api_url=root + "/" + options.base_path.strip("/"),
@@ -460,8 +470,21 @@ class LimioHook(BaseHook):
         )
         self.__dict__["settings"] = settings  # _secret_forms reads it
         for form in self._secret_forms():
-            mask_secret(form)
+            self._mask(form)
         return settings
+
+    def _extras(self, text: str | None) -> dict[str, Any]:
+        """The connection's extras, parsed here rather than by ``Connection.extra_dejson``: on Airflow 3.1 that
+        masks them through the task or trigger runner's channel to its supervisor, which must not be used from
+        the thread a trigger runs this hook in (see ``limio_provider.triggers.limio``). None of the extras is a
+        secret."""
+        try:
+            extras = json.loads(text) if text else {}
+        except ValueError:
+            extras = None
+        if not isinstance(extras, dict):
+            raise LimioConfigError(f"connection {self.limio_conn_id!r}: the extras are not a JSON object")
+        return extras
 
     def _options(self, extra: dict[str, Any]) -> LimioConnectionOptions:
         extras = {k.removeprefix("extra__limio__"): v for k, v in extra.items()}
@@ -599,7 +622,7 @@ class LimioHook(BaseHook):
         if not isinstance(access_token, str) or not access_token:
             raise LimioAuthError("Limio's token endpoint answered without an access_token")
         for form in (access_token, quote_plus(access_token), quote(access_token, safe="")):
-            mask_secret(form)
+            self._mask(form)
         try:
             lifetime = float(body.get("expires_in") or 3600)
         except (TypeError, ValueError):

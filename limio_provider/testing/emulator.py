@@ -273,6 +273,12 @@ class LimioEmulator:
             self._settle()
             return copy.deepcopy(self._orders)
 
+    @property
+    def valid_tokens(self) -> list[str]:
+        """The access tokens issued and not revoked, oldest first (a test checks that they reach no log)."""
+        with self._lock:
+            return list(self._tokens)
+
     def orders_with_external_id(self, external_id: str) -> list[dict[str, Any]]:
         """The stored orders carrying ``external_id``, oldest first (Limio itself offers no such query)."""
         return [order for order in self.orders.values() if order.get("external_id") == external_id]

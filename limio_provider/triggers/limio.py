@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Connection
+
     from limio_provider.hooks.limio import LimioHook
 
 
@@ -59,9 +61,12 @@ class LimioOrderTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        # Everything that may block (importing the hook with requests and the models, reading the connection,
-        # HTTP) runs in a thread: the triggerer's event loop serves every other trigger meanwhile.
-        hook = await asyncio.to_thread(self._hook)
+        # What may block (importing the hook with requests and the models, TLS set-up, HTTP) runs in a thread:
+        # the triggerer's event loop serves every other trigger meanwhile. What talks to the triggerer's
+        # supervisor (the connection, secret masking) stays on the loop's own thread: see _read_connection.
+        loop = asyncio.get_running_loop()
+        connection = await _read_connection(self.limio_conn_id)
+        hook = await asyncio.to_thread(self._hook, connection, _masking_on(loop))
         try:
             while True:
                 event = await asyncio.to_thread(order_event, hook, self.order_id, self.end_time)
@@ -72,10 +77,46 @@ class LimioOrderTrigger(BaseTrigger):
         finally:
             hook.close()
 
-    def _hook(self) -> LimioHook:
+    def _hook(self, connection: Connection, mask: Callable[[str], None]) -> LimioHook:
         from limio_provider.hooks.limio import LimioHook
 
-        return LimioHook(self.limio_conn_id, **{**self.hook_params, "retry_limit": 0})
+        return LimioHook(self.limio_conn_id, connection=connection, mask=mask, **{**self.hook_params, "retry_limit": 0})
+
+
+async def _read_connection(conn_id: str) -> Connection:
+    """The connection, read without touching the triggerer's runner channel from another thread.
+
+    Airflow 3.1's trigger runner answers its channel in order, one request at a time, on its event loop; a
+    request sent from a worker thread (a sync ``get_connection`` or ``mask_secret`` in ``asyncio.to_thread``)
+    goes through ``async_to_sync`` on another loop and can take another trigger's answer ("Response read out of
+    order"), which kills the runner and every trigger in it. 3.3 made the channel thread-safe, but its async
+    path is right there too, so 3.1 and 3.3 both read the connection with ``aget_connection`` on the loop.
+    Airflow 2.11 has no runner channel (the triggerer reads the metadata database itself) and no
+    ``aget_connection``: its sync read runs in a thread, as its own providers' triggers do.
+    """
+    from airflow.providers.common.compat.sdk import BaseHook
+
+    aget_connection = getattr(BaseHook, "aget_connection", None)
+    if aget_connection is not None:
+        return await aget_connection(conn_id)
+    return await asyncio.to_thread(BaseHook.get_connection, conn_id)
+
+
+def _masking_on(loop: asyncio.AbstractEventLoop) -> Callable[[str], None]:
+    """A ``mask`` for a hook that runs in a worker thread: it runs Airflow's ``mask_secret`` on the event loop's
+    thread and waits for it, so a token is masked before the hook uses it. On the loop's thread, 3.1's and
+    3.3's ``mask_secret`` mask in the trigger runner's process (where its log lines are redacted) and do not
+    use the runner channel from a foreign thread; on 2.11 the triggerer's own masker is the only one."""
+
+    async def on_loop(secret: str) -> None:
+        from airflow.providers.common.compat.sdk import mask_secret
+
+        mask_secret(secret)
+
+    def mask(secret: str) -> None:
+        asyncio.run_coroutine_threadsafe(on_loop(secret), loop).result(timeout=60)
+
+    return mask
 
 
 def order_event(hook: Any, order_id: str, end_time: float) -> dict[str, Any] | None:

@@ -7,7 +7,8 @@ by the tests (``tests/deploy/services.py``) and two Celery workers.
 
 The DAGs are two bundles: ``tests/deploy/dags`` (one small DAG per scenario) and ``dags_examples``. The
 scheduler makes no runs of its own (``use_job_schedule`` off): only the runs the tests trigger. Logs (each
-process's and the task logs) go to ``artifacts/deploy/<local|celery>/``.
+process's and the task logs) go to ``artifacts/deploy/<local|celery>/`` (``artifacts/deploy-airflow-3.1/`` when run
+from Airflow 3.1's venv, as ``make test-deploy`` does for the LocalExecutor scenarios that touch the triggerer).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 TEST_DAG_IDS = (
     "deploy_mapped_submit",
     "deploy_deferred_wait",
+    "deploy_sensor_stored_connection",
     "deploy_retry_submit",
     "deploy_no_retry_submit",
     "deploy_batch_two_workers",

@@ -1,5 +1,6 @@
 """The deployment tests' machinery: Airflow's processes (each in its own process group, logs to files) and a
-small client of Airflow's REST API (``/api/v2``; the Simple auth manager makes everyone an admin: no token).
+small client of Airflow's REST API (``/api/v2``; the Simple auth manager makes everyone an admin: on 3.3 no
+token, on 3.1 one it gives without credentials).
 
 Every wait is bounded, and a wait that runs out fails the test with what it saw and the tails of the logs.
 """
@@ -22,10 +23,12 @@ import psutil
 import pytest
 import requests
 
-from tests.helpers import free_port, tail
+from tests.helpers import AIRFLOW_VERSION, free_port, tail
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "artifacts" / "deploy"
+#: ``artifacts/deploy/`` on the primary line, ``artifacts/deploy-airflow-3.1/`` (...) on the others.
+_LINE = "{}.{}".format(*AIRFLOW_VERSION.release[:2])
+ARTIFACTS = REPO / "artifacts" / ("deploy" if AIRFLOW_VERSION.release[:2] >= (3, 3) else f"deploy-airflow-{_LINE}")
 TEST_DAGS = Path(__file__).resolve().parent / "dags"
 EXAMPLE_DAGS = REPO / "dags_examples"
 AIRFLOW = [sys.executable, "-m", "airflow"]
@@ -229,7 +232,14 @@ class AirflowApi:
         self.http.trust_env = False  # never a proxy to loopback
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return self.http.request(method, f"{self.url}/api/v2/{path}", timeout=30, **kwargs)
+        answer = self.http.request(method, f"{self.url}/api/v2/{path}", timeout=30, **kwargs)
+        if answer.status_code == 401 and "Authorization" not in self.http.headers:
+            # Airflow 3.1 asks for a token even when everyone is an admin: it gives one without credentials.
+            token = self.http.get(f"{self.url}/auth/token", timeout=30)
+            if token.status_code in (200, 201):
+                self.http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+                answer = self.http.request(method, f"{self.url}/api/v2/{path}", timeout=30, **kwargs)
+        return answer
 
     def get(self, path: str, **params: Any) -> Any:
         answer = self._call("GET", path, params=params)
@@ -351,6 +361,25 @@ class AirflowApi:
             "reset_dag_runs": True,
         }
         self.send("POST", f"dags/{dag_id}/clearTaskInstances", body)
+
+    def set_connection(self, conn_id: str, connection: dict[str, Any]) -> None:
+        """Store ``connection`` (an ``AIRFLOW_CONN_*`` JSON object) in the metadata database as ``conn_id``."""
+        body = {**connection, "connection_id": conn_id, "extra": json.dumps(connection.get("extra") or {})}
+        self.send("POST", "connections", body)
+
+    def triggerer_problems(self) -> list[str]:
+        """What says the triggerer is not well: its health in ``/monitor/health``, and errors its log shows
+        (a trigger runner that died, a runner channel answered out of order)."""
+        problems = []
+        health = self._call("GET", "monitor/health").json()
+        if (health.get("triggerer") or {}).get("status") != "healthy":
+            problems.append(f"triggerer health: {health.get('triggerer')}")
+        triggerer = next(s for s in self.processes.services if s.name == "triggerer")
+        text = triggerer.log.read_text(errors="replace")
+        for sign in ("Response read out of order", "Trigger runner process has died", "Traceback"):
+            if sign in text:
+                problems.append(f"the triggerer's log shows {sign!r}")
+        return problems
 
     def set_variable(self, key: str, value: str) -> None:
         self.send("POST", "variables", {"key": key, "value": value})

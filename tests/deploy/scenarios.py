@@ -79,3 +79,25 @@ def deferrable_wait(airflow: Deployment, emulator: LimioEmulator) -> None:
     assert len(reads) >= 2, reads
     log = api.log(dag_id, run_id, "submit_and_wait", 1)
     assert "Trigger fired event" in log and "'order_status': 'complete'" in log, log[-3000:]
+
+
+def sensor_with_stored_connection(airflow: Deployment, emulator: LimioEmulator) -> None:
+    """A connection stored in the metadata database: a deferrable sensor and a deferrable submit-and-wait run in
+    the triggerer at once, both succeed, and the triggerer is still healthy after them."""
+    import json
+
+    api, dag_id, external_id = airflow.api, "deploy_sensor_stored_connection", unique("sensor")
+    conn_id = unique("limio_stored").replace("-", "_")
+    api.set_connection(conn_id, json.loads(emulator.connection_json()))
+    run_id = api.trigger(dag_id, {"external_id": external_id, "conn_id": conn_id})
+    waiting = api.wait_ti(dag_id, run_id, "wait", {"deferred", "success", "failed"}, timeout=90)
+    assert waiting["state"] == "deferred", f"the sensor never deferred: {api.diagnose(dag_id, run_id)}"
+    assert api.wait_run(dag_id, run_id) == "success", api.diagnose(dag_id, run_id)
+
+    for task_id, order_id in (("wait", external_id), ("submit_and_wait", f"{external_id}-w")):
+        order = one_order(emulator, order_id)
+        assert order["status"] == "complete", order
+        assert api.ti(dag_id, run_id, task_id)["try_number"] == 1, f"{task_id} needed a retry"
+    assert api.xcom(dag_id, run_id, "submit_and_wait")["status"] == "complete"
+    assert "Trigger fired event" in api.log(dag_id, run_id, "wait", 1)
+    assert not api.triggerer_problems(), api.triggerer_problems()

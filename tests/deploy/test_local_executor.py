@@ -13,7 +13,15 @@ import pytest
 
 from limio_provider.testing.faults import Fault
 from tests.deploy.harness import EXAMPLE_DAGS, RUN_SECONDS, wait_until
-from tests.deploy.scenarios import deferrable_wait, mapped_submit, one_order, submits, task_process, unique
+from tests.deploy.scenarios import (
+    deferrable_wait,
+    mapped_submit,
+    one_order,
+    sensor_with_stored_connection,
+    submits,
+    task_process,
+    unique,
+)
 
 if TYPE_CHECKING:
     from limio_provider.testing.emulator import LimioEmulator
@@ -28,6 +36,12 @@ def test_mapped_submit_one_order_each_with_xcom_and_link(local: Deployment, emul
 
 def test_deferrable_wait_defers_and_resumes_through_the_triggerer(local: Deployment, emulator: LimioEmulator) -> None:
     deferrable_wait(local, emulator)
+
+
+def test_deferrable_sensor_with_a_stored_connection_and_a_healthy_triggerer(
+    local: Deployment, emulator: LimioEmulator
+) -> None:
+    sensor_with_stored_connection(local, emulator)
 
 
 def test_task_killed_mid_submit_retries_and_adopts_the_order(local: Deployment, emulator: LimioEmulator) -> None:

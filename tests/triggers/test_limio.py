@@ -134,3 +134,47 @@ def test_the_trigger_never_blocks_the_event_loop(limio_emulator: LimioEmulator) 
     probe = [sys.executable, "-c", BLOCKING_PROBE, order.id]
     done = subprocess.run(probe, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+
+
+def test_the_trigger_reads_the_connection_and_masks_secrets_on_its_event_loop_thread(
+    limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Airflow 3.1's trigger runner channel breaks ("Response read out of order", the runner dies) when used from
+    a thread that is not the event loop's: every secret masking (which goes through that channel) must happen on
+    the loop's thread, the token's included, and it must still be masked."""
+    import threading
+
+    import airflow.providers.common.compat.sdk as compat_sdk
+
+    calls: list[tuple[str, bool]] = []
+    loop_thread = threading.get_ident()  # asyncio.run below runs the loop on this thread
+
+    def recording(module: Any) -> None:
+        real = module.mask_secret
+
+        def mask_secret(secret: Any, name: str | None = None) -> None:
+            calls.append((str(secret), threading.get_ident() == loop_thread))
+            real(secret, name)
+
+        monkeypatch.setattr(module, "mask_secret", mask_secret)
+
+    recording(compat_sdk)
+    try:
+        import airflow.sdk.log as sdk_log  # Airflow 3: what Connection.extra_dejson and the runner call
+    except ImportError:  # Airflow 2.11: no runner channel
+        pass
+    else:
+        recording(sdk_log)
+    worker = LimioHook()
+    order_id = worker.submit_order({**new_order("EXT-MASK"), "process_immediately": True}).id
+    calls.clear()
+    event = first_event(trigger_for(order_id))
+    assert event["status"] == "success", event
+
+    off_loop = [secret[:4] for secret, on_loop in calls if not on_loop]
+    assert not off_loop, f"masked from a worker thread: {off_loop}"
+    [token] = [token for token in limio_emulator.valid_tokens if token != worker.get_token()]
+    assert token in [secret for secret, _ in calls], "the trigger's token was never masked"
+    from airflow.providers.common.compat.sdk import redact
+
+    assert token not in str(redact(f"Bearer {token}"))

@@ -12,6 +12,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import dag, task
 
 from limio_provider.operators import LimioSubmitOrderOperator, LimioSubmitOrdersOperator
+from limio_provider.sensors.limio import LimioOrderSensor
 from limio_provider.testing import sample_order
 
 START = datetime(2026, 1, 1)
@@ -65,6 +66,41 @@ def deploy_no_retry_submit() -> None:
     )
 
 
+@dag(
+    dag_id="deploy_sensor_stored_connection",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={"external_id": "s-1", "conn_id": "limio_stored"},
+)
+def deploy_sensor_stored_connection() -> None:
+    """A connection stored in the metadata database (the test creates it through the REST API): submit, then a
+    deferrable sensor and a deferrable submit-and-wait, both in the triggerer at the same time."""
+    submit = LimioSubmitOrderOperator(
+        task_id="submit",
+        limio_conn_id="{{ params.conn_id }}",
+        order=sample_order("{{ params.external_id }}"),  # no process_immediately: it stays submitted a while
+    )
+    sensor = LimioOrderSensor(
+        task_id="wait",
+        limio_conn_id="{{ params.conn_id }}",
+        order_id="{{ ti.xcom_pull(task_ids='submit', key='order_id') }}",
+        deferrable=True,
+        poke_interval=1,
+        timeout=120,
+    )
+    submit >> sensor
+    LimioSubmitOrderOperator(
+        task_id="submit_and_wait",
+        limio_conn_id="{{ params.conn_id }}",
+        order=sample_order("{{ params.external_id }}-w"),
+        wait_for_completion=True,
+        deferrable=True,
+        poll_interval=1,
+        wait_timeout=120,
+    )
+
+
 @task
 def batch_chunks(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Two chunks of ``params.size`` orders each, the second starting with ``params.shared`` orders the first
@@ -101,6 +137,7 @@ def deploy_batch_two_workers() -> None:
 
 deploy_mapped_submit()
 deploy_deferred_wait()
+deploy_sensor_stored_connection()
 deploy_retry_submit()
 deploy_no_retry_submit()
 deploy_batch_two_workers()
