@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context, ObjectStoragePath
 
     from limio_provider.hooks.limio import LimioHook
-    from limio_provider.operators.orders import _OrderRecord
 
 #: What became of each order, as the results file and the summary say.
 OUTCOMES = ("submitted", "adopted", "refused", "unknown", "failed", "invalid", "dry_run")
@@ -342,11 +341,8 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     def _post(self, body: dict[str, Any]) -> Any:
         return self.hook._submit("/order" if self.partner is None else "/admin/order", body)
 
-    def _send_recorded(
-        self, body: dict[str, Any], record: _OrderRecord, seen: list[str] | None
-    ) -> dict[str, Any] | None:
+    def _pace(self) -> None:
         self._throttle.acquire()  # before the ledger says "sent": a task killed while waiting sent nothing
-        return super()._send_recorded(body, record, seen)
 
     def _created_since(self, external_id: str, seen: list[str] | None) -> dict[str, Any] | None:
         """The look-up of an order that may have been sent: when it fails, the order's outcome is unknown

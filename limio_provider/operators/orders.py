@@ -532,7 +532,11 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         try:
             # "sending" is written once this order holds one of the hook's in-flight slots (a batch's orders
             # queue for them): one killed while queueing is recorded as never sent, not as an unknown outcome.
+            # The token comes first (a refresh then stalls no request between its turn and the wire), then the
+            # order's turn (_pace), then the record, then the request.
             with self.hook.in_flight_slot():
+                self.hook.get_token()
+                self._pace()
                 record.save("sending", seen=seen)
                 answer = self._post(body)
         except LimioOutcomeUnknownError as exc:
@@ -556,6 +560,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         record.save("sent", order_id=result["id"], result=result, adopted=False)
         self._log_order("Submitted order %s: id %s, status %s", external_id, result["id"], result.get("status"))
         return result
+
+    def _pace(self) -> None:
+        """Wait for this submit's turn, right before it is recorded and sent (a batch's max_orders_per_second)."""
 
     def _log_order(self, message: str, *args: Any) -> None:
         """What became of the order, at INFO (a batch says it per order at DEBUG: its results file says it)."""

@@ -379,6 +379,8 @@ def test_a_429_pauses_the_whole_batch(limio_emulator: LimioEmulator, ledger_root
 def test_max_orders_per_second_spaces_the_submits(
     limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
 ) -> None:
+    # A slow first token: submits that took their turns while it was fetched must not all leave when it comes.
+    limio_emulator.add_fault(Fault(route="token", action="latency_only", latency=0.6, times=1))
     run = run_dag(
         batch_dag(
             "limio_batch_rate",
