@@ -344,21 +344,6 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     def _pace(self) -> None:
         self._throttle.acquire()  # before the ledger says "sent": a task killed while waiting sent nothing
 
-    def _created_since(self, external_id: str, seen: list[str] | None) -> dict[str, Any] | None:
-        """The look-up of an order that may have been sent: when it fails, the order's outcome is unknown
-        (not the look-up's error, which would read as if nothing was created)."""
-        from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
-
-        try:
-            return super()._created_since(external_id, seen)
-        except LimioOutcomeUnknownError:
-            raise
-        except LimioError as exc:
-            raise LimioOutcomeUnknownError(
-                f"Limio may have received order {external_id}, and looking it up failed: {exc}",
-                external_id=external_id,
-            ) from exc
-
     # -- execute -------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:

@@ -583,8 +583,23 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         return found
 
     def _created_since(self, external_id: str, seen: list[str] | None) -> dict[str, Any] | None:
-        """The newest order with ``external_id`` that is not among ``seen`` (``None``: any), as a result."""
-        found = [order for order in self._lookup(external_id) if seen is None or order.id not in seen]
+        """The newest order with ``external_id`` that is not among ``seen`` (``None``: any), as a result.
+
+        Asked only about an order that may have been sent: when the look-up itself fails, the order's outcome is
+        unknown, and the error says so, names it and says what a person can do (the look-up's own error, a 5xx
+        say, would read as if nothing was created).
+        """
+        from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
+
+        try:
+            orders = self._lookup(external_id)
+        except LimioError as exc:
+            raise LimioOutcomeUnknownError(
+                f"Limio may have received order {external_id}, and looking it up failed: {exc}. A retry of this "
+                f"task looks again and sends nothing. {how_to_decide(external_id)}",
+                external_id=external_id,
+            ) from exc
+        found = [order for order in orders if seen is None or order.id not in seen]
         return _result_of(found[0]) if found else None
 
     def _unknown_outcome(self, external_id: str, why: str) -> Exception:

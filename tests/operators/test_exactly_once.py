@@ -77,6 +77,27 @@ def test_unknown_outcome_not_found_fails_by_default_naming_the_external_id(
         assert noise == []  # asking for a decision logs no error
 
 
+def test_a_failed_look_up_after_an_unknown_outcome_says_the_outcome_is_unknown(
+    limio_emulator: LimioEmulator, task_log: Callable[[], str]
+) -> None:
+    """Limio creates the order and answers 502; the look-up that follows gets a 500. The try fails saying the
+    order may exist, naming it and the decision (not a bare server error); its retry looks again and adopts."""
+    limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, times=1))
+    limio_emulator.add_fault(Fault(route="list_orders", action="latency_only", times=1))  # the look before sending
+    limio_emulator.add_fault(Fault(route="list_orders", action="status", status=500, times=1))  # the one after
+    task_log()
+    dag = submit_dag("limio_lookup_5xx", order=new_order("EXT-LOOK-5XX"), retries=1, retry_delay=timedelta(0))
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    (order,) = limio_emulator.orders_with_external_id("EXT-LOOK-5XX")
+    assert sent_external_ids(limio_emulator) == ["EXT-LOOK-5XX"]
+    assert [result["id"] for result in xcom(run, "submit")] == [order["id"]]
+    output = task_log()
+    assert "LimioOutcomeUnknownError" in output  # the look-up's own error is only its cause
+    assert "Limio may have received order EXT-LOOK-5XX, and looking it up failed" in output
+    assert "airflow variables set limio_decision.EXT-LOOK-5XX send" in output
+
+
 def set_variable(key: str, value: str) -> None:
     from airflow.models.variable import Variable
 
