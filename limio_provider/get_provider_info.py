@@ -69,6 +69,12 @@ CONN_FIELDS: dict[str, Any] = {
         "Where every order sent is remembered, across runs and workers: file:///... on one machine, "
         "s3://aws_conn_id@bucket/prefix when workers are many.",
     ),
+    "tenant": _field(
+        "Tenant name (ledger)",
+        _optional("string"),
+        "Names this tenant in the order ledger; default: the host, lower-case, without a default port. Set it "
+        "when the tenant is reached through more than one host name.",
+    ),
 }
 
 

@@ -8,7 +8,8 @@ claiming the same external_id exactly one proceeds.
 
 A record, one line of JSON a person can read (shown here folded)::
 
-    {"external_id": "renewal-2026-01-01-42", "fingerprint": "sha256:...", "state": "done",
+    {"tenant": "acme.prod.limio.com", "external_id": "renewal-2026-01-01-42", "fingerprint": "sha256:...",
+     "state": "done",
      "order_id": "order-...", "status": "complete", "result": {...}, "error": null,
      "claimed_by": {"dag_id": ..., "run_id": ..., "task_id": ..., "map_index": -1, "try_number": 1},
      "claimed_at": "2026-...Z", "updated_at": "2026-...Z"}
@@ -131,14 +132,20 @@ class OrderLedger:
 
     :param root: an ``ObjectStoragePath`` URI (or path), e.g. ``file:///data/limio-ledger`` or
         ``s3://aws_default@bucket/limio-ledger``.
-    :param tenant: the tenant host; records of different tenants never mix.
+    :param tenant: the tenant's name (``LimioHook.settings.tenant``: its host, canonical); records of different
+        tenants never mix, and each record names its tenant.
+    :param aliases: other names records of this tenant may have been written under (a host as a connection
+        spelt it before names were canonical): read when the tenant's own folder has no record, so moving to
+        the canonical name sends nothing again. New records are written under ``tenant`` only.
     """
 
-    def __init__(self, root: Any, tenant: str) -> None:
+    def __init__(self, root: Any, tenant: str, aliases: tuple[str, ...] = ()) -> None:
         base = storage_path("ledger_path", root)
+        self.tenant = tenant
         self.root = base / quote(tenant, safe="")
         self.fs = self.root.fs
         self._folder = self.root.path.rstrip("/")
+        self._alias_folders = [(base / quote(alias, safe="")).path.rstrip("/") for alias in aliases]
 
     def path(self, external_id: str) -> Any:
         """Where the record of ``external_id`` lives (an ``ObjectStoragePath``)."""
@@ -150,20 +157,26 @@ class OrderLedger:
         return f"{self._folder}/{quote(external_id, safe='')}.json"
 
     def read(self, external_id: str) -> dict[str, Any] | None:
-        """The record of ``external_id``, or ``None``."""
-        data = _read(self.fs, self._key(external_id))
-        if data is None:
-            return None
-        record = json.loads(data)
-        return record if isinstance(record, dict) else None
+        """The record of ``external_id`` (under the tenant's name, else under an alias), or ``None``."""
+        name = quote(external_id, safe="")
+        for folder in (self._folder, *self._alias_folders):
+            data = _read(self.fs, f"{folder}/{name}.json")
+            if data is not None:
+                record = json.loads(data)
+                return record if isinstance(record, dict) else None
+        return None
 
     def claim(self, external_id: str, body_fingerprint: str, owner: Owner) -> tuple[bool, dict[str, Any]]:
         """Create the record of ``external_id`` if it does not exist (atomically).
 
         :returns: ``(True, the new record)`` if this call created it, else ``(False, the existing record)``.
         """
+        if self._alias_folders and (existing := self.read(external_id)) is not None:
+            if existing.get("state") != "refused":  # a refused one may be claimed again, as under the tenant's name
+                return False, existing  # written under an alias: it is this tenant's record all the same
         now = _now()
         record: dict[str, Any] = {
+            "tenant": self.tenant,
             "external_id": external_id,
             "fingerprint": body_fingerprint,
             "state": "claimed",

@@ -28,6 +28,7 @@ from limio_provider.ledger import OrderLedger, Owner, fingerprint, next_step
 
 TENANT = "acme.prod.limio.com"
 FIELDS = {
+    "tenant",
     "external_id",
     "fingerprint",
     "state",
@@ -116,7 +117,7 @@ def test_claim_creates_a_readable_record_with_every_documented_field(ledger: Ord
     won, record = ledger.claim("renewal-42", FP, A)
     assert won is True
     assert set(record) == FIELDS
-    assert record["external_id"] == "renewal-42"
+    assert record["external_id"] == "renewal-42" and record["tenant"] == TENANT
     assert record["fingerprint"] == FP and FP.startswith("sha256:") and len(FP) == len("sha256:") + 32
     assert record["state"] == "claimed"
     assert record["order_id"] is None and record["status"] is None

@@ -134,6 +134,11 @@ class LimioConnectionOptions(BaseModel):
         description="Root of the order ledger (file:///..., s3://aws_conn_id@bucket/prefix): remembers every order "
         "sent, across runs and workers.",
     )
+    tenant: str | None = Field(
+        None,
+        description="The tenant's name in the order ledger (default: the host, lower-case, without a default "
+        "port); set it when one tenant is reached through more than one host name.",
+    )
 
     @field_validator("verify", mode="before")
     @classmethod
@@ -148,6 +153,15 @@ class LimioConnectionOptions(BaseModel):
     def _link_template(cls, value: str | None) -> str | None:
         return _check_link_template(value)
 
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip() or any(c in value for c in "/\\") or not value.isprintable():
+            raise ValueError("a tenant name is a non-empty line without '/' or '\\', e.g. acme.prod.limio.com")
+        return value.strip().lower()
+
 
 OPTION_NAMES = tuple(LimioConnectionOptions.model_fields)
 
@@ -160,6 +174,24 @@ class _Settings:
     client_secret: str
     options: LimioConnectionOptions
     loopback: bool
+    #: The tenant's name in the order ledger (see :func:`canonical_tenant`).
+    tenant: str
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def canonical_tenant(scheme: str, hostname: str, port: int | None) -> str:
+    """One name for one tenant, however its connection spells the host: lower-case, without a trailing dot,
+    without the scheme's default port (``Acme.limio.com:443`` and ``acme.limio.com`` are one tenant); every
+    loopback name (``127.0.0.1``, ``::1``) is ``localhost``. A second host name of the same tenant (a DNS
+    alias) cannot be known from here: the ``tenant`` extra names it."""
+    host = hostname.lower().rstrip(".")
+    if _is_loopback(host):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
 
 
 @dataclass
@@ -460,6 +492,7 @@ class LimioHook(BaseHook):
             )
         options = self._options(self._extras(conn.extra))
         root, loopback = self._root_url(conn.host, conn.port, options.scheme)
+        parts = urlsplit(root)
         settings = _Settings(
             api_url=root + "/" + options.base_path.strip("/"),
             token_url=root + "/" + options.token_path.lstrip("/"),
@@ -467,6 +500,7 @@ class LimioHook(BaseHook):
             client_secret=conn.password,
             options=options,
             loopback=loopback,
+            tenant=options.tenant or canonical_tenant(parts.scheme, parts.hostname or "", parts.port),
         )
         self.__dict__["settings"] = settings  # _secret_forms reads it
         for form in self._secret_forms():
@@ -588,7 +622,11 @@ class LimioHook(BaseHook):
         if root not in self._ledgers:
             from limio_provider.ledger import OrderLedger
 
-            self._ledgers[root] = OrderLedger(root, urlsplit(self.settings.api_url).netloc)
+            # Records written before tenant names were canonical live under the host as the connection spelt
+            # it: read there too, so an upgrade resends nothing.
+            spelt = urlsplit(self.settings.api_url).netloc
+            tenant = self.settings.tenant
+            self._ledgers[root] = OrderLedger(root, tenant, aliases=() if spelt == tenant else (spelt,))
         return self._ledgers[root]
 
     def close(self) -> None:

@@ -430,6 +430,32 @@ def test_the_connections_port_is_used_and_wins_over_a_port_in_the_host(monkeypat
     assert LimioHook("limio_host").settings.api_url == "https://acme.prod.limio.com:8443/api"
 
 
+@pytest.mark.parametrize(
+    ("host", "port", "tenant"),
+    [
+        ("acme.prod.limio.com", None, "acme.prod.limio.com"),
+        ("Acme.Prod.Limio.com.", 443, "acme.prod.limio.com"),
+        ("https://ACME.prod.limio.com:443/", None, "acme.prod.limio.com"),
+        ("acme.prod.limio.com", 8443, "acme.prod.limio.com:8443"),
+        ("http://127.0.0.1:8765", None, "localhost:8765"),
+        ("http://localhost", 8765, "localhost:8765"),
+        ("http://[::1]:8765", None, "localhost:8765"),
+        ("http://localhost:80", None, "localhost"),
+    ],
+)
+def test_one_tenant_name_however_the_host_is_spelt(
+    monkeypatch: pytest.MonkeyPatch, host: str, port: int | None, tenant: str
+) -> None:
+    """The order ledger's name for the tenant: a port in the Port field or a capital letter is no new tenant."""
+    set_connection(monkeypatch, "limio_t", host=host, port=port, login="id", password="pw")
+    assert LimioHook("limio_t").settings.tenant == tenant
+    set_connection(monkeypatch, "limio_t", host=host, port=port, login="id", password="pw", extra={"tenant": " Acme "})
+    assert LimioHook("limio_t").settings.tenant == "acme"  # the extra wins: one tenant behind two host names
+    set_connection(monkeypatch, "limio_t", host=host, port=port, login="id", password="pw", extra={"tenant": "a/b"})
+    with pytest.raises(LimioConfigError, match="tenant: a tenant name is a non-empty line without '/'"):
+        _ = LimioHook("limio_t").settings
+
+
 def test_host_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     set_connection(monkeypatch, "limio_us", host="acme.prod-us.limio.com", login="id", password="pw")
     settings = LimioHook("limio_us").settings

@@ -65,9 +65,10 @@ def test_a_rerun_on_a_busy_tenant_adopts_from_the_ledger_without_listing(
 
 
 def limio_tenant(emulator: LimioEmulator) -> str:
+    """The emulator's folder in the ledger: its tenant name, canonical (every loopback address is localhost)."""
     from urllib.parse import quote, urlsplit
 
-    return quote(urlsplit(emulator.url).netloc, safe="")
+    return quote(f"localhost:{urlsplit(emulator.url).port}", safe="")
 
 
 def test_the_same_external_id_with_another_body_is_refused_naming_both_fingerprints(
@@ -96,7 +97,7 @@ def test_a_claim_held_by_another_task_instance_is_never_sent_twice(
     limio_emulator: LimioEmulator, ledger_root: str, task_log: Callable[[], str]
 ) -> None:
     body = new_order("EXT-HELD")
-    ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.api_url.split("//")[1].split("/")[0])
+    ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.tenant)
     created, record = ledger.claim("EXT-HELD", fingerprint(body), Owner("other_dag", "run-1", "submit"))
     assert created
     ledger.update(record, "unknown")  # the other worker sent it and never learnt the outcome
@@ -117,7 +118,7 @@ def test_a_persons_decision_reaches_another_task_instances_unknown_ledger_record
     external_id = f"EXT-DEC-{decision}"
     body = new_order(external_id)
     hook = LimioHook(**FAST)
-    ledger = OrderLedger(ledger_root, hook.settings.api_url.split("//")[1].split("/")[0])
+    ledger = OrderLedger(ledger_root, hook.settings.tenant)
     created, record = ledger.claim(external_id, fingerprint(body), Owner("other_dag", "run-1", "submit"))
     ledger.update(record, "unknown")  # the other task instance sent it, never learnt the outcome, and failed
     if decision == "adopt":  # Limio had it after all: the person found it
@@ -174,3 +175,62 @@ def test_without_a_ledger_the_task_says_how_far_its_protection_reaches(
         LimioSubmitOrderOperator(task_id="submit", order=new_order("EXT-NL"), hook_params=FAST)
     run_dag(dag)
     assert "protection against another run sending order EXT-NL is limited to the 500 newest" in "".join(task_log())
+
+
+def spelt_connection(monkeypatch: pytest.MonkeyPatch, emulator: LimioEmulator, conn_id: str, **fields: Any) -> None:
+    """``conn_id`` as the emulator with its host (and port) spelt another way."""
+    connection = json.loads(emulator.connection_json())
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({**connection, **fields}))
+
+
+def test_a_rerun_through_the_same_tenant_spelt_another_way_sends_nothing(
+    limio_emulator: LimioEmulator, ledger_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17, scenario 3: the ledger's tenant was the host as spelt, so 127.0.0.1 vs localhost, or the port
+    in the Port field, gave an empty ledger and every order was sent again."""
+    port = limio_emulator.url.rsplit(":", 1)[1]
+    spelt_connection(monkeypatch, limio_emulator, "limio_ip", host=f"http://127.0.0.1:{port}")
+    spelt_connection(monkeypatch, limio_emulator, "limio_name", host="http://LOCALHOST", port=int(port))
+    order = new_order("EXT-SPELT")
+    first = run_dag(submit_dag("limio_spelt_1", order, ledger_root, limio_conn_id="limio_ip"))
+    assert first.state == "success", states(first)
+    before = len(limio_emulator.requests)
+    second = run_dag(submit_dag("limio_spelt_2", order, ledger_root, limio_conn_id="limio_name"))
+    assert second.state == "success", states(second)
+    assert len(limio_emulator.orders_with_external_id("EXT-SPELT")) == 1
+    assert xcom(second, "submit", "adopted") == [True]
+    assert limio_emulator.requests[before:] == []  # adopted from the ledger: no Limio call at all
+
+
+def test_records_under_the_host_as_spelt_before_are_still_found(
+    limio_emulator: LimioEmulator, ledger_root: str
+) -> None:
+    """A ledger written before tenant names were canonical (its folder is the host as the connection spelt it,
+    here 127.0.0.1:<port>): an upgrade adopts its orders and sends nothing."""
+    order = new_order("EXT-OLD-FOLDER")
+    created = LimioHook(**FAST).submit_order(order)
+    old = OrderLedger(ledger_root, limio_emulator.url.removeprefix("http://"))
+    _, record = old.claim("EXT-OLD-FOLDER", fingerprint(order), Owner("old_dag", "run-1", "submit"))
+    old.update(record, "done", order_id=created.id, result=created.to_json_dict())
+    before = len(limio_emulator.requests)
+    run = run_dag(submit_dag("limio_old_folder", order, ledger_root))
+    assert run.state == "success", states(run)
+    assert xcom(run, "submit", "adopted") == [True] and xcom(run, "submit")[0]["id"] == created.id
+    assert limio_emulator.requests[before:] == []
+
+
+def test_the_tenant_extra_names_one_tenant_reached_through_two_host_names(
+    limio_emulator: LimioEmulator, ledger_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DNS alias cannot be recognised from the host: the `tenant` extra names the tenant for both."""
+    port = limio_emulator.url.rsplit(":", 1)[1]
+    extra = {**json.loads(limio_emulator.connection_json())["extra"], "tenant": "Acme.Limio.Test"}
+    spelt_connection(monkeypatch, limio_emulator, "limio_a", host=f"http://127.0.0.1:{port}", extra=extra)
+    spelt_connection(monkeypatch, limio_emulator, "limio_b", host=f"http://127.0.0.2:{port}", extra=extra)
+    assert LimioHook("limio_a").settings.tenant == LimioHook("limio_b").settings.tenant == "acme.limio.test"
+    order = new_order("EXT-ALIAS")
+    for n, conn_id in enumerate(("limio_a", "limio_b")):
+        run = run_dag(submit_dag(f"limio_alias_{n}", order, ledger_root, limio_conn_id=conn_id))
+        assert run.state == "success", states(run)
+    assert len(limio_emulator.orders_with_external_id("EXT-ALIAS")) == 1
+    assert (Path(ledger_root.removeprefix("file://")) / "acme.limio.test" / "EXT-ALIAS.json").exists()
