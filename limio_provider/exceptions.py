@@ -97,6 +97,19 @@ class LimioOrderFailedError(LimioError):
         self.status = status
 
 
+class LimioOrderNotRecordedError(LimioError):
+    """Limio holds the order (it answered with it, or it was found), and writing that down failed (the task's
+    record, or the order ledger: a full disk, an S3 5xx). The order exists and is never sent again: a retry of
+    the task finds it by the id it stored, or by its external_id, and records it. Carries :attr:`order_id`,
+    :attr:`external_id` and :attr:`adopted` (whether an earlier try or run had created it)."""
+
+    def __init__(self, message: str, *, external_id: str, order_id: str, adopted: bool) -> None:
+        super().__init__(message)
+        self.external_id = external_id
+        self.order_id = order_id
+        self.adopted = adopted
+
+
 class LimioWaitTimeoutError(LimioError):
     """The order did not reach a final status within the wait timeout."""
 

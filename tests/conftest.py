@@ -16,7 +16,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import AIRFLOW_VERSION, Capture  # noqa: E402
+from tests.helpers import AIRFLOW_VERSION, S3_PUT_FAULTS, Capture  # noqa: E402
 
 
 def _one_execution_api_app() -> None:
@@ -114,6 +114,12 @@ def moto_s3() -> Iterator[str]:
         put_object, one_put = S3Response.put_object, threading.Lock()
 
         def atomic_put_object(self: S3Response) -> Any:
+            body = self.body.decode(errors="replace") if isinstance(self.body, bytes) else str(self.body or "")
+            for fault in S3_PUT_FAULTS:
+                if fault["times"] > 0 and fault["key"] in self.path and all(part in body for part in fault["body"]):
+                    fault["times"] -= 1
+                    fault["hits"] += 1
+                    return 500, {}, "<Error><Code>InternalError</Code><Message>injected by a test</Message></Error>"
             with one_put:
                 return put_object(self)
 

@@ -156,3 +156,17 @@ class Client:
 
 Connect = Callable[..., Client]
 Start = Callable[..., LimioEmulator]
+
+
+#: Faults of the test S3 server (moto, ``tests/conftest.py``): a PUT whose key contains ``key`` and whose body
+#: contains every string of ``body`` is answered ``500 InternalError`` (S3's own transient error), ``times``
+#: times; ``hits`` counts them. Tests append one and remove it when done (see :func:`s3_put_fault`).
+S3_PUT_FAULTS: list[dict[str, Any]] = []
+
+
+def s3_put_fault(key: str, *body: str, times: int = 1000) -> dict[str, Any]:
+    """Fail the test S3 server's PUTs of ``key`` whose body holds every one of ``body``; the fault, to read
+    ``hits`` from and to remove from :data:`S3_PUT_FAULTS`."""
+    fault = {"key": key, "body": body, "times": times, "hits": 0}
+    S3_PUT_FAULTS.append(fault)
+    return fault

@@ -203,7 +203,9 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     The summary is ``{"total", "counts": {outcome: n}, "failures", "max_failed", "results_path",
     "duration_seconds", "orders_per_second", "dry_run", "first_failures"}`` (under 2 KB). The task fails at
     the end, after writing the results and pushing the summary, if more than ``max_failed`` orders were
-    refused, unknown, failed or invalid.
+    refused, unknown, failed or invalid; and if Limio created any order whose recording then failed (a ledger
+    write: its line says ``submitted`` with the order id and the error, the summary has ``not_recorded``), so
+    that the task's retry records it (and sends nothing).
 
     :param orders: the orders: a list of order bodies (dicts as Limio spells them, models, or JSON objects
         in strings), typically an upstream task's result (``XComArg``), or a template rendering to a JSON
@@ -403,6 +405,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         # 2. Sending pass.
         counts = dict.fromkeys(OUTCOMES, 0)
         first_failures: list[dict[str, Any]] = []
+        not_recorded: list[str] = []  # order ids Limio holds whose recording failed
         self._batch_lock = threading.Lock()
         self._batch_in_flight: dict[str, threading.Event] = {}
         self._batch_stopped: str | None = None
@@ -417,6 +420,8 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                 if len(lines) >= RESULTS_CHUNK:
                     write_lines()
                 counts[row["outcome"]] += 1
+                if row["outcome"] in ("submitted", "adopted") and row.get("error"):
+                    not_recorded.append(str(row["order_id"]))
                 if row["outcome"] in FAILURES and len(first_failures) < 3:
                     first_failures.append(
                         {
@@ -453,8 +458,18 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         }
         if self._batch_stopped:
             summary["stopped"] = self._batch_stopped[:300]
+        if not_recorded:
+            summary["not_recorded"] = len(not_recorded)
         summary = _small(summary)
         self.log.info("Batch done: %s", json.dumps(summary))
+        if not_recorded:  # created, but the ledger does not say so: the retry writes it (and sends nothing)
+            context["ti"].xcom_push(key="return_value", value=summary)
+            raise LimioBatchFailedError(
+                f"Limio holds {len(not_recorded)} orders of this batch whose recording failed (e.g. "
+                f"{', '.join(not_recorded[:3])}; their rows in {results_uri} say submitted, with the error): a "
+                "retry of this task records them and sends none of them again",
+                summary=summary,
+            )
         if failures > self.max_failed:
             context["ti"].xcom_push(key="return_value", value=summary)
             shown = ", ".join(f"{outcome} {counts[outcome]}" for outcome in FAILURES if counts[outcome])
@@ -610,6 +625,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
 
     def _run_one(self, item: _Item, context: Context, dry_run: bool) -> dict[str, Any]:
         """One order, start to end, in a worker thread: its result line (never raises)."""
+        from limio_provider.exceptions import LimioOrderNotRecordedError
         from limio_provider.models.results import OrderResult, PreviewResult
 
         assert item.body is not None and item.external_id is not None
@@ -624,6 +640,9 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                     total_due = PreviewResult.model_validate(preview).total_due()
                     return self._row(item, "dry_run", total_due=str(total_due))
                 result, adopted = self._submit_once(item.body, context)
+            except LimioOrderNotRecordedError as exc:  # created: its row says so, with the order's id
+                outcome = "adopted" if exc.adopted else "submitted"
+                return self._row(item, outcome, order_id=exc.order_id, error=_one_line(str(exc))[:1000])
             except Exception as exc:
                 outcome, error = self._outcome_of(exc)
                 return self._row(item, outcome, error=error)

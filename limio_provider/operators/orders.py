@@ -214,16 +214,52 @@ class _OrderRecord:
         return value if isinstance(value, dict) and value.get("external_id") == self.external_id else {}
 
     def save(self, state: str, **fields: Any) -> None:
-        if self._store is not None:
-            self._store.set(self.key, {"external_id": self.external_id, "state": state, **fields})
-        # An adopted entry is done already, and is another task's claim: it is not written again.
-        if self.ledger is not None and self.entry and self.entry.get("state") != "done":
-            if state == "sent":
-                result = fields["result"]
-                changes = {"order_id": fields["order_id"], "status": result.get("status"), "result": result}
-                self.entry = self.ledger.update(self.entry, "done", **changes)
-            else:
-                self.entry = self.ledger.update(self.entry, "sent" if state == "sending" else "unknown")
+        """Write this task's record (and the ledger's). ``sent`` says Limio holds the order: when writing it
+        fails, the error says so and names the order (:class:`LimioOrderNotRecordedError`), whatever failed."""
+        try:
+            if self._store is not None:
+                self._store.set(self.key, {"external_id": self.external_id, "state": state, **fields})
+            # An adopted entry is done already, and is another task's claim: it is not written again.
+            if self.ledger is not None and self.entry and self.entry.get("state") != "done":
+                if state == "sent":
+                    result = fields["result"]
+                    changes = {"order_id": fields["order_id"], "status": result.get("status"), "result": result}
+                    self.entry = self.ledger.update(self.entry, "done", **changes)
+                else:
+                    self.entry = self.ledger.update(self.entry, "sent" if state == "sending" else "unknown")
+        except Exception as exc:
+            if state != "sent":
+                raise
+            raise self._not_recorded(fields["order_id"], bool(fields.get("adopted")), exc) from exc
+
+    def _not_recorded(self, order_id: str, adopted: bool, exc: Exception) -> Exception:
+        from limio_provider.exceptions import LimioOrderNotRecordedError
+
+        return LimioOrderNotRecordedError(
+            f"Limio holds order {self.external_id} as {order_id}, and recording it failed "
+            f"({type(exc).__name__}: {exc}); it is never sent again: a retry of this task finds it and records it",
+            external_id=self.external_id,
+            order_id=order_id,
+            adopted=adopted,
+        )
+
+    def repair(self, body: dict[str, Any], context: Context, result: dict[str, Any]) -> None:
+        """Make the ledger say what this task's record says: Limio holds ``result`` (an earlier try stored its
+        id and then failed to write the ledger). Another body's record under this external_id is left alone."""
+        from limio_provider.ledger import Owner, fingerprint
+
+        if self.ledger is None:
+            return
+        owner, body_fingerprint = Owner.of(context), fingerprint(body)
+        try:
+            _, entry = self.ledger.claim(self.external_id, body_fingerprint, owner)
+            if entry.get("state") != "done" and entry.get("fingerprint") == body_fingerprint:
+                changes = {"order_id": result["id"], "status": result.get("status"), "result": result}
+                self.entry = self.ledger.update(
+                    {**entry, "external_id": self.external_id}, "done", claimed_by=vars(owner).copy(), **changes
+                )
+        except Exception as exc:
+            raise self._not_recorded(result["id"], True, exc) from exc
 
     def clear(self, error: str) -> None:
         """Nothing was created: forget the intent; the ledger says ``refused`` (a corrected order may claim
@@ -441,7 +477,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         record = _OrderRecord(context, self.state_key, external_id, self.hook.ledger(self.ledger_path))
         stored = record.load()
 
-        # 1. An order an earlier try stored always wins.
+        # 1. An order an earlier try stored always wins; the ledger is made to say so (that try may have failed
+        #    to write it).
         if stored.get("order_id"):
             order = self.hook.get_order(stored["order_id"])
             self._log_order(
@@ -450,7 +487,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
                 external_id,
                 order.status,
             )
-            return {**stored["result"], **_result_of(order, status_only=True)}, True
+            reconnected = {**stored["result"], **_result_of(order, status_only=True)}
+            record.repair(body, context, reconnected)
+            return reconnected, True
 
         # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.
         step = "send"

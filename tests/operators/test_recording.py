@@ -1,0 +1,106 @@
+"""One fact, one record: an order Limio created is reported as created whatever local write fails after it, and
+the retry that knows its id writes the ledger (issue 17, scenario 5). The ledger is on S3 (moto), whose PUTs
+the test server fails on demand."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import DAG
+
+from limio_provider.hooks.limio import LimioHook
+from limio_provider.ledger import OrderLedger
+from limio_provider.operators import LimioSubmitOrderOperator, LimioSubmitOrdersOperator
+from limio_provider.testing import LimioEmulator
+from tests.helpers import S3_PUT_FAULTS, START, new_order, run_dag, s3_put_fault, states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+FAST = {"timeout": 2.0, "retry_backoff": 0.01}
+#: A record's "done" write (the fault is removed when the first try fails: see ``first_try_only``).
+DONE = '"state": "done"'
+
+
+def first_try_only(then: Callable[[], None] = lambda: None) -> Callable[[Any], None]:
+    """An ``on_retry_callback`` that ends the S3 faults when the first try fails, then calls ``then``."""
+
+    def on_retry(context: Any) -> None:
+        S3_PUT_FAULTS.clear()
+        then()
+
+    return on_retry
+
+
+@pytest.fixture(autouse=True)
+def no_s3_faults_left() -> Iterator[None]:
+    yield
+    S3_PUT_FAULTS.clear()
+
+
+def ledger_record(root: str, external_id: str) -> dict[str, Any] | None:
+    return OrderLedger(root, LimioHook().settings.tenant).read(external_id)
+
+
+def test_an_order_whose_ledger_write_failed_is_reported_created_and_the_retry_records_it(
+    limio_emulator: LimioEmulator, s3_ledger_root: str, task_log: Callable[[], str]
+) -> None:
+    fault = s3_put_fault("EXT-REC-1", DONE)
+    task_log()
+    with DAG("limio_not_recorded", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(
+            task_id="submit",
+            order=new_order("EXT-REC-1"),
+            ledger_path=s3_ledger_root,
+            hook_params=FAST,
+            retries=1,
+            retry_delay=timedelta(0),
+            on_retry_callback=first_try_only(),
+        )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    assert fault["hits"] > 0, "the fault never fired: the test proves nothing"
+    (order,) = limio_emulator.orders_with_external_id("EXT-REC-1")
+    output = task_log()
+    assert "LimioOrderNotRecordedError" in output
+    assert f"Limio holds order EXT-REC-1 as {order['id']}, and recording it failed" in output
+    assert [result["id"] for result in xcom(run, "submit")] == [order["id"]]
+    record = ledger_record(s3_ledger_root, "EXT-REC-1")
+    assert record is not None and (record["state"], record["order_id"]) == ("done", order["id"]), record
+    assert record["claimed_by"]["try_number"] == 2  # the retry that knew the id wrote it
+
+
+def test_a_batch_row_says_submitted_when_recording_failed_and_the_retry_records_it(
+    limio_emulator: LimioEmulator, s3_ledger_root: str, tmp_path: Path
+) -> None:
+    fault = s3_put_fault("EXT-REC-B-1", DONE)
+    results_path = tmp_path / "batch.results.jsonl"
+    tries: list[str] = []  # the results file as each failed try left it
+
+    with DAG("limio_batch_not_recorded", schedule=None, start_date=START) as dag:
+        LimioSubmitOrdersOperator(
+            task_id="submit",
+            orders=[new_order(f"EXT-REC-B-{n}") for n in range(3)],
+            ledger_path=s3_ledger_root,
+            results_path=f"file://{results_path}",
+            hook_params=FAST,
+            retries=1,
+            retry_delay=timedelta(0),
+            on_retry_callback=first_try_only(lambda: tries.append(results_path.read_text())),
+        )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    assert fault["hits"] > 0, "the fault never fired: the test proves nothing"
+    (text,) = tries
+    first = [json.loads(line) for line in text.splitlines()]
+    row = next(row for row in first if row["external_id"] == "EXT-REC-B-1")
+    (order,) = limio_emulator.orders_with_external_id("EXT-REC-B-1")
+    assert (row["outcome"], row["order_id"]) == ("submitted", order["id"]), row
+    assert "recording it failed" in row["error"]
+    for n in range(3):
+        (created,) = limio_emulator.orders_with_external_id(f"EXT-REC-B-{n}")
+        record = ledger_record(s3_ledger_root, f"EXT-REC-B-{n}")
+        assert record is not None and (record["state"], record["order_id"]) == ("done", created["id"]), record
