@@ -473,7 +473,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
     def _submit_once(self, body: dict[str, Any], context: Context) -> tuple[dict[str, Any], bool]:
         """The order for ``body``: submitted once by this task instance, or found; and whether an earlier try
         or run created it (``adopted``)."""
-        external_id = body["external_id"]
+        external_id, partner = body["external_id"], _partner_id(body.get("forPartner"))
         record = _OrderRecord(context, self.state_key, external_id, self.hook.ledger(self.ledger_path))
         stored = record.load()
 
@@ -494,7 +494,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.
         step = "send"
         if record.ledger is not None:
-            step = record.claim(body, context, self.ledger_wait_timeout, lambda: self._decided(external_id))
+            step = record.claim(body, context, self.ledger_wait_timeout, lambda: self._decided(external_id, partner))
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
                 self._log_order(
@@ -509,11 +509,11 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             seen = stored.get("seen")  # None: any order with this external_id may be ours
             # A person's decision is taken before looking, so that it is used up (deleted) whatever the look
             # finds: one left behind could apply to a later unknown outcome of the same external_id.
-            decided = self._decided(external_id)
+            decided = self._decided(external_id, partner)
             if isinstance(decided, dict):
                 record.save("sent", order_id=decided["id"], result=decided, adopted=True)
                 return decided, True
-            found = self._created_since(external_id, seen)
+            found = self._created_since(external_id, seen, partner)
             if found is not None:
                 self.log.warning(
                     "An earlier try sent order %s and its outcome was unknown; Limio has it as %s (%s): adopting it",
@@ -538,7 +538,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
                 external_id,
                 self.reconcile_page_size * self.reconcile_pages,
             )
-            existing = self._lookup(external_id)
+            existing = self._lookup(external_id, partner)
             if self.adopt_existing:
                 earlier = next((order for order in existing if not order.failed), None)
                 if earlier is not None:
@@ -581,7 +581,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         except LimioOutcomeUnknownError as exc:
             record.save("unknown", seen=seen)
             self.log.warning("%s", exc)
-            found = self._created_since(external_id, seen)
+            found = self._created_since(external_id, seen, _partner_id(body.get("forPartner")))
             if found is None:
                 return None
             self.log.warning(
@@ -611,17 +611,28 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         """Send ``body``, which :meth:`_prepared_body` validated (the hook's ``submit_order`` would again)."""
         return self.hook._submit("/order", body)
 
-    def _lookup(self, external_id: str) -> list[OrderObject]:
-        found = self.hook.find_orders(external_id, page_size=self.reconcile_page_size, max_pages=self.reconcile_pages)
+    def _lookup(self, external_id: str, partner: str | None) -> list[OrderObject]:
+        """The orders among the newest that may be this one: its external_id, and its partner (``None``: an
+        order for no partner) where Limio shows the order's ``forPartner``. The order list gives summaries, so
+        each order with this external_id (rarely more than one) is read whole for its partner."""
+        summaries = self.hook.find_orders(
+            external_id, page_size=self.reconcile_page_size, max_pages=self.reconcile_pages
+        )
+        found = [self.hook.get_order(summary.id) for summary in summaries if summary.id]
+        others = [order for order in found if not _for_partner(order, partner)]
         self.log.info(
             "Looked up external_id %s among the %d newest orders: %s",
             external_id,
             self.reconcile_page_size * self.reconcile_pages,
-            ", ".join(f"{order.id} ({order.status})" for order in found) or "not found",
+            ", ".join(
+                f"{order.id} ({order.status}{', another partner: not this order' if order in others else ''})"
+                for order in found
+            )
+            or "not found",
         )
-        return found
+        return [order for order in found if order not in others]
 
-    def _created_since(self, external_id: str, seen: list[str] | None) -> dict[str, Any] | None:
+    def _created_since(self, external_id: str, seen: list[str] | None, partner: str | None) -> dict[str, Any] | None:
         """The newest order with ``external_id`` that is not among ``seen`` (``None``: any), as a result.
 
         Asked only about an order that may have been sent: when the look-up itself fails, the order's outcome is
@@ -631,7 +642,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
 
         try:
-            orders = self._lookup(external_id)
+            orders = self._lookup(external_id, partner)
         except LimioError as exc:
             raise LimioOutcomeUnknownError(
                 f"Limio may have received order {external_id}, and looking it up failed: {exc}. A retry of this "
@@ -652,7 +663,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             external_id=external_id,
         )
 
-    def _decided(self, external_id: str) -> str | dict[str, Any] | None:
+    def _decided(self, external_id: str, partner: str | None) -> str | dict[str, Any] | None:
         """A person's decision on order ``external_id`` (see :func:`decision_key`), taken once: ``"send"``,
         the adopted order's result, or ``None`` when there is none. The Variable is deleted before acting, so
         a decision is never applied twice.
@@ -673,18 +684,25 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             raise LimioValidationError(
                 f"invalid Variable {key}: expected 'send' or 'adopt <order id>', got {str(value)[:100]!r}"
             )
-        Variable.delete(key)
         if words == ["send"]:
+            Variable.delete(key)
             self.log.warning(
                 "Variable %s says Limio does not have order %s: sending it (Variable deleted)", key, external_id
             )
             return "send"
+        # Checked before the Variable is deleted: a failed read or a wrong order leaves the decision to correct.
         order = self.hook.get_order(words[1])
         if order.external_id != external_id:
             raise LimioValidationError(
                 f"invalid Variable {key}: order {order.id} has external_id {order.external_id!r}, not "
                 f"{external_id!r}; not adopting it"
             )
+        if not _for_partner(order, partner):
+            raise LimioValidationError(
+                f"invalid Variable {key}: order {order.id} is for partner "
+                f"{_partner_id((order.model_extra or {}).get('forPartner'))!r}, not {partner!r}; not adopting it"
+            )
+        Variable.delete(key)
         self.log.warning(
             "Variable %s says Limio has order %s as %s: adopting it (Variable deleted)", key, external_id, order.id
         )
@@ -795,6 +813,21 @@ def how_to_decide(external_id: str) -> str:
         f"not have it) or 'adopt <order id>' (it does), e.g. `airflow variables set {key} send`, and clear "
         "this task (docs: production.md, recovery actions)."
     )
+
+
+def _partner_id(value: Any) -> str | None:
+    """The partner organisation's id in a ``forPartner`` (an object with ``id``, or the id itself)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _for_partner(order: OrderObject, partner: str | None) -> bool:
+    """Whether ``order`` may be the order of ``partner`` (``None``: an order for no partner). An order that
+    shows a ``forPartner`` must show this one. One that shows none matches on its external_id alone: Limio does
+    not document whether its order objects carry ``forPartner`` (the emulator's do, as sent)."""
+    extra = order.model_extra or {}
+    return "forPartner" not in extra or _partner_id(extra["forPartner"]) == partner
 
 
 def _result_of(order: OrderObject, *, status_only: bool = False) -> dict[str, Any]:

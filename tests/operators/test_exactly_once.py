@@ -163,7 +163,8 @@ def test_a_person_decides_adopt_after_an_unknown_outcome(limio_emulator: LimioEm
     else:  # the named order carries another external_id: refused, nothing sent
         assert states(run)["submit"] == "failed"
     assert sent_external_ids(limio_emulator)[1:] == ["EXT-ADOPT"]  # after the existing order: only the lost send
-    assert get_variable(decision_key("EXT-ADOPT")) is None
+    # Used up once applied; a refused one is kept (never applied) for the person to correct.
+    assert get_variable(decision_key("EXT-ADOPT")) == (None if right_order else f"adopt {existing.id}")
 
 
 def test_unknown_outcome_not_found_resubmits_when_asked(limio_emulator: LimioEmulator) -> None:
@@ -468,3 +469,65 @@ def test_an_unknown_link_placeholder_fails_the_task_before_any_call(
     run = run_dag(submit_dag("limio_bad_link", order=new_order("EXT-BL")))
     assert states(run)["submit"] == "failed"
     assert limio_emulator.requests == []
+
+
+def admin_dag(dag_id: str, external_id: str, partner: str, **op_kwargs: Any) -> DAG:
+    from limio_provider.operators import LimioAdminSubmitOrderOperator
+
+    with DAG(dag_id, schedule=None, start_date=START) as dag:
+        LimioAdminSubmitOrderOperator(
+            task_id="submit", order=new_order(external_id), partner=partner, **{**FAST, **op_kwargs}
+        )
+    return dag
+
+
+def admin_orders(emulator: LimioEmulator, external_id: str) -> list[tuple[str, str]]:
+    """``(order id, partner id)`` of every order Limio holds with ``external_id``."""
+    return [(o["id"], (o.get("forPartner") or {}).get("id")) for o in emulator.orders_with_external_id(external_id)]
+
+
+def test_another_partners_order_with_the_same_external_id_is_never_adopted(limio_emulator: LimioEmulator) -> None:
+    """Issue 17, scenario 8: without a ledger, the look-up before sending adopted partner A's order for partner
+    B's task, so B's order was never created and the task succeeded."""
+    from limio_provider.hooks.limio import LimioHook
+
+    theirs = LimioHook().submit_admin_order(new_order("EXT-PARTNERS"), partner={"id": "partner-a"})
+    run = run_dag(admin_dag("limio_partner_b", "EXT-PARTNERS", "partner-b"))
+    assert run.state == "success", states(run)
+    (result,) = xcom(run, "submit")
+    assert xcom(run, "submit", "adopted") == [False] and result["id"] != theirs.id
+    assert sorted(admin_orders(limio_emulator, "EXT-PARTNERS"), key=lambda o: o[1]) == [
+        (theirs.id, "partner-a"),
+        (result["id"], "partner-b"),
+    ]
+
+
+def test_an_adopt_decision_naming_another_partners_order_is_refused_and_kept(
+    limio_emulator: LimioEmulator, task_log: Callable[[], str]
+) -> None:
+    from limio_provider.hooks.limio import LimioHook
+
+    theirs = LimioHook().submit_admin_order(new_order("EXT-ADOPT-P"), partner={"id": "partner-a"})
+    limio_emulator.add_fault(Fault(route="admin_order", action="drop", times=1))  # partner B's: outcome unknown
+    key = decision_key("EXT-ADOPT-P")
+    set_variable(key, f"adopt {theirs.id}")  # the wrong order: partner A's
+    task_log()
+    run = run_dag(admin_dag("limio_adopt_p", "EXT-ADOPT-P", "partner-b", retries=1, retry_delay=timedelta(0)))
+    assert states(run)["submit"] == "failed"
+    assert admin_orders(limio_emulator, "EXT-ADOPT-P") == [(theirs.id, "partner-a")]
+    assert f"order {theirs.id} is for partner 'partner-a', not 'partner-b'; not adopting it" in task_log()
+    assert get_variable(key) == f"adopt {theirs.id}"  # refused, not used up: a person corrects it
+
+
+def test_an_adopt_decision_is_not_used_up_when_reading_the_order_fails(limio_emulator: LimioEmulator) -> None:
+    """The Variable was deleted before the order it names was read: a 5xx there used the decision up."""
+    limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, times=1))
+    limio_emulator.add_fault(Fault(route="list_orders", action="process_then_garbage", body={"items": []}))
+    limio_emulator.add_fault(Fault(route="get_order", action="status", status=500, times=1))  # the decision's read
+    key = decision_key("EXT-ADOPT-5XX")
+    set_variable(key, "adopt order-named-by-a-person")  # read by the retry, after the unknown outcome
+    dag = submit_dag("limio_adopt_5xx", order=new_order("EXT-ADOPT-5XX"), retries=1, retry_delay=timedelta(0))
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert [r.status for r in limio_emulator.requests if r.path.startswith("/api/objects/limio/orders/")] == [500]
+    assert get_variable(key) == "adopt order-named-by-a-person"  # the failed read did not use the decision up
