@@ -51,11 +51,25 @@ DECISION_PREFIX = "limio_decision."
 def decision_key(external_id: str) -> str:
     """The Airflow Variable that carries a person's decision for order ``external_id``:
     ``limio_decision.<external_id>`` (a SHA-256 for an id too long for a Variable name). Its value is
-    ``send`` (I checked: Limio does not have it; send it) or ``adopt <order id>`` (Limio has it as that
-    order). The submit task reads it only when the order's outcome is unknown, and deletes it as it acts."""
+    ``send <ref>`` (I checked: Limio does not have it; send it) or ``adopt <order id> <ref>`` (Limio has it as
+    that order), where ``ref`` names the send it answers (:func:`outcome_ref`; the error gives it). The submit
+    task reads it only when an order's outcome is unknown, and deletes it once it is applied."""
     if len(DECISION_PREFIX) + len(external_id) <= 250:  # Airflow's longest Variable key
         return DECISION_PREFIX + external_id
     return DECISION_PREFIX + "sha256-" + hashlib.sha256(external_id.encode()).hexdigest()
+
+
+def outcome_ref(external_id: str, holder: dict[str, Any]) -> str:
+    """A short name (8 hex digits) for one send of ``external_id`` whose outcome is unknown, which a person's
+    decision must repeat: a decision answers that send and no other. ``holder`` is what tells the sends apart:
+    the ledger record's ``claimed_by`` and ``claimed_at`` (every claim of the external_id is another), or
+    without a ledger the task instance."""
+    text = json.dumps([external_id, holder], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _ledger_ref(external_id: str, entry: dict[str, Any]) -> str:
+    return outcome_ref(external_id, {"claimed_by": entry.get("claimed_by"), "claimed_at": entry.get("claimed_at")})
 
 
 def work_of(context: Context) -> str:
@@ -208,6 +222,15 @@ class _OrderRecord:
     def durable(self) -> bool:
         return self._store is not None
 
+    def ref(self, context: Context) -> str:
+        """The :func:`outcome_ref` of this task's send: its ledger record's, else its task instance's."""
+        if self.entry:
+            return _ledger_ref(self.external_id, self.entry)
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        holder = [ti.dag_id, context["run_id"], ti.task_id, -1 if map_index is None else map_index]
+        return outcome_ref(self.external_id, {"task_instance": holder})
+
     def load(self) -> dict[str, Any]:
         """The record of this external_id, or ``{}``."""
         value = self._store.get(self.key) if self._store is not None else None
@@ -270,15 +293,19 @@ class _OrderRecord:
             self.entry = self.ledger.update(self.entry, "refused", error=error[:500])
 
     def claim(
-        self, body: dict[str, Any], context: Context, wait_timeout: float, decide: Callable[[], Any] | None = None
+        self,
+        body: dict[str, Any],
+        context: Context,
+        wait_timeout: float,
+        decide: Callable[[dict[str, Any]], Any] | None = None,
     ) -> str:
         """Take the ledger's claim on this external_id: ``send``, ``adopt`` (the ledger holds Limio's order:
         :attr:`entry` has it) or ``reconcile`` (an earlier try of this task may have sent it).
 
-        ``decide`` returns a person's decision on an order whose outcome is unknown: the ledger record of
-        another task instance that sent it and never learnt the outcome (``sent``/``unknown``) is then set
-        ``refused`` ("send": Limio does not have it) or ``done`` (an order result: Limio has it) instead of
-        waited for.
+        ``decide(record)`` returns a person's decision on the outcome of another task instance's send that never
+        learnt it (a ``sent``/``unknown`` ledger record; the decision must name that record's outcome): the
+        record is then set ``refused`` ("send": Limio does not have it, looked up again) or ``done`` (an order
+        result: Limio has it) instead of waited for.
 
         :raises LimioOutcomeUnknownError: another task instance holds the claim and did not finish within
             ``wait_timeout`` seconds.
@@ -294,7 +321,7 @@ class _OrderRecord:
                 break
             step = next_step(entry, body_fingerprint, owner)
             if step == "wait" and decide is not None and entry.get("state") in ("sent", "unknown"):
-                decision = decide()
+                decision = decide(entry)
                 if decision == "send":
                     entry = self.ledger.update({**entry, "external_id": self.external_id}, "refused", error="decided")
                     step = "reclaim"
@@ -314,10 +341,17 @@ class _OrderRecord:
                     {**entry, "fingerprint": entry.get("fingerprint", body_fingerprint)}, body_fingerprint, owner
                 )
                 if step == "wait":
+                    if entry.get("state") in ("sent", "unknown"):  # a decision applies where it may have been sent
+                        what = how_to_decide(self.external_id, _ledger_ref(self.external_id, entry))
+                    else:  # claimed: not sent yet
+                        what = (
+                            "It has not sent it yet: if that task instance is not running, clear it (its retry "
+                            "takes the claim up again)."
+                        )
                     raise LimioOutcomeUnknownError(
                         f"order {self.external_id} is claimed in the ledger by {entry.get('claimed_by')} (state "
                         f"{entry.get('state')} since {entry.get('updated_at')}) and did not finish within "
-                        f"{wait_timeout:.0f} s; not sending it a second time. {how_to_decide(self.external_id)}",
+                        f"{wait_timeout:.0f} s; not sending it a second time. {what}",
                         external_id=self.external_id,
                     )
             if step == "reclaim":
@@ -494,7 +528,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.
         step = "send"
         if record.ledger is not None:
-            step = record.claim(body, context, self.ledger_wait_timeout, lambda: self._decided(external_id, partner))
+            step = record.claim(
+                body, context, self.ledger_wait_timeout, lambda entry: self._decided_for(entry, partner)
+            )
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
                 self._log_order(
@@ -509,7 +545,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             seen = stored.get("seen")  # None: any order with this external_id may be ours
             # A person's decision is taken before looking, so that it is used up (deleted) whatever the look
             # finds: one left behind could apply to a later unknown outcome of the same external_id.
-            decided = self._decided(external_id, partner)
+            decided = self._decided(external_id, partner, record.ref(context))
             if isinstance(decided, dict):
                 record.save("sent", order_id=decided["id"], result=decided, adopted=True)
                 return decided, True
@@ -525,7 +561,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
                 return found, True
             why = "an earlier try sent it and its outcome is unknown"
             if decided is None and self.on_unknown_outcome != "resubmit":
-                raise self._unknown_outcome(external_id, why)
+                raise self._unknown_outcome(external_id, why, record.ref(context))
             self.log.warning("Order %s not found (%s): sending it", external_id, why)
         # 4. A first send, claimed in the ledger: Limio is not searched (nothing was sent under this external_id).
         elif record.ledger is not None:
@@ -557,7 +593,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             self.log.warning("Resubmitting order %s (on_unknown_outcome='resubmit')", external_id)
             result = self._send_recorded(body, record, seen)
         if result is None:
-            raise self._unknown_outcome(external_id, "the submit's outcome is unknown")
+            raise self._unknown_outcome(external_id, "the submit's outcome is unknown", record.ref(context))
         return result, False
 
     def _send_recorded(
@@ -646,30 +682,48 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         except LimioError as exc:
             raise LimioOutcomeUnknownError(
                 f"Limio may have received order {external_id}, and looking it up failed: {exc}. A retry of this "
-                f"task looks again and sends nothing. {how_to_decide(external_id)}",
+                "task looks again and sends nothing.",
                 external_id=external_id,
             ) from exc
         found = [order for order in orders if seen is None or order.id not in seen]
         return _result_of(found[0]) if found else None
 
-    def _unknown_outcome(self, external_id: str, why: str) -> Exception:
+    def _unknown_outcome(self, external_id: str, why: str, ref: str) -> Exception:
         """The error of an order that may exist but cannot be found: it names the external_id."""
         from limio_provider.exceptions import LimioOutcomeUnknownError
 
         budget = self.reconcile_page_size * self.reconcile_pages
         return LimioOutcomeUnknownError(
             f"Limio may have received order {external_id} ({why}) but it is not among the {budget} newest "
-            f"orders; not resubmitting. {how_to_decide(external_id)}",
+            f"orders; not resubmitting. {how_to_decide(external_id, ref)}",
             external_id=external_id,
         )
 
-    def _decided(self, external_id: str, partner: str | None) -> str | dict[str, Any] | None:
-        """A person's decision on order ``external_id`` (see :func:`decision_key`), taken once: ``"send"``,
-        the adopted order's result, or ``None`` when there is none. The Variable is deleted before acting, so
-        a decision is never applied twice.
+    def _decided_for(self, entry: dict[str, Any], partner: str | None) -> str | dict[str, Any] | None:
+        """A person's decision on another task instance's send (its ledger ``entry``): ``send`` only once Limio
+        has been looked up again and does not hold the order (if it does, that order's result: it is adopted)."""
+        external_id = entry["external_id"]
+        decided = self._decided(external_id, partner, _ledger_ref(external_id, entry))
+        if decided == "send":
+            found = self._created_since(external_id, None, partner)
+            if found is not None:
+                self.log.warning(
+                    "Order %s was decided 'send', but Limio has it now as %s (%s): adopting it, not sending",
+                    external_id,
+                    found["id"],
+                    found.get("status"),
+                )
+                return found
+        return decided
 
-        :raises LimioValidationError: the Variable holds something else, or names an order with another
-            external_id.
+    def _decided(self, external_id: str, partner: str | None, ref: str) -> str | dict[str, Any] | None:
+        """A person's decision on the send of order ``external_id`` named ``ref`` (see :func:`decision_key`,
+        :func:`outcome_ref`), taken once: ``"send"``, the adopted order's result, or ``None`` when there is none.
+        The Variable is deleted once the decision is checked (an ``adopt``: its order read, with this
+        external_id and partner); one that answers another send is refused and left set.
+
+        :raises LimioValidationError: the Variable holds something else, answers another send, or names an
+            order with another external_id or partner.
         """
         from airflow.providers.common.compat.sdk import Variable
 
@@ -680,11 +734,17 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         if value is None:
             return None
         words = str(value).split()
-        if words not in (["send"],) and not (len(words) == 2 and words[0] == "adopt"):
+        if not (words[:1] == ["send"] and len(words) == 2) and not (words[:1] == ["adopt"] and len(words) == 3):
             raise LimioValidationError(
-                f"invalid Variable {key}: expected 'send' or 'adopt <order id>', got {str(value)[:100]!r}"
+                f"invalid Variable {key}: expected 'send {ref}' or 'adopt <order id> {ref}' (the send it answers), "
+                f"got {str(value)[:100]!r}"
             )
-        if words == ["send"]:
+        if words[-1] != ref:
+            raise LimioValidationError(
+                f"invalid Variable {key}: it answers the send {words[-1]!r} of order {external_id}, not this one "
+                f"({ref!r}); not applying it. {how_to_decide(external_id, ref)}"
+            )
+        if words[0] == "send":
             Variable.delete(key)
             self.log.warning(
                 "Variable %s says Limio does not have order %s: sending it (Variable deleted)", key, external_id
@@ -805,13 +865,14 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
-def how_to_decide(external_id: str) -> str:
-    """What a person does about an order whose outcome is unknown: the error message's last sentence."""
+def how_to_decide(external_id: str, ref: str) -> str:
+    """What a person does about the send ``ref`` of an order whose outcome is unknown: the error message's last
+    sentence. The decision repeats ``ref``: it answers that send and no other."""
     key = decision_key(external_id)
     return (
-        f"Check Limio for external_id {external_id}, then set the Airflow Variable {key} to 'send' (Limio does "
-        f"not have it) or 'adopt <order id>' (it does), e.g. `airflow variables set {key} send`, and clear "
-        "this task (docs: production.md, recovery actions)."
+        f"Check Limio for external_id {external_id}, then set the Airflow Variable {key} to 'send {ref}' (Limio "
+        f"does not have it) or 'adopt <order id> {ref}' (it does), e.g. `airflow variables set {key} \"send "
+        f'{ref}"`, and clear this task (docs: production.md, recovery actions).'
     )
 
 

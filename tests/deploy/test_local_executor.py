@@ -89,9 +89,12 @@ def _fail_with_unknown_outcome(local: Deployment, emulator: LimioEmulator, exter
 
 def _decide_and_clear(local: Deployment, run_id: str, external_id: str, log: str, decision: str) -> None:
     """The documented recovery: the Variable the error names, then clear the task; the run must succeed."""
+    import re
+
     api, dag_id, variable = local.api, "deploy_no_retry_submit", f"limio_decision.{external_id}"
-    assert f"airflow variables set {variable} send" in log, "the error does not say what to do"
-    api.set_variable(variable, decision)
+    match = re.search(rf'airflow variables set {re.escape(variable)} \\?"send ([0-9a-f]{{8}})', log)
+    assert match, "the error does not say what to do"
+    api.set_variable(variable, f"{decision} {match.group(1)}")  # the decision names the send it answers
     api.clear(dag_id, run_id, ["submit"])
     assert api.wait_run(dag_id, run_id) == "success", api.diagnose(dag_id, run_id)
     ti = api.ti(dag_id, run_id, "submit")

@@ -113,7 +113,7 @@ def test_a_persons_decision_reaches_another_task_instances_unknown_ledger_record
 ) -> None:
     from airflow.models.variable import Variable
 
-    from limio_provider.operators.orders import decision_key
+    from limio_provider.operators.orders import decision_key, outcome_ref
 
     external_id = f"EXT-DEC-{decision}"
     body = new_order(external_id)
@@ -121,11 +121,12 @@ def test_a_persons_decision_reaches_another_task_instances_unknown_ledger_record
     ledger = OrderLedger(ledger_root, hook.settings.tenant)
     created, record = ledger.claim(external_id, fingerprint(body), Owner("other_dag", "run-1", "submit"))
     ledger.update(record, "unknown")  # the other task instance sent it, never learnt the outcome, and failed
+    ref = outcome_ref(external_id, {"claimed_by": record["claimed_by"], "claimed_at": record["claimed_at"]})
     if decision == "adopt":  # Limio had it after all: the person found it
         existing = hook.submit_order(body)
-        Variable.set(decision_key(external_id), f"adopt {existing.id}")
+        Variable.set(decision_key(external_id), f"adopt {existing.id} {ref}")
     else:
-        Variable.set(decision_key(external_id), "send")
+        Variable.set(decision_key(external_id), f"send {ref}")
     before = len(calls(limio_emulator, "/api/order"))
     run = run_dag(submit_dag(f"limio_ledger_decided_{decision}", body, ledger_root, ledger_wait_timeout=30))
     assert run.state == "success", states(run)
@@ -234,3 +235,67 @@ def test_the_tenant_extra_names_one_tenant_reached_through_two_host_names(
         assert run.state == "success", states(run)
     assert len(limio_emulator.orders_with_external_id("EXT-ALIAS")) == 1
     assert (Path(ledger_root.removeprefix("file://")) / "acme.limio.test" / "EXT-ALIAS.json").exists()
+
+
+def test_a_send_decision_on_another_task_instances_record_looks_limio_up_first(
+    limio_emulator: LimioEmulator, ledger_root: str, task_log: Callable[[], str]
+) -> None:
+    """Issue 17, scenario 2: 'send' for another task instance's `sent` record marked it refused and sent with no
+    look-up at all: two orders when that send had reached Limio. Now Limio is looked up first, and the order
+    it holds is adopted."""
+    from airflow.models.variable import Variable
+
+    from limio_provider.operators.orders import decision_key, outcome_ref
+
+    body = new_order("EXT-DEC-LOOK")
+    hook = LimioHook(**FAST)
+    ledger = OrderLedger(ledger_root, hook.settings.tenant)
+    _, record = ledger.claim("EXT-DEC-LOOK", fingerprint(body), Owner("other_dag", "run-1", "submit"))
+    record = ledger.update(record, "sent")  # the other task instance's send left ...
+    existing = hook.submit_order(body)  # ... and reached Limio; the person judged wrongly
+    ref = outcome_ref("EXT-DEC-LOOK", {"claimed_by": record["claimed_by"], "claimed_at": record["claimed_at"]})
+    Variable.set(decision_key("EXT-DEC-LOOK"), f"send {ref}")
+    task_log()
+    run = run_dag(submit_dag("limio_ledger_decided_look", body, ledger_root, ledger_wait_timeout=30))
+    assert run.state == "success", states(run)
+    assert [o["id"] for o in limio_emulator.orders_with_external_id("EXT-DEC-LOOK")] == [existing.id]
+    assert xcom(run, "submit", "order_id") == [existing.id]
+    assert "was decided 'send', but Limio has it now as" in task_log()
+
+
+def test_a_decision_answering_another_send_is_refused_and_kept(
+    limio_emulator: LimioEmulator, ledger_root: str, task_log: Callable[[], str]
+) -> None:
+    """Issue 17, scenario 1: a decision left in its Variable was applied to a later, different unknown outcome
+    of the same external_id. A decision names the send it answers; for any other it is refused, loudly."""
+    from airflow.models.variable import Variable
+
+    from limio_provider.operators.orders import decision_key
+
+    body = new_order("EXT-DEC-STALE")
+    ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.tenant)
+    _, record = ledger.claim("EXT-DEC-STALE", fingerprint(body), Owner("other_dag", "run-1", "submit"))
+    ledger.update(record, "unknown")
+    Variable.set(decision_key("EXT-DEC-STALE"), "send 0badc0de")  # an earlier send's decision, never used
+    task_log()
+    run = run_dag(submit_dag("limio_ledger_decided_stale", body, ledger_root, ledger_wait_timeout=0.3))
+    assert states(run)["submit"] == "failed"
+    assert calls(limio_emulator, "/api/order") == []
+    assert "it answers the send '0badc0de' of order EXT-DEC-STALE, not this one" in task_log()
+    assert Variable.get(decision_key("EXT-DEC-STALE"), None) == "send 0badc0de"
+
+
+def test_a_claim_not_yet_sent_asks_for_no_decision(
+    limio_emulator: LimioEmulator, ledger_root: str, task_log: Callable[[], str]
+) -> None:
+    """A decision applies to a send whose outcome is unknown: for a claim that has sent nothing, the error
+    suggests none (one set there was ignored, then applied to a later outcome: issue 17, scenario 1)."""
+    body = new_order("EXT-CLAIMED")
+    ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.tenant)
+    ledger.claim("EXT-CLAIMED", fingerprint(body), Owner("other_dag", "run-1", "submit"))
+    task_log()
+    run = run_dag(submit_dag("limio_ledger_claimed", body, ledger_root, ledger_wait_timeout=0.3))
+    assert states(run)["submit"] == "failed"
+    output = task_log()
+    assert "It has not sent it yet: if that task instance is not running, clear it" in output
+    assert "airflow variables set" not in output
