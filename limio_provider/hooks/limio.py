@@ -348,10 +348,28 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(arg for arg in current.args[:1] if isinstance(arg, BaseException))
 
 
+def _setup_cause_in_words(cause: BaseException, *, sent: bool) -> str | None:
+    """A cause that says what is wrong with how this machine reaches Limio (TLS, DNS, a refused port), in
+    words; ``None`` for any other."""
+    from urllib3.exceptions import NameResolutionError
+
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({cause.verify_message or cause.reason})"
+    if isinstance(cause, ssl.SSLError) and sent:
+        return f"TLS error while reading the answer ({cause.reason or type(cause).__name__})"
+    if isinstance(cause, ssl.SSLError) and cause.reason in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"):
+        return "TLS protocol mismatch: the server did not answer TLS (is the host http://?)"
+    if isinstance(cause, NameResolutionError):
+        return "host name not resolved"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused (is the host or port right, and is Limio reachable from here?)"
+    return None
+
+
 def _cause_in_words(exc: BaseException, *, sent: bool = False) -> str:
     """What went wrong on the wire, in words a person can act on (``sent``: after the request left, when a
     TLS error is a broken answer, not a wrong scheme)."""
-    from urllib3.exceptions import DecodeError, NameResolutionError, ProtocolError
+    from urllib3.exceptions import DecodeError, ProtocolError
 
     causes = list(_causes(exc))
     if isinstance(exc, requests.exceptions.ContentDecodingError):
@@ -359,16 +377,9 @@ def _cause_in_words(exc: BaseException, *, sent: bool = False) -> str:
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):
         return "the answer was cut short"
     for cause in causes:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate not trusted ({cause.verify_message or cause.reason})"
-        if isinstance(cause, ssl.SSLError) and sent:
-            return f"TLS error while reading the answer ({cause.reason or type(cause).__name__})"
-        if isinstance(cause, ssl.SSLError) and cause.reason in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"):
-            return "TLS protocol mismatch: the server did not answer TLS (is the host http://?)"
-        if isinstance(cause, NameResolutionError):
-            return "host name not resolved"
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused (is the host or port right, and is Limio reachable from here?)"
+        words = _setup_cause_in_words(cause, sent=sent)
+        if words:
+            return words
     for cause in causes:
         if isinstance(cause, ssl.SSLError):
             return f"TLS error ({cause.reason or type(cause).__name__})"

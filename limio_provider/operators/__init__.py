@@ -1,14 +1,28 @@
-"""Limio order operators (cheap to import at DAG-parse time)."""
+"""Limio order operators (cheap to import at DAG-parse time: each operator's module is loaded when a DAG file
+first names it, so a DAG with single-order operators never loads the batch operator's)."""
 
 from __future__ import annotations
 
-from limio_provider.operators.batch import LimioSubmitOrdersOperator
-from limio_provider.operators.orders import (
-    LimioAdminSubmitOrderOperator,
-    LimioPreviewOrderOperator,
-    LimioSubmitOrderOperator,
-    external_id_for,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from limio_provider.operators.batch import LimioSubmitOrdersOperator
+    from limio_provider.operators.orders import (
+        LimioAdminSubmitOrderOperator,
+        LimioPreviewOrderOperator,
+        LimioSubmitOrderOperator,
+        external_id_for,
+    )
+
+#: Where each public name lives.
+_MODULES = {
+    "LimioAdminSubmitOrderOperator": "limio_provider.operators.orders",
+    "LimioPreviewOrderOperator": "limio_provider.operators.orders",
+    "LimioSubmitOrderOperator": "limio_provider.operators.orders",
+    "LimioSubmitOrdersOperator": "limio_provider.operators.batch",
+    "external_id_for": "limio_provider.operators.orders",
+}
 
 __all__ = [
     "LimioAdminSubmitOrderOperator",
@@ -17,3 +31,15 @@ __all__ = [
     "LimioSubmitOrdersOperator",
     "external_id_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULES[name]), name)
+    globals()[name] = value  # once: later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

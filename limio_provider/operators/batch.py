@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from limio_provider.ledger import storage_path
 from limio_provider.operators.orders import (
     LimioSubmitOrderOperator,
     PreviewCheck,
@@ -351,7 +350,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from fsspec.implementations.local import LocalFileSystem
 
-        from limio_provider.exceptions import LimioBatchFailedError, LimioConfigError, LimioValidationError
+        from limio_provider.exceptions import LimioBatchFailedError, LimioConfigError
 
         started = time.monotonic()
         dry_run = _as_bool("dry_run", self.preview_only)
@@ -366,41 +365,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         results_uri, results_file = self._results_uri()
 
         # 1. Validation pass: every order, before the first request.
-        total = invalid = derived = 0
-        problems: list[str] = []
-        for item in self._items(context):
-            total += 1
-            derived += item.derived
-            if item.error is not None:
-                invalid += 1
-                if len(problems) < MAX_PROBLEMS_SHOWN:
-                    problems.append(f"{item.where}: {item.error}")
-        if invalid and self.on_invalid == "fail":
-            more = f"\n  ... and {invalid - len(problems)} more" if invalid > len(problems) else ""
-            raise LimioValidationError(
-                f"{invalid} of {total} orders are invalid; nothing was sent (on_invalid='fail'; "
-                "on_invalid='skip' sends the valid ones):\n  " + "\n  ".join(problems) + more
-            )
-        if derived:
-            ti = context["ti"]
-            self.log.info(
-                "%d orders have no external_id: each gets one derived from dag %s, task %s, %s and the order's "
-                "fingerprint",
-                derived,
-                ti.dag_id,
-                ti.task_id,
-                work_of(context),
-            )
-        self.log.info(
-            "Validated %d orders (%d invalid%s); %s them, %d at a time, through %s; results to %s",
-            total,
-            invalid,
-            ", skipped" if invalid else "",
-            "previewing" if dry_run else "submitting",
-            self.max_in_flight,
-            "POST /admin/order" if self.partner is not None else "POST /order",
-            results_uri,
-        )
+        total = self._validation_pass(context, dry_run, results_uri)
 
         # 2. Sending pass.
         counts = dict.fromkeys(OUTCOMES, 0)
@@ -480,6 +445,52 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
             )
         return summary
 
+    def _validation_pass(self, context: Context, dry_run: bool, results_uri: str) -> int:
+        """Validate every order before the first request (one line at a time), and say what comes next: the
+        number of orders.
+
+        :raises LimioValidationError: an invalid order, with ``on_invalid="fail"``: nothing was sent.
+        """
+        from limio_provider.exceptions import LimioValidationError
+
+        total = invalid = derived = 0
+        problems: list[str] = []
+        for item in self._items(context):
+            total += 1
+            derived += item.derived
+            if item.error is not None:
+                invalid += 1
+                if len(problems) < MAX_PROBLEMS_SHOWN:
+                    problems.append(f"{item.where}: {item.error}")
+        if invalid and self.on_invalid == "fail":
+            more = f"\n  ... and {invalid - len(problems)} more" if invalid > len(problems) else ""
+            raise LimioValidationError(
+                f"{invalid} of {total} orders are invalid; nothing was sent (on_invalid='fail'; "
+                "on_invalid='skip' sends the valid ones):\n  " + "\n  ".join(problems) + more
+            )
+        if derived:
+            ti = context["ti"]
+            self.log.info(
+                "%d orders have no external_id: each gets one derived from dag %s, task %s, %s and the order's "
+                "fingerprint",
+                derived,
+                ti.dag_id,
+                ti.task_id,
+                work_of(context),
+            )
+        self.log.info(
+            "Validated %d orders (%d invalid%s); %s them, %d at a time, through %s; results to %s",
+            total,
+            invalid,
+            ", skipped" if invalid else "",
+            "previewing" if dry_run else "submitting",
+            self.max_in_flight,
+            "POST /admin/order" if self.partner is not None else "POST /order",
+            results_uri,
+        )
+
+        return total
+
     def on_kill(self) -> None:
         """Start no more orders; those in flight end and are recorded."""
         self._batch_stopped = "the task was killed"
@@ -491,10 +502,14 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         uri = str(self.results_path) if self.results_path is not None else default_results_path(str(self.orders_path))
         if self.orders_path is not None and uri == str(self.orders_path):
             raise LimioConfigError(f"results_path {uri} is the orders_path: give the results another path")
+        from limio_provider.ledger import storage_path
+
         return uri, storage_path("results_path", uri)  # usable (scheme, filesystem) before any call
 
     def _items(self, context: Context) -> Iterator[_Item]:
         """Each order of the batch, read afresh and prepared for sending (no network call)."""
+        from limio_provider.ledger import storage_path
+
         if self.orders_path is not None:
             uri = str(self.orders_path)
             for number, text, error in _file_lines(storage_path("orders_path", self.orders_path), uri):
