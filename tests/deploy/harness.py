@@ -176,6 +176,19 @@ class Processes:
             service.stop(family=family, signalled=True)
 
 
+#: What in a triggerer's log says it is not well: a trigger runner that died (3.x), a runner channel answered out
+#: of order (3.1), a trigger that failed, any traceback.
+TRIGGERER_TROUBLE = ("Response read out of order", "Trigger runner process has died", "Trigger failed", "Traceback")
+
+
+def triggerer_log_problems(processes: Processes) -> list[str]:
+    """What says the deployment's triggerer is not well, from its process and its log (any Airflow line)."""
+    triggerer = next(s for s in processes.services if s.name == "triggerer")
+    problems = [] if triggerer.alive() else ["the triggerer exited"]
+    text = triggerer.log.read_text(errors="replace")
+    return problems + [f"the triggerer's log shows {sign!r}" for sign in TRIGGERER_TROUBLE if sign in text]
+
+
 def airflow_env(home: Path, *, api_port: int, logs: Path, executor: str, extra: Mapping[str, str]) -> dict[str, str]:
     """The environment every Airflow process of a deployment shares (nothing inherited from ``AIRFLOW_*``)."""
     bundles = [
@@ -370,15 +383,10 @@ class AirflowApi:
     def triggerer_problems(self) -> list[str]:
         """What says the triggerer is not well: its health in ``/monitor/health``, and errors its log shows
         (a trigger runner that died, a runner channel answered out of order)."""
-        problems = []
+        problems = triggerer_log_problems(self.processes)
         health = self._call("GET", "monitor/health").json()
         if (health.get("triggerer") or {}).get("status") != "healthy":
             problems.append(f"triggerer health: {health.get('triggerer')}")
-        triggerer = next(s for s in self.processes.services if s.name == "triggerer")
-        text = triggerer.log.read_text(errors="replace")
-        for sign in ("Response read out of order", "Trigger runner process has died", "Traceback"):
-            if sign in text:
-                problems.append(f"the triggerer's log shows {sign!r}")
         return problems
 
     def set_variable(self, key: str, value: str) -> None:

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.deploy.harness import AIRFLOW, RUN_SECONDS, START_SECONDS, TEST_DAGS, Processes, wait_until
+from tests.deploy.harness import (
+    AIRFLOW,
+    RUN_SECONDS,
+    START_SECONDS,
+    TEST_DAGS,
+    Processes,
+    triggerer_log_problems,
+    wait_until,
+)
 from tests.deploy.scenarios import one_order, unique
 from tests.helpers import AIRFLOW_VERSION, free_port
 
@@ -74,17 +82,10 @@ class Airflow2:
         )
 
     def triggerer_problems(self) -> list[str]:
-        problems = []
+        problems = triggerer_log_problems(self.processes)
         beats = self.query("SELECT state, latest_heartbeat FROM job WHERE job_type = 'TriggererJob' ORDER BY id DESC")
         if not beats or beats[0][0] != "running":
             problems.append(f"the triggerer's job: {beats[:1]}")
-        triggerer = next(s for s in self.processes.services if s.name == "triggerer")
-        if not triggerer.alive():
-            problems.append("the triggerer exited")
-        text = triggerer.log.read_text(errors="replace")
-        for sign in ("Traceback", "Trigger failed", "Trigger runner"):
-            if sign in text:
-                problems.append(f"the triggerer's log shows {sign!r}")
         return problems
 
     def diagnose(self, dag_id: str, run_id: str) -> str:
