@@ -25,6 +25,7 @@ MODULES = [
     "limio_provider.models.results",
     "limio_provider.exceptions",
     "limio_provider.ledger",
+    "limio_provider.decide",
     "limio_provider.testing",
     "limio_provider.testing.emulator",
     "limio_provider.testing.faults",

@@ -651,22 +651,20 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         """The orders among the newest that may be this one: its external_id, and its partner (``None``: an
         order for no partner) where Limio shows the order's ``forPartner``. The order list gives summaries, so
         each order with this external_id (rarely more than one) is read whole for its partner."""
-        summaries = self.hook.find_orders(
-            external_id, page_size=self.reconcile_page_size, max_pages=self.reconcile_pages
+        ours, others = orders_for(
+            self.hook, external_id, partner, page_size=self.reconcile_page_size, max_pages=self.reconcile_pages
         )
-        found = [self.hook.get_order(summary.id) for summary in summaries if summary.id]
-        others = [order for order in found if not _for_partner(order, partner)]
         self.log.info(
             "Looked up external_id %s among the %d newest orders: %s",
             external_id,
             self.reconcile_page_size * self.reconcile_pages,
             ", ".join(
-                f"{order.id} ({order.status}{', another partner: not this order' if order in others else ''})"
-                for order in found
+                [f"{order.id} ({order.status})" for order in ours]
+                + [f"{order.id} ({order.status}, another partner: not this order)" for order in others]
             )
             or "not found",
         )
-        return [order for order in found if order not in others]
+        return ours
 
     def _created_since(self, external_id: str, seen: list[str] | None, partner: str | None) -> dict[str, Any] | None:
         """The newest order with ``external_id`` that is not among ``seen`` (``None``: any), as a result.
@@ -872,8 +870,21 @@ def how_to_decide(external_id: str, ref: str) -> str:
     return (
         f"Check Limio for external_id {external_id}, then set the Airflow Variable {key} to 'send {ref}' (Limio "
         f"does not have it) or 'adopt <order id> {ref}' (it does), e.g. `airflow variables set {key} \"send "
-        f'{ref}"`, and clear this task (docs: production.md, recovery actions).'
+        f'{ref}"` (or `python -m limio_provider.decide {external_id} {ref} send`, which checks Limio first), and '
+        "clear this task (docs: production.md, recovery actions)."
     )
+
+
+def orders_for(
+    hook: LimioHook, external_id: str, partner: str | None, *, page_size: int = 100, max_pages: int = 5
+) -> tuple[list[OrderObject], list[OrderObject]]:
+    """The orders carrying ``external_id`` among the ``page_size * max_pages`` newest, newest first, read whole:
+    ``(those that may be partner's, those of another partner)`` (``partner`` ``None``: an order for no
+    partner). The order list gives summaries without a partner, so each order found is read (rarely more
+    than one)."""
+    summaries = hook.find_orders(external_id, page_size=page_size, max_pages=max_pages)
+    found = [hook.get_order(summary.id) for summary in summaries if summary.id]
+    return [o for o in found if _for_partner(o, partner)], [o for o in found if not _for_partner(o, partner)]
 
 
 def _partner_id(value: Any) -> str | None:
