@@ -543,13 +543,15 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         earlier_try_sent = stored.get("state") in ("sending", "unknown") or step == "reconcile"
         if earlier_try_sent or (not record.durable and record.ledger is None and context["ti"].try_number > 1):
             seen = stored.get("seen")  # None: any order with this external_id may be ours
-            # A person's decision is taken before looking, so that it is used up (deleted) whatever the look
-            # finds: one left behind could apply to a later unknown outcome of the same external_id.
+            # A person's decision is read before looking; a 'send' is used up (deleted) after the look, whatever
+            # it finds, and before sending: a send lost again asks again.
             decided = self._decided(external_id, partner, record.ref(context))
             if isinstance(decided, dict):
                 record.save("sent", order_id=decided["id"], result=decided, adopted=True)
                 return decided, True
             found = self._created_since(external_id, seen, partner)
+            if decided == "send":
+                self._send_decided(external_id, found)
             if found is not None:
                 self.log.warning(
                     "An earlier try sent order %s and its outcome was unknown; Limio has it as %s (%s): adopting it",
@@ -704,21 +706,38 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         decided = self._decided(external_id, partner, _ledger_ref(external_id, entry))
         if decided == "send":
             found = self._created_since(external_id, None, partner)
-            if found is not None:
-                self.log.warning(
-                    "Order %s was decided 'send', but Limio has it now as %s (%s): adopting it, not sending",
-                    external_id,
-                    found["id"],
-                    found.get("status"),
-                )
-                return found
+            self._send_decided(external_id, found)
+            return "send" if found is None else found
         return decided
+
+    def _send_decided(self, external_id: str, found: dict[str, Any] | None) -> None:
+        """Use up a ``send`` decision, Limio having been looked up again: it found ``found`` (then that order is
+        taken, not sent again), or nothing (then the order is sent, once: the decision is gone before it is,
+        so a send lost again asks again)."""
+        from airflow.providers.common.compat.sdk import Variable
+
+        key = decision_key(external_id)
+        Variable.delete(key)
+        if found is None:
+            self.log.warning(
+                "Variable %s says Limio does not have order %s: sending it (Variable deleted)", key, external_id
+            )
+        else:
+            self.log.warning(
+                "Order %s was decided 'send', but Limio has it now as %s (%s): adopting it, not sending "
+                "(Variable %s deleted)",
+                external_id,
+                found["id"],
+                found.get("status"),
+                key,
+            )
 
     def _decided(self, external_id: str, partner: str | None, ref: str) -> str | dict[str, Any] | None:
         """A person's decision on the send of order ``external_id`` named ``ref`` (see :func:`decision_key`,
         :func:`outcome_ref`), taken once: ``"send"``, the adopted order's result, or ``None`` when there is none.
-        The Variable is deleted once the decision is checked (an ``adopt``: its order read, with this
-        external_id and partner); one that answers another send is refused and left set.
+        An ``adopt`` is deleted once its order is read and checked (this external_id and partner); a ``send`` by
+        the caller, once Limio was looked up again, before sending (:meth:`_send_decided`). One that answers
+        another send is refused and left set.
 
         :raises LimioValidationError: the Variable holds something else, answers another send, or names an
             order with another external_id or partner.
@@ -742,11 +761,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
                 f"invalid Variable {key}: it answers the send {words[-1]!r} of order {external_id}, not this one "
                 f"({ref!r}); not applying it. {how_to_decide(external_id, ref)}"
             )
-        if words[0] == "send":
-            Variable.delete(key)
-            self.log.warning(
-                "Variable %s says Limio does not have order %s: sending it (Variable deleted)", key, external_id
-            )
+        if words[0] == "send":  # deleted by the caller once it has looked Limio up, before it sends
             return "send"
         # Checked before the Variable is deleted: a failed read or a wrong order leaves the decision to correct.
         order = self.hook.get_order(words[1])

@@ -565,3 +565,24 @@ def test_an_adopt_decision_is_not_used_up_when_reading_the_order_fails(limio_emu
     assert states(run)["submit"] == "failed"
     assert [r.status for r in limio_emulator.requests if r.path.startswith("/api/objects/limio/orders/")] == [500]
     assert str(get_variable(key)).startswith("adopt order-named-by-a-person ")  # the failed read used nothing up
+
+
+def test_a_send_decision_is_not_used_up_when_the_look_up_before_sending_fails(
+    limio_emulator: LimioEmulator,
+) -> None:
+    """'send' is used up after Limio was looked up again, before the order is sent: a look-up that fails leaves
+    it set, and nothing is sent."""
+    limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
+    limio_emulator.add_fault(Fault(route="list_orders", action="latency_only", times=2))  # the first try's looks
+    limio_emulator.add_fault(Fault(route="list_orders", action="status", status=500, times=1))  # the retry's
+    dag = submit_dag(
+        "limio_send_lookup_5xx",
+        order=new_order("EXT-SEND-5XX"),
+        retries=1,
+        retry_delay=timedelta(0),
+        on_retry_callback=decide_after_the_first_try("EXT-SEND-5XX", "send {ref}", refs := []),
+    )
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert sent_external_ids(limio_emulator) == ["EXT-SEND-5XX"]  # the lost send only
+    assert get_variable(decision_key("EXT-SEND-5XX")) == f"send {refs[0]}"
