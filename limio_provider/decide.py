@@ -43,7 +43,7 @@ def check(
 ) -> str | None:
     """Why Limio contradicts the decision, or ``None`` if it does not."""
     from limio_provider.hooks.limio import LimioHook
-    from limio_provider.operators.orders import _for_partner, orders_for
+    from limio_provider.operators.orders import not_this_order, orders_for
 
     hook = LimioHook(conn_id)
     try:
@@ -53,12 +53,7 @@ def check(
                 shown = ", ".join(f"{order.id} ({order.status})" for order in ours)
                 return f"Limio holds {shown} with external_id {external_id}: adopt it instead of sending again"
             return None
-        order = hook.get_order(str(order_id))
-        if order.external_id != external_id:
-            return f"order {order.id} has external_id {order.external_id!r}, not {external_id!r}"
-        if not _for_partner(order, partner):
-            return f"order {order.id} is for another partner than {partner!r}"
-        return None
+        return not_this_order(hook.get_order(str(order_id)), external_id, partner)
     finally:
         hook.close()
 

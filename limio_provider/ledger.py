@@ -135,8 +135,9 @@ class OrderLedger:
     :param tenant: the tenant's name (``LimioHook.settings.tenant``: its host, canonical); records of different
         tenants never mix, and each record names its tenant.
     :param aliases: other names records of this tenant may have been written under (a host as a connection
-        spelt it before names were canonical): read when the tenant's own folder has no record, so moving to
-        the canonical name sends nothing again. New records are written under ``tenant`` only.
+        spelt it before names were canonical): those that hold records (looked at once, here) are read when the
+        tenant's own folder has no record, so moving to the canonical name sends nothing again. New records are
+        written under ``tenant`` only.
     """
 
     def __init__(self, root: Any, tenant: str, aliases: tuple[str, ...] = ()) -> None:
@@ -145,7 +146,9 @@ class OrderLedger:
         self.root = base / quote(tenant, safe="")
         self.fs = self.root.fs
         self._folder = self.root.path.rstrip("/")
-        self._alias_folders = [(base / quote(alias, safe="")).path.rstrip("/") for alias in aliases]
+        # Only folders that exist (one look each, here): a ledger with nothing under an alias reads nothing more.
+        folders = [(base / quote(alias, safe="")).path.rstrip("/") for alias in aliases]
+        self._alias_folders = [folder for folder in folders if self.fs.exists(folder)]
 
     def path(self, external_id: str) -> Any:
         """Where the record of ``external_id`` lives (an ``ObjectStoragePath``)."""

@@ -41,7 +41,7 @@ def test_adopt_is_recorded_only_for_an_order_with_this_external_id_and_partner(
     assert main(["EXT-D-P", REF, "adopt", theirs.id, "--partner", "partner-b"]) == 1
     assert main(["EXT-D-P", REF, "adopt", other.id, "--partner", "partner-a"]) == 1
     err = capsys.readouterr().err
-    assert "is for another partner than 'partner-b'" in err and "has external_id 'EXT-D-OTHER'" in err
+    assert "is for partner 'partner-a', not 'partner-b'" in err and "has external_id 'EXT-D-OTHER'" in err
     assert variable("EXT-D-P") is None
     assert main(["EXT-D-P", REF, "adopt", theirs.id, "--partner", "partner-a"]) == 0
     assert variable("EXT-D-P") == f"adopt {theirs.id} {REF}"

@@ -765,16 +765,9 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             return "send"
         # Checked before the Variable is deleted: a failed read or a wrong order leaves the decision to correct.
         order = self.hook.get_order(words[1])
-        if order.external_id != external_id:
-            raise LimioValidationError(
-                f"invalid Variable {key}: order {order.id} has external_id {order.external_id!r}, not "
-                f"{external_id!r}; not adopting it"
-            )
-        if not _for_partner(order, partner):
-            raise LimioValidationError(
-                f"invalid Variable {key}: order {order.id} is for partner "
-                f"{_partner_id((order.model_extra or {}).get('forPartner'))!r}, not {partner!r}; not adopting it"
-            )
+        problem = not_this_order(order, external_id, partner)
+        if problem is not None:
+            raise LimioValidationError(f"invalid Variable {key}: {problem}; not adopting it")
         Variable.delete(key)
         self.log.warning(
             "Variable %s says Limio has order %s as %s: adopting it (Variable deleted)", key, external_id, order.id
@@ -900,6 +893,16 @@ def orders_for(
     summaries = hook.find_orders(external_id, page_size=page_size, max_pages=max_pages)
     found = [hook.get_order(summary.id) for summary in summaries if summary.id]
     return [o for o in found if _for_partner(o, partner)], [o for o in found if not _for_partner(o, partner)]
+
+
+def not_this_order(order: OrderObject, external_id: str, partner: str | None) -> str | None:
+    """Why ``order`` cannot be the order ``external_id`` of ``partner`` (see :func:`orders_for`), or ``None``."""
+    if order.external_id != external_id:
+        return f"order {order.id} has external_id {order.external_id!r}, not {external_id!r}"
+    if not _for_partner(order, partner):
+        shown = _partner_id((order.model_extra or {}).get("forPartner"))
+        return f"order {order.id} is for partner {shown!r}, not {partner!r}"
+    return None
 
 
 def _partner_id(value: Any) -> str | None:

@@ -10,6 +10,7 @@ database), the scheduler (SequentialExecutor, the only one SQLite allows) and th
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -94,8 +95,6 @@ class Airflow2:
 
 @pytest.fixture(scope="module")
 def airflow2(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, artifacts: Path) -> Iterator[Airflow2]:
-    import os
-
     logs = artifacts / "airflow-2"
     logs.mkdir(parents=True)
     home = tmp_path_factory.mktemp("airflow-2-home")

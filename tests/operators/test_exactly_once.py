@@ -116,6 +116,19 @@ def decide_after_the_first_try(external_id: str, value: str, refs: list[str] | N
     return decide
 
 
+def decided_dag(dag_id: str, external_id: str, decision: str, refs: list[str] | None = None, **op_kwargs: Any) -> DAG:
+    """A submit of ``external_id`` with one retry, before which a person records ``decision`` (see
+    :func:`decide_after_the_first_try`)."""
+    return submit_dag(
+        dag_id,
+        order=new_order(external_id),
+        retries=1,
+        retry_delay=timedelta(0),
+        on_retry_callback=decide_after_the_first_try(external_id, decision, refs),
+        **op_kwargs,
+    )
+
+
 def set_variable(key: str, value: str) -> None:
     from airflow.models.variable import Variable
 
@@ -137,13 +150,7 @@ def test_a_person_decides_send_after_an_unknown_outcome(
     key = decision_key("EXT-DECIDE")
     assert key == "limio_decision.EXT-DECIDE"
     # Set once the first try has failed, from its error; its retry is what a person's clear starts.
-    dag = submit_dag(
-        "limio_decide_send",
-        order=new_order("EXT-DECIDE"),
-        retries=1,
-        retry_delay=timedelta(0),
-        on_retry_callback=decide_after_the_first_try("EXT-DECIDE", "send {ref}", refs := []),
-    )
+    dag = decided_dag("limio_decide_send", "EXT-DECIDE", "send {ref}", refs := [])
     run = run_dag(dag)
     assert run.state == "success", states(run)
     assert len(limio_emulator.orders_with_external_id("EXT-DECIDE")) == 1
@@ -171,13 +178,8 @@ def test_a_person_decides_adopt_after_an_unknown_outcome(limio_emulator: LimioEm
     # lookup after the lost answer does not take it); the person looked in Limio and says it is the one.
     existing = LimioHook().submit_order(new_order("EXT-ADOPT" if right_order else "EXT-OTHER"))
     limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
-    dag = submit_dag(
-        f"limio_decide_adopt_{right_order}",
-        order=new_order("EXT-ADOPT"),
-        adopt_existing=False,
-        retries=1,
-        retry_delay=timedelta(0),
-        on_retry_callback=decide_after_the_first_try("EXT-ADOPT", f"adopt {existing.id} {{ref}}"),
+    dag = decided_dag(
+        f"limio_decide_adopt_{right_order}", "EXT-ADOPT", f"adopt {existing.id} {{ref}}", adopt_existing=False
     )
     run = run_dag(dag)
     if right_order:
@@ -554,13 +556,7 @@ def test_an_adopt_decision_is_not_used_up_when_reading_the_order_fails(limio_emu
     limio_emulator.add_fault(Fault(route="list_orders", action="process_then_garbage", body={"items": []}))
     limio_emulator.add_fault(Fault(route="get_order", action="status", status=500, times=1))  # the decision's read
     key = decision_key("EXT-ADOPT-5XX")
-    dag = submit_dag(
-        "limio_adopt_5xx",
-        order=new_order("EXT-ADOPT-5XX"),
-        retries=1,
-        retry_delay=timedelta(0),
-        on_retry_callback=decide_after_the_first_try("EXT-ADOPT-5XX", "adopt order-named-by-a-person {ref}"),
-    )
+    dag = decided_dag("limio_adopt_5xx", "EXT-ADOPT-5XX", "adopt order-named-by-a-person {ref}")
     run = run_dag(dag)
     assert states(run)["submit"] == "failed"
     assert [r.status for r in limio_emulator.requests if r.path.startswith("/api/objects/limio/orders/")] == [500]
@@ -575,13 +571,7 @@ def test_a_send_decision_is_not_used_up_when_the_look_up_before_sending_fails(
     limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
     limio_emulator.add_fault(Fault(route="list_orders", action="latency_only", times=2))  # the first try's looks
     limio_emulator.add_fault(Fault(route="list_orders", action="status", status=500, times=1))  # the retry's
-    dag = submit_dag(
-        "limio_send_lookup_5xx",
-        order=new_order("EXT-SEND-5XX"),
-        retries=1,
-        retry_delay=timedelta(0),
-        on_retry_callback=decide_after_the_first_try("EXT-SEND-5XX", "send {ref}", refs := []),
-    )
+    dag = decided_dag("limio_send_lookup_5xx", "EXT-SEND-5XX", "send {ref}", refs := [])
     run = run_dag(dag)
     assert states(run)["submit"] == "failed"
     assert sent_external_ids(limio_emulator) == ["EXT-SEND-5XX"]  # the lost send only
