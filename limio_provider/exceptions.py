@@ -88,6 +88,18 @@ class LimioOutcomeUnknownError(LimioError):
         self.status = status
 
 
+class LimioClaimLostError(LimioError):
+    """This try no longer holds the order ledger's claim on :attr:`external_id`: another try took it over (this
+    one was thought dead: frozen, partitioned) or changed the record. This try sent nothing after losing it and
+    sends nothing now; the holder named in the message owns the order's outcome. A batch whose task instance
+    a later try took over raises it too (``external_id`` ``None``), and leaves the results file to that try.
+    """
+
+    def __init__(self, message: str, *, external_id: str | None) -> None:
+        super().__init__(message)
+        self.external_id = external_id
+
+
 class LimioOrderFailedError(LimioError):
     """Limio finished processing the order with a failure status; carries Limio's reason."""
 

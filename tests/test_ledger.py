@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from limio_provider import ledger as ledger_module
-from limio_provider.exceptions import LimioConfigError, LimioValidationError
+from limio_provider.exceptions import LimioClaimLostError, LimioValidationError
 from limio_provider.ledger import OrderLedger, Owner, fingerprint, next_step
 
 TENANT = "acme.prod.limio.com"
@@ -39,8 +39,10 @@ FIELDS = {
     "claimed_by",
     "claimed_at",
     "updated_at",
+    "holder",
 }
 OWNER_FIELDS = {"dag_id", "run_id", "task_id", "map_index", "try_number"}
+HOLDER_FIELDS = {"token", "try_number", "host", "pid", "since"}
 BODY = {"external_id": "renewal-42", "order": {"items": [{"offer": "offer-1", "quantity": 1}]}}
 FP = fingerprint(BODY)
 OTHER_FP = fingerprint({**BODY, "order": {"items": [{"offer": "offer-2", "quantity": 1}]}})
@@ -125,6 +127,8 @@ def test_claim_creates_a_readable_record_with_every_documented_field(ledger: Ord
     assert record["claimed_by"] == asdict(A) and set(record["claimed_by"]) == OWNER_FIELDS
     assert record["claimed_at"] == record["updated_at"]
     _ts(record["claimed_at"])
+    assert set(record["holder"]) == HOLDER_FIELDS and record["holder"]["pid"] == os.getpid()
+    assert len(record["holder"]["token"]) == 32 and record["holder"]["try_number"] == A.try_number
 
     assert ledger.read("renewal-42") == record
     # A person can read it: one JSON object on one line, keys sorted, from the path the ledger names.
@@ -209,46 +213,94 @@ def test_reclaim_of_a_refused_record(ledger: OrderLedger) -> None:
     assert existing == mine
     assert ledger.read("renewal-42") == mine
 
-    # A worker that stopped between its reclaim marker and its claim: another task instance does not take
-    # the record over (it cannot tell a stopped worker from a slow one) and says which marker to delete; a
-    # later try of the same task instance goes on.
-    _, stuck = ledger.claim("renewal-45", FP, A)
-    stuck = ledger.update(stuck, "refused", error="400")
-    real_write = ledger_module._write
-
-    class Stopped(BaseException):
-        pass
-
-    def stop_after_marker(fs, path, data, *, create):
-        real_write(fs, path, data, create=create)
-        if ".reclaimed-" in str(path):
-            marker_paths.append(path)
-            raise Stopped
-
-    marker_paths: list[Any] = []
-    ledger_module._write = stop_after_marker
-    try:
-        with pytest.raises(Stopped):
-            ledger.reclaim(stuck, FP, A)
-    finally:
-        ledger_module._write = real_write
-    (marker,) = marker_paths
-    assert ledger.read("renewal-45") == stuck
-    started = time.monotonic()
-    with pytest.raises(LimioConfigError) as err:
-        ledger.reclaim(stuck, FP, B, wait=0.3)
-    assert 0.25 < time.monotonic() - started < 10
-    assert str(marker) in str(err.value) and "'dag_id': 'renewals'" in str(err.value)
-    won, retried = ledger.reclaim(stuck, FP, A_RETRY)
-    assert won is True and retried["claimed_by"] == asdict(A_RETRY)
-    assert ledger.reclaim(stuck, FP, B) == (False, retried)
-
     # A record that vanished is simply claimed.
     _, gone = ledger.claim("renewal-44", FP, A)
     gone = ledger.update(gone, "refused")
     ledger.path("renewal-44").unlink()
     won, fresh = ledger.reclaim(gone, FP, B)
     assert won is True and fresh["claimed_by"] == asdict(B)
+
+
+# --- fencing: every write after the claim is a compare-and-swap ---
+
+
+def test_a_try_whose_claim_was_taken_over_writes_nothing(ledger: OrderLedger) -> None:
+    """Try 1 claims and is thought dead; try 2 takes the claim over with its own token. Try 1's next write (the
+    "sent" it writes right before its request leaves) fails and changes nothing; try 2 goes on."""
+    _, first = ledger.claim("renewal-42", FP, A, token="a" * 32)
+    taken = ledger.take(first, A_RETRY, token="b" * 32)
+    assert taken["holder"]["token"] == "b" * 32 and taken["holder"]["try_number"] == 2
+    assert (taken["claimed_by"], taken["claimed_at"]) == (first["claimed_by"], first["claimed_at"])  # same claim
+    assert ledger.read("renewal-42") == taken
+
+    for state in ("sent", "unknown", "done", "refused"):
+        with pytest.raises(LimioClaimLostError) as err:
+            ledger.update(first, state)
+        assert err.value.external_id == "renewal-42"
+        assert "no longer holds its ledger claim" in str(err.value) and "'try_number': 2" in str(err.value)
+        assert ledger.read("renewal-42") == taken
+    with pytest.raises(LimioClaimLostError):
+        ledger.take(first, A, token="c" * 32)  # nor can it take the claim back
+    sent = ledger.update(taken, "sent")
+    assert ledger.read("renewal-42") == sent
+
+
+def test_a_write_to_a_record_another_writer_changed_or_deleted_fails(ledger: OrderLedger, writer) -> None:
+    """Written by another machine (other bytes for the same record: on S3 its ETag is then not the MD5 this
+    writer expects, and the record is read and compared instead): the same record is written over, a changed
+    one is not; a deleted one is not recreated."""
+    _, record = ledger.claim("renewal-42", FP, A)
+    writer("renewal-42", record)  # the same record, spelt differently
+    sent = ledger.update(record, "sent")
+    assert ledger.read("renewal-42") == sent
+
+    writer("renewal-42", {**sent, "state": "refused", "error": "decided"})
+    with pytest.raises(LimioClaimLostError, match="the record is now refused"):
+        ledger.update(sent, "done", order_id="order-1")
+    assert ledger.read("renewal-42")["state"] == "refused"
+
+    ledger.path("renewal-42").unlink()
+    with pytest.raises(LimioClaimLostError, match="the record is now gone"):
+        ledger.update(sent, "done", order_id="order-1")
+    assert ledger.read("renewal-42") is None
+
+
+def test_a_local_write_waits_for_a_process_holding_the_record_then_gives_up(
+    local_ledger_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local compare-and-swap holds a lock on the record's file while it compares and renames. A process
+    frozen there holds it until it resumes: a writer waits ``LOCK_WAIT`` seconds, then fails without writing
+    (the frozen one may write when it resumes); once the lock is free, it writes."""
+    import fcntl
+
+    ledger = OrderLedger(local_ledger_root, TENANT)
+    _, record = ledger.claim("renewal-42", FP, A)
+    monkeypatch.setattr(ledger_module, "LOCK_WAIT", 0.3)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+            ledger.path("renewal-42").path,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        with pytest.raises(LimioClaimLostError):
+            ledger.update(record, "sent")
+        assert 0.3 <= time.monotonic() - started < 5
+        assert ledger.read("renewal-42") == record
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ledger.read("renewal-42") == record
+    assert ledger.update(record, "sent")["state"] == "sent"
+    assert not [p for p in Path(ledger.root.path).iterdir() if p.name.endswith(".tmp")]  # no temporary left
+    del fcntl
 
 
 def test_wait_final_returns_when_another_writer_finishes(ledger: OrderLedger, writer) -> None:
@@ -476,11 +528,11 @@ def test_a_409_conflict_that_persists_fails_the_claim(s3_ledger_root: str, monke
     with pytest.raises(OSError, match="ConditionalRequestConflict"):
         ledger.claim("renewal-42", FP, A)
     assert len(calls) == ledger_module.CONFLICT_RETRIES + 1
-    # An unconditional write (the claimer's own update) is not retried: S3 answers 409 only to conditional ones.
+    # An update is conditional too (If-Match): retried alike.
     calls.clear()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="ConditionalRequestConflict"):
         ledger.update({"external_id": "renewal-42", "state": "claimed"}, "sent")
-    assert calls == ["overwrite"]
+    assert calls == ["overwrite"] * (ledger_module.CONFLICT_RETRIES + 1)
 
 
 def test_s3_goes_through_the_airflow_connection_to_moto_only(moto_s3: str, s3_ledger_root: str) -> None:
@@ -532,6 +584,7 @@ channel = os.fdopen(os.dup(1), "w")
 os.dup2(2, 1)
 sys.stdout = sys.stderr
 
+from limio_provider.exceptions import LimioClaimLostError
 from limio_provider.ledger import OrderLedger, Owner
 
 def say(**message):
@@ -549,7 +602,7 @@ for line in iter(sys.stdin.readline, ""):
     ledger = OrderLedger(cmd["root"], cmd["tenant"])  # one path object (and filesystem) per race
     owner = Owner("race", cmd["worker"], "submit")
     ledger.read("warm-up")  # the connection and the filesystem exist before the start
-    refused = {eid: ledger.read(eid) for eid in cmd["ids"]} if cmd["op"] == "reclaim" else {}
+    read = {eid: ledger.read(eid) for eid in cmd["ids"]} if cmd["op"] != "claim" else {}
     say(armed=True)
     sys.stdin.readline()  # go
     started = time.perf_counter()
@@ -558,11 +611,19 @@ for line in iter(sys.stdin.readline, ""):
         try:
             if cmd["op"] == "claim":
                 ok, record = ledger.claim(eid, cmd["fingerprint"], owner)
-            else:
-                ok, record = ledger.reclaim(refused[eid], cmd["fingerprint"], owner)
+            elif cmd["op"] == "reclaim":
+                ok, record = ledger.reclaim(read[eid], cmd["fingerprint"], owner)
+            else:  # take: every worker read the same record, and takes its claim over
+                try:
+                    ok, record = True, ledger.take(read[eid], owner, token=cmd["worker"])
+                except LimioClaimLostError:
+                    ok, record = False, ledger.read(eid)
             assert record["external_id"] == eid, record
             if ok:
-                assert record["claimed_by"]["run_id"] == cmd["worker"], record
+                if cmd["op"] == "take":
+                    assert record["holder"]["token"] == cmd["worker"], record
+                else:
+                    assert record["claimed_by"]["run_id"] == cmd["worker"], record
                 won.append(eid)
         except Exception:  # reported, and this worker stays up for the next race
             errors.append(f"{eid}: {traceback.format_exc()}")
@@ -697,3 +758,21 @@ def test_race_8_processes_reclaim_the_same_refused_records_once(root: str, backe
         f"wins per process {[len(mine) for mine in won]}"
     )
     _check_race(ledger, won, ids)
+
+
+def test_race_8_processes_take_the_same_claims_over_once(root: str, backend: str, race_pool: RacePool) -> None:
+    """Eight tries that read the same record each take its claim over (a compare-and-swap): one wins each."""
+    ledger = OrderLedger(root, TENANT)
+    ids = [f"taken-{n:03d}" for n in range(RACE_RECLAIMS)]
+    for eid in ids:
+        ledger.claim(eid, FP, A)
+    won, seconds = race_pool.race("take", root, TENANT, ids, FP)
+    print(
+        f"\n[{backend}] {RACE_WORKERS} processes x {len(ids)} take-overs: {seconds:.2f} s; "
+        f"wins per process {[len(mine) for mine in won]}"
+    )
+    counts = Counter(eid for mine in won for eid in mine)
+    assert sorted(counts) == ids and set(counts.values()) == {1}, counts
+    winner = {eid: f"worker-{i}" for i, mine in enumerate(won) for eid in mine}
+    for eid in ids:
+        assert ledger.read(eid)["holder"]["token"] == winner[eid]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -348,14 +349,14 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
     # -- execute -------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from fsspec.implementations.local import LocalFileSystem
-
-        from limio_provider.exceptions import LimioBatchFailedError, LimioConfigError
+        from limio_provider.exceptions import LimioBatchFailedError, LimioClaimLostError, LimioConfigError
+        from limio_provider.ledger import Owner
 
         started = time.monotonic()
         dry_run = _as_bool("dry_run", self.preview_only)
         self.hook.settings  # noqa: B018 - a bad connection fails before any call
-        if self.hook.ledger(self.ledger_path) is None:
+        ledger = self.hook.ledger(self.ledger_path)
+        if ledger is None:
             raise LimioConfigError(
                 "LimioSubmitOrdersOperator needs an order ledger, which remembers every order sent so that a "
                 "retried or re-run batch never sends one twice: set the Limio connection's ledger_path extra "
@@ -374,9 +375,14 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         self._batch_lock = threading.Lock()
         self._batch_in_flight: dict[str, threading.Event] = {}
         self._batch_stopped: str | None = None
-        if isinstance(results_file.fs, LocalFileSystem):  # an object store has no folders to make
-            results_file.fs.makedirs(results_file.parent.path, exist_ok=True)
-        with results_file.open("wb") as results:
+        # This try holds the task instance: a later try (Airflow thought this one dead) says so in the ledger,
+        # and this one, should it resume, stops and leaves the results file to it.
+        owner, token = Owner.of(context), os.urandom(16).hex()
+        self._superseded: Callable[[], str | None] = lambda: None
+        if not dry_run:  # a dry run writes nothing to the ledger
+            ledger.hold_task_instance(owner, token)
+            self._superseded = lambda: _superseded(ledger.task_instance_holder(owner), token)
+        with self._results_file(results_file, token) as results:
             # Written a few hundred lines at a time: each write to an ObjectStoragePath file also records lineage.
             lines: list[str] = []
 
@@ -406,6 +412,12 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
             finally:
                 write_lines()
                 self.hook.close()
+        if superseded := self._superseded():
+            raise LimioClaimLostError(
+                f"this try of the batch was {superseded}: it sent nothing more once it knew, and leaves "
+                f"{results_uri} to that try",
+                external_id=None,
+            )
 
         duration = time.monotonic() - started
         done = sum(counts.values())
@@ -444,6 +456,29 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                 summary=summary,
             )
         return summary
+
+    @contextmanager
+    def _results_file(self, results_file: ObjectStoragePath, token: str) -> Iterator[Any]:
+        """This try's results file, open for writing. Each try writes a file of its own: on a local disk it is
+        renamed into place at once (progress shows there; a superseded try writes on in a file no longer
+        named), on an object store moved there at the end, unless a later try holds the task instance."""
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs = results_file.fs
+        local = isinstance(fs, LocalFileSystem)
+        partial = f"{results_file.path}.{token}.partial"
+        if local:  # an object store has no folders to make
+            fs.makedirs(results_file.parent.path, exist_ok=True)
+        try:
+            with fs.open(partial, "wb") as results:
+                if local:
+                    os.replace(partial, results_file.path)
+                yield results
+        finally:
+            if not local and self._superseded():
+                fs.rm_file(partial)
+            elif not local:
+                fs.mv(partial, results_file.path)
 
     def _validation_pass(self, context: Context, dry_run: bool, results_uri: str) -> int:
         """Validate every order before the first request (one line at a time), and say what comes next: the
@@ -554,6 +589,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         pending: set[Future[dict[str, Any]]] = set()
         finished: queue.SimpleQueue[Future[dict[str, Any]]] = queue.SimpleQueue()  # in the order they end
         next_log = time.monotonic() + self.progress_interval
+        next_holder_check = time.monotonic() + 1.0
 
         def drain(until: int) -> None:
             nonlocal next_log
@@ -576,6 +612,10 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                 if item.body is None:
                     record(self._row(item, "invalid", error=item.error))
                     continue
+                if time.monotonic() >= next_holder_check and not self._batch_stopped:
+                    next_holder_check = time.monotonic() + 1.0
+                    if superseded := self._superseded():
+                        self._stop(superseded)
                 if self._batch_stopped:
                     record(self._row(item, "failed", error=f"not sent: the batch stopped: {self._batch_stopped}"))
                     continue
@@ -668,12 +708,20 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
             row.update(outcome="failed", error=f"Limio order {order.id} {order.status}: {reason}")
         return row
 
+    def _stop(self, why: str) -> None:
+        """Start no more orders (those started end, and are recorded)."""
+        with self._batch_lock:
+            if not self._batch_stopped:
+                self._batch_stopped = why
+                self.log.error("Stopping the batch: %s", why)
+
     def _outcome_of(self, exc: Exception) -> tuple[str, str]:
         """The outcome of an order whose submit raised ``exc``, and the error to report."""
         from airflow.providers.common.compat.sdk import AirflowSkipException
 
         from limio_provider.exceptions import (
             LimioAuthError,
+            LimioClaimLostError,
             LimioConfigError,
             LimioError,
             LimioNotFoundError,
@@ -693,16 +741,26 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
             return "refused", message
         if isinstance(exc, LimioAuthError) and exc.status == 403:
             return "refused", message
+        if isinstance(exc, LimioClaimLostError):  # another try of this task instance runs: it owns the batch
+            self._stop(f"{self._superseded() or 'superseded'}: {message}")
+            return "failed", message
         if isinstance(exc, LimioAuthError | LimioConfigError):  # every other order would fail alike
-            with self._batch_lock:
-                if not self._batch_stopped:
-                    self._batch_stopped = message
-                    self.log.error("Stopping the batch: %s", message)
+            self._stop(message)
             return "failed", message
         if isinstance(exc, LimioError):
             return "failed", message
         # Not one of the provider's errors (a ledger write failing...): whether it was sent is not proven.
         return "unknown", f"{type(exc).__name__}: {message}"
+
+
+def _superseded(holder: dict[str, Any], token: str) -> str | None:
+    """Why this try (``token``) no longer runs its task instance, if a later try holds it (``holder``)."""
+    if holder.get("token") in (None, token):
+        return None
+    return (
+        f"superseded by try {holder.get('try_number')} of this task instance (on {holder.get('host')}, pid "
+        f"{holder.get('pid')}, since {holder.get('since')})"
+    )
 
 
 def _small(summary: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from limio_provider.links.limio import LimioOrderLink
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperatorLink, Context
@@ -217,6 +221,7 @@ class _OrderRecord:
         self.external_id = external_id
         self.ledger = ledger
         self.entry: dict[str, Any] = {}  # the ledger record this task holds
+        self.token = os.urandom(16).hex()  # this try's: its writes fail once another try holds the claim
 
     @property
     def durable(self) -> bool:
@@ -238,10 +243,17 @@ class _OrderRecord:
 
     def save(self, state: str, **fields: Any) -> None:
         """Write this task's record (and the ledger's). ``sent`` says Limio holds the order: when writing it
-        fails, the error says so and names the order (:class:`LimioOrderNotRecordedError`), whatever failed."""
+        fails, the error says so and names the order (:class:`LimioOrderNotRecordedError`), whatever failed.
+
+        The ledger is written first (its write fails once another try holds the claim: then this try's record
+        is left alone), except for ``sent``, a fact worth keeping whoever holds the claim.
+        """
+        from limio_provider.exceptions import LimioClaimLostError, LimioOutcomeUnknownError
+
+        record = {"external_id": self.external_id, "state": state, **fields}
         try:
-            if self._store is not None:
-                self._store.set(self.key, {"external_id": self.external_id, "state": state, **fields})
+            if self._store is not None and state == "sent":
+                self._store.set(self.key, record)
             # An adopted entry is done already, and is another task's claim: it is not written again.
             if self.ledger is not None and self.entry and self.entry.get("state") != "done":
                 if state == "sent":
@@ -250,6 +262,18 @@ class _OrderRecord:
                     self.entry = self.ledger.update(self.entry, "done", **changes)
                 else:
                     self.entry = self.ledger.update(self.entry, "sent" if state == "sending" else "unknown")
+            if self._store is not None and state != "sent":
+                self._store.set(self.key, record)
+        except LimioClaimLostError as exc:
+            if state == "unknown":  # this try sent it, holding the claim then: what became of it is not known
+                raise LimioOutcomeUnknownError(
+                    f"Limio may have received order {self.external_id} (the submit's outcome is unknown), and "
+                    f"{exc}: that try looks it up",
+                    external_id=self.external_id,
+                ) from exc
+            if state != "sent":
+                raise
+            raise self._not_recorded(fields["order_id"], bool(fields.get("adopted")), exc) from exc
         except Exception as exc:
             if state != "sent":
                 raise
@@ -275,7 +299,7 @@ class _OrderRecord:
             return
         owner, body_fingerprint = Owner.of(context), fingerprint(body)
         try:
-            _, entry = self.ledger.claim(self.external_id, body_fingerprint, owner)
+            _, entry = self.ledger.claim(self.external_id, body_fingerprint, owner, self.token)
             if entry.get("state") != "done" and entry.get("fingerprint") == body_fingerprint:
                 changes = {"order_id": result["id"], "status": result.get("status"), "result": result}
                 self.entry = self.ledger.update(
@@ -286,11 +310,17 @@ class _OrderRecord:
 
     def clear(self, error: str) -> None:
         """Nothing was created: forget the intent; the ledger says ``refused`` (a corrected order may claim
-        the external_id again)."""
+        the external_id again). Once another try holds the ledger's claim, both records are that try's."""
+        from limio_provider.exceptions import LimioClaimLostError
+
+        if self.ledger is not None and self.entry:
+            try:
+                self.entry = self.ledger.update(self.entry, "refused", error=error[:500])
+            except LimioClaimLostError as exc:
+                log.warning("%s", exc)
+                return
         if self._store is not None:
             self._store.delete(self.key)
-        if self.ledger is not None and self.entry:
-            self.entry = self.ledger.update(self.entry, "refused", error=error[:500])
 
     def claim(
         self,
@@ -315,7 +345,7 @@ class _OrderRecord:
 
         assert self.ledger is not None
         owner, body_fingerprint = Owner.of(context), fingerprint(body)
-        created, entry = self.ledger.claim(self.external_id, body_fingerprint, owner)
+        created, entry = self.ledger.claim(self.external_id, body_fingerprint, owner, self.token)
         for _ in range(3):
             if created:
                 break
@@ -356,10 +386,12 @@ class _OrderRecord:
                     )
             if step == "reclaim":
                 created, entry = self.ledger.reclaim(
-                    {**entry, "external_id": self.external_id}, body_fingerprint, owner
+                    {**entry, "external_id": self.external_id}, body_fingerprint, owner, self.token
                 )
                 continue
-            self.entry = entry
+            # An earlier try's claim is taken over (its writes, and so its sends, fail from now on); an adopted
+            # one is only read.
+            self.entry = entry if step == "adopt" else self.ledger.take(entry, owner, self.token)
             return {"adopt": "adopt", "resume": "send", "reconcile": "reconcile"}[step]
         if not created:
             raise LimioOutcomeUnknownError(
@@ -603,7 +635,7 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
     ) -> dict[str, Any] | None:
         """Send once: Limio's answer, or the order this send created when the answer was lost, or ``None``
         when the outcome stays unknown. The record says ``sending`` before the request leaves."""
-        from limio_provider.exceptions import LimioError, LimioOutcomeUnknownError
+        from limio_provider.exceptions import LimioClaimLostError, LimioError, LimioOutcomeUnknownError
 
         external_id = body["external_id"]
         try:
@@ -616,6 +648,8 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
                 self._pace()
                 record.save("sending", seen=seen)
                 answer = self._post(body)
+        except LimioClaimLostError:
+            raise  # another try holds the claim: it owns this order's record, and this try sent nothing
         except LimioOutcomeUnknownError as exc:
             record.save("unknown", seen=seen)
             self.log.warning("%s", exc)
