@@ -475,8 +475,7 @@ def _swap(fs: Any, path: str, expected: dict[str, Any], data: bytes, *, durable:
                         continue  # replaced while this waited: lock the new file
                 except FileNotFoundError:
                     raise _Changed(None) from None
-                with os.fdopen(os.dup(fd), "rb") as current:
-                    record = _parse(current.read())
+                record = _parse(_read_fd(fd))
                 if record != expected:
                     raise _Changed(record)
                 os.replace(tmp, path)
@@ -488,6 +487,13 @@ def _swap(fs: Any, path: str, expected: dict[str, Any], data: bytes, *, durable:
     finally:
         if tmp:
             _unlink(tmp)
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _swap_object(fs: Any, path: str, expected: dict[str, Any], data: bytes) -> None:
