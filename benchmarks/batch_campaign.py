@@ -20,6 +20,13 @@ How it runs:
   next retry) finishes the batch. A try that raised is retried, as Airflow would (at most ``--max-tries``),
   until one ends with every order done or ``unknown`` (a retry only looks an unknown one up again, never
   resends it, so it changes nothing). Should try 1 stop before the kill point, the kill hits the next try.
+- A frozen try (a "zombie"): the first try after the outage's (try 3) is frozen with SIGSTOP once
+  ``--freeze-at`` (85 %) of the orders exist, with orders in flight and others queued for a slot, and the next
+  try (try 4) starts, as Airflow starts a retry once the heartbeat timeout passes. Once ``--thaw-at`` (92 %)
+  exist, while try 4 runs, try 3 resumes (SIGCONT). It must send nothing more (every ledger write it makes
+  fails: try 4 took its claims over), raise ``LimioClaimLostError`` and leave try 4's results file alone. An
+  order try 3 had recorded ``sent`` but not yet sent when it froze is sent when it resumes (the protocol's one
+  unfenced step); if try 4 looked it up before that, try 4 reports it ``unknown``, held (counted apart).
 
 The faults, spread evenly over :data:`benchmarks.campaign.FAULT_KINDS` (each order gets at most one):
 
@@ -192,12 +199,16 @@ class Try:
     number: int
     seconds: float = 0.0
     killed: bool = False
+    frozen: bool = False  # SIGSTOPped, and the next try started; resumed (SIGCONT) while that one ran
     raised: str | None = None
     error: str | None = None
     summary: dict[str, Any] | None = None
     xcom_bytes: int | None = None
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # external_id -> its result line
     ledger_at_start: dict[str, str] = field(default_factory=dict)  # external_id -> state when the try started
+    # external_ids the frozen try had recorded "sent" when this try started: that try may send them on resuming
+    # (its own first send, the protocol's one unfenced step), so their POSTs are not this try's resends.
+    frozen_sent: set[str] = field(default_factory=set)
     posts: Counter[str] = field(default_factory=Counter)  # external_id -> order POSTs the emulator received
     list_reads: int = 0
     answers: Counter[str] = field(default_factory=Counter)  # status of each order POST ("none": no answer)
@@ -205,11 +216,37 @@ class Try:
     def ended(self) -> str:
         if self.killed:
             return "SIGKILLed"
+        if self.frozen:
+            return f"frozen (SIGSTOP), resumed, then {'raised ' + str(self.raised) if self.raised else 'returned'}"
         return f"raised {self.raised}" if self.raised else "returned"
 
     def posts_for(self, *states: str) -> int:
         """Order POSTs this try made for orders whose ledger record was in one of ``states`` when it started."""
-        return sum(n for external_id, n in self.posts.items() if self.ledger_at_start.get(external_id) in states)
+        return sum(
+            n
+            for external_id, n in self.posts.items()
+            if self.ledger_at_start.get(external_id) in states and external_id not in self.frozen_sent
+        )
+
+
+def _count_requests(attempt: Try, requests: list[Any]) -> None:
+    for request in requests:
+        if request.method == "POST" and request.path == "/api/order" and isinstance(request.body, dict):
+            attempt.posts[str(request.body.get("external_id"))] += 1
+            attempt.answers["none" if request.status is None else str(request.status)] += 1
+        elif request.path == "/api/objects/limio/orders":
+            attempt.list_reads += 1
+
+
+def _ended(attempt: Try, work: Path) -> Try:
+    """``attempt`` with how it ended, from the status file its process wrote."""
+    status_file = work / f"status.try{attempt.number}.json"
+    if status_file.exists():
+        status = json.loads(status_file.read_text())
+        attempt.raised, attempt.error, attempt.summary = status["raised"], status["error"], status["summary"]
+    elif attempt.raised is None:
+        attempt.raised = "nothing: the task process wrote no status (see its log)"
+    return attempt
 
 
 def ledger_states(ledger_dir: Path) -> dict[str, dict[str, Any]]:
@@ -239,7 +276,7 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def loud_reason(outcome: Any, reported: str, at_kill: dict[str, dict[str, Any]]) -> str:
+def loud_reason(outcome: Any, reported: str, at_kill: dict[str, dict[str, Any]], frozen_sent: set[str]) -> str:
     """Why an order that failed loudly did: each reason the design expects, else "other"."""
     from benchmarks.campaign import PROCESSED_KINDS
 
@@ -247,6 +284,8 @@ def loud_reason(outcome: Any, reported: str, at_kill: dict[str, dict[str, Any]])
         return "dropped before processing: never processed, its outcome unknown to the task (by design)"
     if (at_kill.get(outcome.external_id) or {}).get("state") == "sent" and not outcome.held_ids:
         return "'sent' in the ledger when the task was killed, never reached Limio: unknown (by design)"
+    if outcome.external_id in frozen_sent and outcome.held_ids and reported == "unknown":
+        return "'sent' by the frozen try when it froze, sent when it resumed after the retry had looked: unknown"
     if outcome.held_ids and reported == "unknown":
         return "Limio holds it, but not among the newest orders the look-up reads (reconcile budget): unknown"
     if outcome.kind in PROCESSED_KINDS and not outcome.held_ids and outcome.faults and not outcome.faults[0].times:
@@ -295,6 +334,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
     outage_seen: list[float] = []
     tries: list[Try] = []
     kill_point: dict[str, Any] = {}
+    frozen_point: dict[str, Any] = {}
     with emulator:
         for external_id, kind in kind_of.items():
             if kind == "token expired mid-run":
@@ -314,10 +354,20 @@ def run_campaign(args: argparse.Namespace) -> bool:
         }
         kill_after = round(args.orders * args.kill_at)
         kill_try: int | None = None
+        freeze_after, thaw_after = round(args.orders * args.freeze_at), round(args.orders * args.thaw_at)
+        zombie: subprocess.Popen[bytes] | None = None  # the frozen try's process
+        zombie_attempt: Try | None = None
         for number in range(1, args.max_tries + 1):
             attempt = Try(number)
             ledger = ledger_states(ledger_dir)
             attempt.ledger_at_start = {external_id: record["state"] for external_id, record in ledger.items()}
+            if zombie_attempt is not None and zombie_attempt.number == number - 1:
+                attempt.frozen_sent = {
+                    external_id
+                    for external_id, record in ledger.items()
+                    if record["state"] == "sent" and (record.get("holder") or {}).get("try_number") == number - 1
+                }
+                frozen_point["sent"] = len(attempt.frozen_sent)
             if kill_try is not None and number == kill_try + 1 and outage_id is not None:  # the try after the kill
 
                 def revoke_credentials() -> None:
@@ -350,13 +400,37 @@ def run_campaign(args: argparse.Namespace) -> bool:
                         attempt.killed, kill_try = True, number
                         kill_point = {"created": emulator.created, "after": time.perf_counter() - began}
                         break
+                    # A try after the kill's is frozen past the point Airflow gives up on it; the next one starts.
+                    late = kill_try is not None and number > kill_try + 1 and zombie_attempt is None
+                    if late and args.freeze_at > 0 and emulator.created >= freeze_after:
+                        os.kill(child.pid, signal.SIGSTOP)
+                        attempt.frozen, zombie, zombie_attempt = True, child, attempt
+                        frozen_point.update(created=emulator.created, after=time.perf_counter() - began)
+                        break
+                    if zombie is not None and "resumed" not in frozen_point and emulator.created >= thaw_after:
+                        os.kill(zombie.pid, signal.SIGCONT)
+                        frozen_point["resumed"] = emulator.created
+                        frozen_point["resumed during"] = number
+                        frozen_point["resumed after"] = time.perf_counter() - began
                     if time.perf_counter() > deadline:
                         os.kill(child.pid, signal.SIGKILL)
                         attempt.raised = f"nothing: killed after {args.try_timeout:.0f} s (--try-timeout)"
                         break
                     time.sleep(0.01)
-                child.wait()
+                if not attempt.frozen:
+                    child.wait()
                 attempt.seconds = time.perf_counter() - began
+            if zombie is not None and zombie_attempt is not None and not attempt.frozen:  # resume it, see it end
+                if "resumed" not in frozen_point:
+                    os.kill(zombie.pid, signal.SIGCONT)
+                    frozen_point.update({"resumed": emulator.created, "resumed during": None})
+                zombie.wait(timeout=args.try_timeout)
+                zombie_attempt, zombie = _ended(zombie_attempt, work), None
+                time.sleep(0.5)  # its last requests are served (and recorded)
+            if attempt.frozen:  # its requests until now are its own; after it resumes, counted with the next try's
+                _count_requests(attempt, emulator.requests[first_request:])
+                tries.append(attempt)
+                continue
             if attempt.killed:
                 time.sleep(0.5)  # requests the dead task had written are served (and recorded) by now
             if outage_seen and outage.times is None:
@@ -370,12 +444,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
             if results_file.exists():
                 shutil.copy(results_file, work / f"results.try{number}.jsonl")
                 attempt.rows = read_results(results_file)
-            for request in emulator.requests[first_request:]:
-                if request.method == "POST" and request.path == "/api/order" and isinstance(request.body, dict):
-                    attempt.posts[str(request.body.get("external_id"))] += 1
-                    attempt.answers["none" if request.status is None else str(request.status)] += 1
-                elif request.path == "/api/objects/limio/orders":
-                    attempt.list_reads += 1
+            _count_requests(attempt, emulator.requests[first_request:])
             tries.append(attempt)
             if attempt.killed:
                 at_kill = ledger_states(ledger_dir)
@@ -405,6 +474,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
         token_events = Counter((kind_of.get(external_id), how) for external_id, (_, how) in emulator.fired.items())
     final = tries[-1]
     final_ledger = ledger_states(ledger_dir)
+    frozen_sent = set().union(*(t.frozen_sent for t in tries))
 
     # -- the check ----------------------------------------------------------------------------------------
     by_external_id: dict[str, list[str]] = {}
@@ -468,6 +538,19 @@ def run_campaign(args: argparse.Namespace) -> bool:
             print(f"  error: {(attempt.error or '')[:300]}")
         if attempt.summary is not None and attempt.summary.get("stopped"):
             print(f"  the batch stopped: {attempt.summary['stopped'][:200]}")
+    frozen_ok = args.freeze_at <= 0
+    if zombie_attempt is not None:
+        print(
+            f"frozen try: try {zombie_attempt.number} SIGSTOPped {frozen_point['after']:.1f} s after it started, once "
+            f"the emulator had created {frozen_point['created']} orders (--freeze-at {args.freeze_at:.0%}); it had "
+            f"{frozen_point.get('sent', 0)} orders recorded sent; SIGCONT once {frozen_point.get('resumed')} existed "
+            f"(--thaw-at {args.thaw_at:.0%}), while try {frozen_point.get('resumed during')} ran; it then "
+            f"{'raised ' + str(zombie_attempt.raised) if zombie_attempt.raised else 'returned'}"
+        )
+        print(f"  its error: {(zombie_attempt.error or '')[:300]}")
+        frozen_ok = zombie_attempt.raised == "LimioClaimLostError" and frozen_point.get("resumed during") is not None
+    elif args.freeze_at > 0:
+        print("frozen try: NONE, the task ended before the freeze point")
     resumed = tries[kill_try] if kill_try is not None and len(tries) > kill_try else None
     if resumed is not None:
         print(
@@ -529,13 +612,14 @@ def run_campaign(args: argparse.Namespace) -> bool:
         print(f"failed loudly ({shown_text}); the final try raised {final.raised}:")
         why: Counter[str] = Counter()
         for outcome in failed_loud:
-            why[loud_reason(outcome, final.rows[outcome.external_id]["outcome"], records)] += 1
+            why[loud_reason(outcome, final.rows[outcome.external_id]["outcome"], records, frozen_sent)] += 1
         for reason, count in why.most_common():
             print(f"  {count:5d}  {reason}")
 
     ok = (
         report.ok
         and resumed is not None
+        and frozen_ok
         and all(t.posts_for("done", "sent", "unknown") == 0 for t in tries[1:])
         and consistent
     )
@@ -561,6 +645,10 @@ def main() -> None:
     parser.add_argument(
         "--outage-at", type=float, default=0.7, help="in the try after the kill, revoke the credentials here (0: never)"
     )
+    parser.add_argument(
+        "--freeze-at", type=float, default=0.85, help="SIGSTOP a try after the kill's here, start the next (0: never)"
+    )
+    parser.add_argument("--thaw-at", type=float, default=0.92, help="SIGCONT the frozen try here (in the next try)")
     parser.add_argument("--max-tries", type=int, default=5, help="at most this many tries (Airflow retries + 1)")
     parser.add_argument("--retry-after", type=float, default=0.1, help="the 429 fault's Retry-After, s")
     parser.add_argument("--timeout", type=float, default=1.0, help="the hook's read timeout, s")
