@@ -275,6 +275,13 @@ class _OrderRecord:
                 raise
             raise self._not_recorded(fields["order_id"], bool(fields.get("adopted")), exc) from exc
         except Exception as exc:
+            if state == "sending":  # a local failure, before the request: it never left
+                from limio_provider.exceptions import LimioError
+
+                raise LimioError(
+                    f"order {self.external_id} was not sent: recording that it is leaving failed "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
             if state != "sent":
                 raise
             raise self._not_recorded(fields["order_id"], bool(fields.get("adopted")), exc) from exc
@@ -319,6 +326,10 @@ class _OrderRecord:
             except LimioClaimLostError as exc:
                 log.warning("%s", exc)
                 return
+            except Exception as exc:  # the record stays as it was: a retry resumes or looks the order up
+                log.warning(
+                    "Order %s: writing the ledger's refusal failed: %s: %s", self.external_id, type(exc).__name__, exc
+                )
         if self._store is not None:
             self._store.delete(self.key)
 

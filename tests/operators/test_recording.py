@@ -104,3 +104,64 @@ def test_a_batch_row_says_submitted_when_recording_failed_and_the_retry_records_
         (created,) = limio_emulator.orders_with_external_id(f"EXT-REC-B-{n}")
         record = ledger_record(s3_ledger_root, f"EXT-REC-B-{n}")
         assert record is not None and (record["state"], record["order_id"]) == ("done", created["id"]), record
+
+
+#: A record's "sent" write, the last step before the request leaves.
+SENT = '"state": "sent"'
+
+
+def test_an_order_whose_sent_write_failed_was_not_sent_and_says_so(
+    limio_emulator: LimioEmulator, s3_ledger_root: str, task_log: Callable[[], str]
+) -> None:
+    """The ledger's "sent" write fails (an S3 5xx): the request never leaves, the error says it was not sent (a
+    local failure: neither "unknown" nor "refused"), and the retry sends it once."""
+    fault = s3_put_fault("EXT-REC-S", SENT)
+    task_log()
+    posts_in_try_1: list[int] = []
+    with DAG("limio_sent_not_recorded", schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(
+            task_id="submit",
+            order=new_order("EXT-REC-S"),
+            ledger_path=s3_ledger_root,
+            hook_params=FAST,
+            retries=1,
+            retry_delay=timedelta(0),
+            on_retry_callback=first_try_only(
+                lambda: posts_in_try_1.append(sum(r.path == "/api/order" for r in limio_emulator.requests))
+            ),
+        )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    assert fault["hits"] > 0, "the fault never fired: the test proves nothing"
+    assert posts_in_try_1 == [0]
+    output = task_log()
+    assert "order EXT-REC-S was not sent: recording that it is leaving failed" in output
+    assert "LimioOutcomeUnknownError" not in output
+    (order,) = limio_emulator.orders_with_external_id("EXT-REC-S")
+    assert [result["id"] for result in xcom(run, "submit")] == [order["id"]]
+
+
+def test_a_batch_row_says_failed_not_unknown_when_the_sent_write_failed(
+    limio_emulator: LimioEmulator, s3_ledger_root: str, tmp_path: Path
+) -> None:
+    fault = s3_put_fault("EXT-REC-BS-1", SENT)
+    results_path = tmp_path / "batch.results.jsonl"
+    with DAG("limio_batch_sent_not_recorded", schedule=None, start_date=START) as dag:
+        LimioSubmitOrdersOperator(
+            task_id="submit",
+            orders=[new_order(f"EXT-REC-BS-{n}") for n in range(3)],
+            ledger_path=s3_ledger_root,
+            results_path=f"file://{results_path}",
+            hook_params=FAST,
+        )
+    run = run_dag(dag)
+    assert run.state == "failed", states(run)
+    assert fault["hits"] > 0, "the fault never fired: the test proves nothing"
+    rows = {row["external_id"]: row for row in map(json.loads, results_path.read_text().splitlines())}
+    row = rows["EXT-REC-BS-1"]
+    assert row["outcome"] == "failed" and "was not sent: recording that it is leaving failed" in row["error"], row
+    assert not limio_emulator.orders_with_external_id("EXT-REC-BS-1")
+    assert not [
+        r for r in limio_emulator.requests if isinstance(r.body, dict) and r.body.get("external_id") == "EXT-REC-BS-1"
+    ]
+    assert {rows[f"EXT-REC-BS-{n}"]["outcome"] for n in (0, 2)} == {"submitted"}
