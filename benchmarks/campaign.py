@@ -56,6 +56,14 @@ FAULT_KINDS = (
     "credentials revoked, restored",
 )
 
+#: Kinds of the single-order campaign only, on the order ledger (a local one, for those orders alone):
+#: - "zombie try": try 1 is paused right before its "sent" write (a frozen worker), try 2 runs to the end, then
+#:   try 1 resumes: it must send nothing (LimioClaimLostError);
+#: - "ledger: sent write fails": the record's "sent" write fails (ENOSPC) in try 1: nothing left; try 2 sends;
+#: - "ledger: done write fails": the "done" write fails after Limio created the order: try 1 reports it
+#:   created (LimioOrderNotRecordedError), try 2 records it.
+LEDGER_KINDS = ("zombie try", "ledger: sent write fails", "ledger: done write fails")
+
 #: The kinds whose order Limio processes before the answer goes wrong: the operator must find its order.
 PROCESSED_KINDS = tuple(kind for kind in FAULT_KINDS if kind.startswith("processed"))
 
@@ -112,6 +120,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)  # every failed try's, in order
     held_ids: list[str] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)  # the faults armed for this order's own requests
+    zombie: str | None = None  # a "zombie try" order: how its frozen try 1 ended once it resumed
 
     @property
     def held_once(self) -> bool:
@@ -155,9 +164,15 @@ class Report:
         return [o for o in self.outcomes if any(fault.times for fault in o.faults)]
 
     @property
+    def unfenced(self) -> list[Outcome]:
+        """ "zombie try" orders whose frozen try, resumed, did anything but fail with LimioClaimLostError."""
+        return [o for o in self.outcomes if o.kind == "zombie try" and "LimioClaimLostError" not in (o.zombie or "")]
+
+    @property
     def ok(self) -> bool:
         totals = self.totals
-        return totals["duplicates"] == totals["lost"] == totals["misreported"] == 0 and not self.unaccounted
+        clean = totals["duplicates"] == totals["lost"] == totals["misreported"] == 0
+        return clean and not self.unaccounted and not self.unfenced
 
     def table(self) -> str:
         width = max(len(kind) for kind in (*self.rows, "total"))
@@ -245,14 +260,16 @@ def _inject(
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
-def _run_task(operator_for: Any, outcome: Outcome, index: int, retries: int) -> None:
+def _run_task(
+    operator_for: Any, outcome: Outcome, index: int, retries: int, store: Any = None, first_try: int = 1
+) -> None:
     """Run one task instance, as Airflow would: up to ``retries`` retries when a try raises."""
     from airflow.sdk.bases.operator import ExecutorSafeguard
 
     from limio_provider.exceptions import LimioError
 
-    store, ti = TaskStateStoreStub(), TaskInstanceStub("campaign", "submit", index)
-    for try_number in range(1, retries + 2):
+    store, ti = store or TaskStateStoreStub(), TaskInstanceStub("campaign", "submit", index)
+    for try_number in range(first_try, retries + 2):
         ti.try_number, ti.xcoms, outcome.tries = try_number, {}, try_number
         operator = operator_for(outcome.external_id)
         context = {"ti": ti, "run_id": "campaign", "task_state_store": store}
@@ -268,16 +285,73 @@ def _run_task(operator_for: Any, outcome: Outcome, index: int, retries: int) -> 
         return
 
 
+def _run_zombie(operator_for: Any, outcome: Outcome, index: int, retries: int) -> None:
+    """Try 1 pauses at its order's turn, right before its "sent" write (a worker frozen there); Airflow, giving
+    up on it, runs try 2 (and retries) to the end; then try 1 resumes. Its end is the first of ``errors``."""
+    import threading
+
+    from airflow.sdk.bases.operator import ExecutorSafeguard
+
+    store = TaskStateStoreStub()
+    paused, resume = threading.Event(), threading.Event()
+    first = operator_for(outcome.external_id, own_hook=True)
+    first._pace = lambda: (paused.set(), resume.wait(60))  # frozen here until try 2 has ended
+    ended: list[str] = []
+
+    def try_1() -> None:
+        ti = TaskInstanceStub("campaign", "submit", index)
+        context = {"ti": ti, "run_id": "campaign", "task_state_store": store}
+        try:
+            result = first.execute(context, **{f"{type(first).__name__}__sentinel": ExecutorSafeguard.sentinel_value})
+            ended.append(f"zombie try 1 returned order {result.get('id')}")
+        except Exception as exc:  # noqa: BLE001 - what it raised is the finding
+            ended.append(f"zombie try 1: {type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=try_1)
+    thread.start()
+    if not paused.wait(60):
+        resume.set()
+        thread.join()
+        outcome.errors.append(f"zombie try 1 never reached its send: {ended}")
+        return
+    _run_task(operator_for, outcome, index, retries, store=store, first_try=2)
+    resume.set()
+    thread.join(120)
+    outcome.zombie = ended[0] if ended else "zombie try 1 did not end"
+    outcome.faults[0].times = 0
+
+
 def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int = 3, seed: int = 7) -> Report:
     """Run ``orders`` orders through the submit operator (default ``on_unknown_outcome``) against a fresh HTTPS
     emulator, and check each against what the emulator holds."""
+    import errno
+    import tempfile
+    from types import SimpleNamespace
+    from urllib.parse import quote
+
+    from limio_provider import ledger as ledger_module
     from limio_provider.hooks.limio import LimioHook
     from limio_provider.operators.orders import LimioSubmitOrderOperator
 
+    kinds = (*FAULT_KINDS, *LEDGER_KINDS)
     rng = random.Random(seed)
     faulted = rng.sample(range(orders), round(orders * fault_share))
-    kind_of = {index: FAULT_KINDS[n % len(FAULT_KINDS)] for n, index in enumerate(faulted)}
-    nth_of = {index: n // len(FAULT_KINDS) for n, index in enumerate(faulted)}
+    kind_of = {index: kinds[n % len(kinds)] for n, index in enumerate(faulted)}
+    nth_of = {index: n // len(kinds) for n, index in enumerate(faulted)}
+    ledger_root = f"file://{tempfile.mkdtemp(prefix='limio-campaign-ledger-')}"
+    # A ledger write armed to fail: the record's file name -> (the state whose write fails, its marker).
+    failing_writes: dict[str, tuple[str, Any]] = {}
+    real_swap = ledger_module._swap
+
+    def swap(fs: Any, path: str, expected: dict[str, Any], data: bytes, *, durable: bool) -> None:
+        name = path.rsplit("/", 1)[-1]
+        state, marker = failing_writes.get(name, (None, None))
+        if state is not None and f'"state": "{state}"'.encode() in data:
+            del failing_writes[name]
+            marker.times = 0
+            raise OSError(errno.ENOSPC, "No space left on device (the campaign's ledger fault)")
+        real_swap(fs, path, expected, data, durable=durable)
+
     outcomes: list[Outcome] = []
     sleeps: list[float] = []
     started = time.perf_counter()
@@ -288,24 +362,42 @@ def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int =
             # One hook for the whole run, as a long-lived worker would hold one: its token outlives faults.
             hook = LimioHook("limio_campaign", sleep=sleeps.append, timeout=0.25, retry_limit=3)
 
-            def operator_for(external_id: str) -> LimioSubmitOrderOperator:
+            ledger_ids: set[str] = set()
+
+            def operator_for(external_id: str, own_hook: bool = False) -> LimioSubmitOrderOperator:
                 operator = LimioSubmitOrderOperator(
                     task_id="submit",
                     order=sample_order(external_id, process_immediately=True),
                     limio_conn_id="limio_campaign",
+                    ledger_path=ledger_root if external_id in ledger_ids else None,
                 )
-                operator.__dict__["hook"] = hook
+                # A zombie try has its own hook (a worker of its own): its paused send holds its hook's slot.
+                operator.__dict__["hook"] = (
+                    LimioHook("limio_campaign", timeout=0.25, retry_limit=3) if own_hook else hook
+                )
                 return operator
 
+            ledger_module._swap = swap
             for index in range(orders):
                 outcome = Outcome(f"campaign-{seed}-{index:05d}", kind_of.get(index, "no fault"))
-                if index in kind_of:
+                if outcome.kind in LEDGER_KINDS:
+                    ledger_ids.add(outcome.external_id)
+                    outcome.faults = [SimpleNamespace(times=1)]  # set to 0 when it fires
+                    if outcome.kind != "zombie try":
+                        state = "sent" if outcome.kind == "ledger: sent write fails" else "done"
+                        failing_writes[quote(outcome.external_id, safe="") + ".json"] = (state, outcome.faults[0])
+                    else:
+                        _run_zombie(operator_for, outcome, index, retries)
+                        outcomes.append(outcome)
+                        continue
+                elif index in kind_of:
                     outcome.faults = _inject(emulator, outcome.kind, outcome.external_id, nth_of[index])
                 _run_task(operator_for, outcome, index, retries)
                 outcomes.append(outcome)
             held = emulator.orders
             hook.close()
         finally:
+            ledger_module._swap = real_swap
             if previous is None:
                 os.environ.pop("AIRFLOW_CONN_LIMIO_CAMPAIGN", None)
             else:
@@ -313,7 +405,7 @@ def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int =
     by_external_id: dict[str, list[str]] = {}
     for order in held.values():
         by_external_id.setdefault(order["external_id"], []).append(order["id"])
-    rows: dict[str, Counter[str]] = {kind: Counter() for kind in ("no fault", *FAULT_KINDS)}
+    rows: dict[str, Counter[str]] = {kind: Counter() for kind in ("no fault", *kinds)}
     for outcome in outcomes:
         outcome.held_ids = by_external_id.get(outcome.external_id, [])
         tally(rows[outcome.kind], outcome)

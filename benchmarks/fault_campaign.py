@@ -40,6 +40,13 @@ def main() -> None:
         f"{report.orders} orders in {report.seconds:.1f} s; Retry-After of {RETRY_AFTER} s honoured "
         f"{len(report.retry_after_sleeps)} times"
     )
+    zombies = [o for o in report.outcomes if o.kind == "zombie try"]
+    print(
+        f"zombie tries: {len(zombies)} resumed after their retry ended; {len(zombies) - len(report.unfenced)} "
+        "failed with LimioClaimLostError, sending nothing"
+    )
+    for outcome in report.unfenced:
+        print(f"  NOT FENCED: {outcome.external_id}: {outcome.zombie}")
     for outcome in report.unfired:
         print(f"WARNING: a fault armed for {outcome.external_id} [{outcome.kind}] never fired")
     print("PASS: no duplicate, lost or misreported order" if report.ok else "FAIL")
