@@ -127,6 +127,27 @@ class _Changed(Exception):
         self.current = current
 
 
+def start_ledger(root: Any, since: datetime, tenant: str | None = None) -> datetime:
+    """Say, if nothing has yet, that the ledger under ``root`` (one ``tenant``'s, else every tenant's) holds every
+    order sent since ``since`` (aware): for records copied from another root, or a new ledger for work nothing
+    was sent for before. Else its first use says "since now", and older work is looked up in Limio before its
+    first send. The ``since`` in effect (this call's or an earlier one's)."""
+    base = storage_path("ledger_path", root)
+    folder = base / quote(tenant, safe="") if tenant else base
+    note = _start(base.fs, f"{folder.path.rstrip('/')}/.ledger", since)
+    return datetime.fromisoformat(str(note["since"]))
+
+
+def _start(fs: Any, key: str, since: datetime) -> dict[str, Any]:
+    """Write the ``.ledger`` file ``key`` if there is none; the one there."""
+    note = {"since": since.astimezone(UTC).isoformat(timespec="milliseconds")}
+    try:
+        _write(fs, key, _dump(note), create=True)
+    except FileExistsError:
+        note = _parse(_read(fs, key)) or note
+    return note
+
+
 def next_step(record: dict[str, Any], body_fingerprint: str, owner: Owner) -> Step:
     """What to do with the ``record`` an external_id already has, for an order with ``body_fingerprint``.
 
@@ -170,6 +191,7 @@ class OrderLedger:
 
     def __init__(self, root: Any, tenant: str, aliases: tuple[str, ...] = ()) -> None:
         base = storage_path("ledger_path", root)
+        self._base = base.path.rstrip("/")
         self.tenant = tenant
         self.root = base / quote(tenant, safe="")
         self.fs = self.root.fs
@@ -177,6 +199,18 @@ class OrderLedger:
         # Only folders that exist (one look each, here): a ledger with nothing under an alias reads nothing more.
         folders = [(base / quote(alias, safe="")).path.rstrip("/") for alias in aliases]
         self._alias_folders = [folder for folder in folders if self.fs.exists(folder)]
+        self._since: datetime | None = None
+
+    def since(self) -> datetime:
+        """Since when this ledger holds every order sent to its tenant through it: what its ``.ledger`` file
+        says (the tenant's, else the root's: :func:`start_ledger`), else now, written there by this first use.
+        Work older than that may have been sent before the ledger existed (under another root, before a wipe)."""
+        if self._since is None:
+            root_note = _parse(_read(self.fs, f"{self._base}/.ledger"))
+            tenant_note = _parse(_read(self.fs, f"{self._folder}/.ledger"))
+            note = tenant_note or root_note or _start(self.fs, f"{self._folder}/.ledger", datetime.now(UTC))
+            self._since = datetime.fromisoformat(str(note["since"]))
+        return self._since
 
     def path(self, external_id: str) -> Any:
         """Where the record of ``external_id`` lives (an ``ObjectStoragePath``)."""

@@ -16,7 +16,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import AIRFLOW_VERSION, S3_PUT_FAULTS, Capture  # noqa: E402
+from tests.helpers import AIRFLOW_VERSION, S3_PUT_FAULTS, Capture, in_use  # noqa: E402
 
 
 def _one_execution_api_app() -> None:
@@ -165,10 +165,10 @@ def s3_ledger_root(moto_s3: str, limio_s3_conn: str, monkeypatch: pytest.MonkeyP
     )
     client.create_bucket(Bucket=bucket)
     monkeypatch.setenv(f"AIRFLOW_CONN_{LIMIO_S3_CONN_ID.upper()}", limio_s3_conn)
-    return f"s3://{LIMIO_S3_CONN_ID}@{bucket}/ledger"
+    return in_use(f"s3://{LIMIO_S3_CONN_ID}@{bucket}/ledger")
 
 
 @pytest.fixture
 def local_ledger_root(tmp_path) -> str:
     """A ledger root on the local disk: ``file://<tmp_path>/ledger``."""
-    return f"file://{tmp_path}/ledger"
+    return in_use(f"file://{tmp_path}/ledger")

@@ -22,6 +22,22 @@ from limio_provider.testing import dags as testing_dags
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def limio_tenant(emulator: LimioEmulator) -> str:
+    """The emulator's folder in the ledger: its tenant name, canonical (every loopback address is localhost)."""
+    from urllib.parse import quote, urlsplit
+
+    return quote(f"localhost:{urlsplit(emulator.url).port}", safe="")
+
+
+def in_use(root: str) -> str:
+    """``root`` as a ledger in use since long before the tests' work (2000-01-01): a first claim there does not
+    look Limio up (a new ledger's look-up for older work has tests of its own, in tests/operators)."""
+    from limio_provider.ledger import start_ledger
+
+    start_ledger(root, datetime(2000, 1, 1, tzinfo=UTC))
+    return root
+
+
 def new_order(external_id: str = "EXT-1", **extra: Any) -> dict[str, Any]:
     return sample_order(external_id, **extra)
 

@@ -88,6 +88,13 @@ def work_of(context: Context) -> str:
     return f"run:{context['run_id']}"
 
 
+def _older_than(context: Context, ledger: OrderLedger) -> bool:
+    """Whether the run's work (its data interval's end, else its logical date) is older than ``ledger``: then
+    orders for it may have been sent before the ledger existed. A run with neither is new work."""
+    work = context.get("data_interval_end") or context.get("logical_date")
+    return work is not None and work < ledger.since()
+
+
 def _as_bool(name: str, value: Any) -> bool:
     """A flag that may arrive rendered by Jinja as text ("True", "false")."""
     if isinstance(value, bool):
@@ -221,6 +228,7 @@ class _OrderRecord:
         self.external_id = external_id
         self.ledger = ledger
         self.entry: dict[str, Any] = {}  # the ledger record this task holds
+        self.first_claim = False  # whether the claim created the external_id's record (none existed)
         self.token = os.urandom(16).hex()  # this try's: its writes fail once another try holds the claim
 
     @property
@@ -357,6 +365,7 @@ class _OrderRecord:
         assert self.ledger is not None
         owner, body_fingerprint = Owner.of(context), fingerprint(body)
         created, entry = self.ledger.claim(self.external_id, body_fingerprint, owner, self.token)
+        self.first_claim = created  # no record existed: the ledger knows nothing of this external_id
         for _ in range(3):
             if created:
                 break
@@ -608,28 +617,17 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
             if decided is None and self.on_unknown_outcome != "resubmit":
                 raise self._unknown_outcome(external_id, why, record.ref(context))
             self.log.warning("Order %s not found (%s): sending it", external_id, why)
-        # 4. A first send, claimed in the ledger: Limio is not searched (nothing was sent under this external_id).
-        elif record.ledger is not None:
+        # 4. A first send, claimed in the ledger: Limio is not searched (nothing was sent under this external_id
+        #    through this ledger), unless the work is older than the ledger (sent before it existed, maybe).
+        elif record.ledger is not None and not (record.first_claim and _older_than(context, record.ledger)):
             seen = None
-        # 5. A first send without a ledger: what already carries this external_id among the newest orders?
+        # 5. A first send without a ledger, or with one younger than the work: what already carries this
+        #    external_id among the newest orders? (an earlier run's order is adopted)
         else:
-            self.log.info(
-                "No order ledger: protection against another run sending order %s is limited to the %d newest "
-                "orders; set the connection's ledger_path extra to remember every order sent",
-                external_id,
-                self.reconcile_page_size * self.reconcile_pages,
-            )
-            existing = self._lookup(external_id, partner)
-            if self.adopt_existing:
-                earlier = next((order for order in existing if not order.failed), None)
-                if earlier is not None:
-                    result = _result_of(earlier)
-                    self.log.info(
-                        "Order %s already exists as %s (an earlier run's): adopting it", external_id, earlier.id
-                    )
-                    record.save("sent", order_id=earlier.id, result=result, adopted=True)
-                    return result, True
-            seen = [order.id for order in existing]
+            earlier, seen = self._look_before_first_send(external_id, partner, record.ledger)
+            if earlier is not None:
+                record.save("sent", order_id=earlier["id"], result=earlier, adopted=True)
+                return earlier, True
 
         if self.preview_check is not None:
             self._check_preview(body)
@@ -640,6 +638,32 @@ class LimioSubmitOrderOperator(_LimioOrderOperator):
         if result is None:
             raise self._unknown_outcome(external_id, "the submit's outcome is unknown", record.ref(context))
         return result, False
+
+    def _look_before_first_send(
+        self, external_id: str, partner: str | None, ledger: OrderLedger | None
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """Before a first send the ledger cannot vouch for: an earlier order to adopt (``adopt_existing``), if
+        Limio holds one, and the ids of the orders already carrying this external_id (never this send's)."""
+        if ledger is None:
+            self.log.info(
+                "No order ledger: protection against another run sending order %s is limited to the %d newest "
+                "orders; set the connection's ledger_path extra to remember every order sent",
+                external_id,
+                self.reconcile_page_size * self.reconcile_pages,
+            )
+        else:
+            self.log.info(
+                "The order ledger holds what was sent through it since %s; this run's work is older, so order "
+                "%s may have been sent before (under another ledger, or one since wiped): looking it up first",
+                ledger.since().isoformat(),
+                external_id,
+            )
+        existing = self._lookup(external_id, partner)
+        earlier = next((order for order in existing if not order.failed), None) if self.adopt_existing else None
+        if earlier is not None:
+            self.log.info("Order %s already exists as %s (an earlier run's): adopting it", external_id, earlier.id)
+            return _result_of(earlier), []
+        return None, [order.id for order in existing if order.id]
 
     def _send_recorded(
         self, body: dict[str, Any], record: _OrderRecord, seen: list[str] | None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from airflow.providers.common.compat.sdk import DAG, task
 
 from limio_provider.operators import LimioSubmitOrdersOperator
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import START, calls, new_order, run_dag, states, xcom
+from tests.helpers import START, calls, in_use, limio_tenant, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 FAST = {"timeout": 2.0, "retry_backoff": 0.01}
@@ -25,7 +26,7 @@ ORDER_POSTS, LIST_READS = "/api/order", "/api/objects/limio/orders"
 
 @pytest.fixture
 def ledger_root(tmp_path: Path) -> str:
-    return f"file://{tmp_path}/ledger"
+    return in_use(f"file://{tmp_path}/ledger")
 
 
 def orders(prefix: str, count: int, **fields: Any) -> list[dict[str, Any]]:
@@ -159,6 +160,51 @@ def test_without_a_ledger_the_batch_fails_before_any_request_saying_how_to_confi
 
 
 # -- exactly once: re-runs, retries, faults ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["moved", "wiped"])
+def test_a_rerun_on_a_new_or_wiped_ledger_looks_up_work_older_than_it_and_sends_nothing_again(
+    limio_emulator: LimioEmulator, tmp_path: Path, how: str
+) -> None:
+    """Issue 17, scenario 3: 20 orders sent through a ledger, then the ledger moved to a new root (as from
+    file:// to s3://) or its prefix wiped. The re-run's ledger knows nothing, and is younger than the work: each
+    order is looked up in Limio before its first send and adopted; none is sent twice."""
+    uri = write_jsonl(tmp_path / "orders.jsonl", orders("MOVED", 20))
+    first_root = f"file://{tmp_path}/ledger"  # a new ledger: its first run looks each order up, finds none
+    first = run_dag(batch_dag("limio_batch_moved_1", first_root, orders_path=uri))
+    assert first.state == "success", states(first)
+    assert summary_of(first)["counts"]["submitted"] == 20
+    if how == "wiped":
+        shutil.rmtree(tmp_path / "ledger")
+        second_root = first_root
+    else:
+        second_root = f"file://{tmp_path}/moved-ledger"
+    before = len(limio_emulator.requests)
+    second = run_dag(batch_dag("limio_batch_moved_2", second_root, orders_path=uri))
+    assert second.state == "success", states(second)
+    assert summary_of(second)["counts"]["adopted"] == 20
+    assert not [r for r in limio_emulator.requests[before:] if r.path == ORDER_POSTS]
+    assert len([r for r in limio_emulator.requests[before:] if r.path == LIST_READS]) >= 20
+    for n in range(20):
+        assert len(limio_emulator.orders_with_external_id(f"MOVED-{n}")) == 1
+    note = json.loads(
+        (Path(second_root.removeprefix("file://")) / limio_tenant(limio_emulator) / ".ledger").read_text()
+    )
+    assert note["since"] > START.isoformat()  # "since now": the work (logical date START) is older
+
+
+def test_a_ledger_started_before_the_work_does_not_look_up_a_first_send(
+    limio_emulator: LimioEmulator, tmp_path: Path
+) -> None:
+    """A ledger said to hold everything since before the work (start_ledger): a first send is not looked up."""
+    from limio_provider.ledger import start_ledger
+
+    root = f"file://{tmp_path}/ledger"
+    start_ledger(root, START - timedelta(days=1))
+    run = run_dag(batch_dag("limio_batch_started", root, orders=orders("STARTED", 3), results_path=f"{root}.jsonl"))
+    assert run.state == "success", states(run)
+    assert not calls(limio_emulator, LIST_READS)
+    assert summary_of(run)["counts"]["submitted"] == 3
 
 
 def test_a_rerun_of_a_completed_batch_adopts_everything_without_calling_limio(
@@ -308,7 +354,7 @@ def test_dry_run_previews_each_order_and_sends_nothing(
     assert rows["DRY-DEAR"]["outcome"] == "refused" and "too dear" in rows["DRY-DEAR"]["error"]
     assert len(calls(limio_emulator, "/api/order/preview")) == 3
     assert calls(limio_emulator, ORDER_POSTS) == []
-    assert not Path(ledger_root.removeprefix("file://")).exists()  # a dry run claims nothing
+    assert not list(Path(ledger_root.removeprefix("file://")).rglob("*.json"))  # a dry run claims nothing
 
 
 # -- throughput: concurrency, shared backoff, rate, a big batch ------------------------------------------

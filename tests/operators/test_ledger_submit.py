@@ -15,7 +15,7 @@ from limio_provider.hooks.limio import LimioHook
 from limio_provider.ledger import OrderLedger, Owner, fingerprint
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import START, calls, new_order, run_dag, states, xcom
+from tests.helpers import START, calls, in_use, limio_tenant, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 FAST = {"timeout": 2.0, "retry_backoff": 0.01}
@@ -23,7 +23,7 @@ FAST = {"timeout": 2.0, "retry_backoff": 0.01}
 
 @pytest.fixture
 def ledger_root(tmp_path: Path) -> str:
-    return f"file://{tmp_path}/ledger"
+    return in_use(f"file://{tmp_path}/ledger")
 
 
 def submit_dag(dag_id: str, order: dict[str, Any], ledger_root: str, **kwargs: Any) -> DAG:
@@ -62,13 +62,6 @@ def test_a_rerun_on_a_busy_tenant_adopts_from_the_ledger_without_listing(
         fingerprint(new_order("EXT-LEDGER")),
     )
     assert record["claimed_by"]["dag_id"] == "limio_ledger_first"
-
-
-def limio_tenant(emulator: LimioEmulator) -> str:
-    """The emulator's folder in the ledger: its tenant name, canonical (every loopback address is localhost)."""
-    from urllib.parse import quote, urlsplit
-
-    return quote(f"localhost:{urlsplit(emulator.url).port}", safe="")
 
 
 def test_the_same_external_id_with_another_body_is_refused_naming_both_fingerprints(
