@@ -47,6 +47,23 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
 State = Literal["claimed", "sent", "unknown", "done", "refused"]
+
+#: Every change of a record's state, with the event that makes it: (event, from states, to state); ``None`` is
+#: no record. docs/reliability.md shows this table (a test checks they agree); a write outside it is refused.
+#: ``done`` is final; a ``refused`` record is only claimed again, or repaired from an order a try stored.
+TRANSITIONS: tuple[tuple[str, tuple[State | None, ...], State | Literal["same"]], ...] = (
+    ("claim", (None,), "claimed"),
+    ("a retry takes the claim over", ("claimed", "sent", "unknown"), "same"),
+    ("the request is about to leave", ("claimed", "sent", "unknown"), "sent"),
+    ("Limio answers with the order", ("sent",), "done"),
+    ("the outcome is unknown", ("sent",), "unknown"),
+    ("Limio refused it, or it never left", ("claimed", "sent"), "refused"),
+    ("the order is found, or a person names it", ("claimed", "sent", "unknown"), "done"),
+    ("a person decides `send` on another task's send", ("sent", "unknown"), "refused"),
+    ("a retry records the order an earlier try stored", ("claimed", "sent", "unknown", "refused"), "done"),
+    ("a corrected order claims it again", ("refused",), "claimed"),
+)
+_ALLOWED = {(old, old if new == "same" else new) for _, olds, new in TRANSITIONS for old in olds}
 #: What a claim that found a record must do next (see :func:`next_step`).
 Step = Literal["adopt", "reclaim", "resume", "reconcile", "wait"]
 
@@ -297,6 +314,13 @@ class OrderLedger:
         :raises LimioClaimLostError: the record changed since this try read or wrote it (another try took the
             claim over, or a person's decision was applied): nothing is written.
         """
+        if (record.get("state"), state) not in _ALLOWED:
+            from limio_provider.exceptions import LimioError
+
+            raise LimioError(
+                f"order {record.get('external_id')}: the ledger record cannot go from {record.get('state')!r} to "
+                f"{state!r} (not a transition of the protocol: docs/reliability.md); nothing written"
+            )
         new = {**record, **fields, "state": state, "updated_at": _now()}
         # Only "sent" is written to stable storage before going on (the request leaves next): were a machine
         # crash to lose any other write, the record would read as an earlier state, which is always safe:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from limio_provider import ledger as ledger_module
-from limio_provider.exceptions import LimioClaimLostError, LimioValidationError
+from limio_provider.exceptions import LimioClaimLostError, LimioError, LimioValidationError
 from limio_provider.ledger import OrderLedger, Owner, fingerprint, next_step
 
 TENANT = "acme.prod.limio.com"
@@ -154,11 +154,15 @@ def test_only_the_sent_state_waits_for_stable_storage(local_ledger_root: str, mo
     assert synced == []
     record = ledger.update(record, "sent")
     assert synced == ["file", "folder"]
-    for state in ("unknown", "done", "refused"):
+    for state in ("unknown", "done"):
         synced.clear()
         record = ledger.update(record, state)
         assert synced == [], state
     assert ledger.read("renewal-42") == record
+    _, other = ledger.claim("renewal-43", FP, A)
+    synced.clear()
+    ledger.update(other, "refused")
+    assert synced == []
 
 
 def test_a_second_claim_returns_the_existing_record_unchanged(ledger: OrderLedger) -> None:
@@ -233,7 +237,7 @@ def test_a_try_whose_claim_was_taken_over_writes_nothing(ledger: OrderLedger) ->
     assert (taken["claimed_by"], taken["claimed_at"]) == (first["claimed_by"], first["claimed_at"])  # same claim
     assert ledger.read("renewal-42") == taken
 
-    for state in ("sent", "unknown", "done", "refused"):
+    for state in ("sent", "done", "refused"):
         with pytest.raises(LimioClaimLostError) as err:
             ledger.update(first, state)
         assert err.value.external_id == "renewal-42"
@@ -386,6 +390,8 @@ def test_reads_never_see_a_half_written_record(ledger: OrderLedger, backend: str
 )
 def test_next_step_for_every_state(ledger: OrderLedger, state: str, same_ti: str, other_ti: str) -> None:
     _, record = ledger.claim("renewal-42", FP, A)
+    if state in ("unknown", "done"):
+        record = ledger.update(record, "sent")
     if state != "claimed":
         ledger.update(record, state)
     stored = ledger.read("renewal-42")
@@ -776,3 +782,31 @@ def test_race_8_processes_take_the_same_claims_over_once(root: str, backend: str
     winner = {eid: f"worker-{i}" for i, mine in enumerate(won) for eid in mine}
     for eid in ids:
         assert ledger.read(eid)["holder"]["token"] == winner[eid]
+
+
+# --- the protocol's transitions: the code's table is the documented one, and nothing else is written ---
+
+
+def test_the_documented_state_table_is_the_code_s() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    section = text.split("### The ledger's states", 1)[1].split("###", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    documented = [
+        (event.strip(), tuple(None if s.strip() == "(no record)" else s.strip() for s in olds.split(",")), new.strip())
+        for event, olds, new in rows[1:]  # the header first
+    ]
+    assert documented == list(ledger_module.TRANSITIONS)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("done", "sent"), ("done", "refused"), ("refused", "sent"), ("unknown", "claimed")]
+)
+def test_a_write_outside_the_table_is_refused_and_writes_nothing(ledger: OrderLedger, old: str, new: str) -> None:
+    _, record = ledger.claim("renewal-42", FP, A)
+    path = {"claimed": [], "sent": ["sent"], "unknown": ["sent", "unknown"], "done": ["sent", "done"]}
+    for state in path.get(old, ["refused"]):
+        record = ledger.update(record, state)
+    assert record["state"] == old
+    with pytest.raises(LimioError, match=f"cannot go from '{old}' to '{new}'"):
+        ledger.update(record, new)
+    assert ledger.read("renewal-42") == record

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -115,6 +115,83 @@ def test_backfill_example_rehearsed_then_backfilled_as_the_docs_say(
         for external_id in every_id:
             one_order(emulator, external_id)
             assert len(submits(emulator, external_id)) == 1, external_id
+
+
+def test_a_worker_frozen_mid_batch_past_the_heartbeat_timeout_then_resumed_sends_nothing_more(
+    celery: Deployment, emulator: LimioEmulator, tmp_path: Path
+) -> None:
+    """Issue 17, scenario 7: the worker running chunk 0 has its whole process tree frozen (SIGSTOP: the worker,
+    its pool, the task supervisor and the task process, each in its own group) with orders in flight. Airflow
+    fails the try once its heartbeat stops for HEARTBEAT_TIMEOUT and retries it on the other worker; while that
+    retry runs, the frozen tree resumes (SIGCONT). The resumed try must send nothing more and leave the retry's
+    results file alone: one order and one submit per external_id, every order in chunk 0's final results."""
+    api, dag_id, prefix, size = celery.api, "deploy_batch_two_workers", unique("frozen"), 12
+    ledger, results = tmp_path / "ledger", tmp_path / "results"
+    results.mkdir()
+    chunks = [[f"{prefix}-c{c}-{i}" for i in range(size)] for c in (0, 1)]
+    emulator.add_fault(Fault(route="order", action="latency_only", latency=1.0))  # orders in flight when it freezes
+    workers = [s for s in celery.processes.services if s.name.startswith("celery-worker-")]
+    frozen: list[Any] = []
+    try:
+        params = {"prefix": prefix, "size": size, "shared": 0, "ledger_path": f"file://{ledger}"}
+        run_id = api.trigger(dag_id, {**params, "results_root": f"file://{results}"})
+        seen: dict[int, str] = {}
+
+        def chunk_0_sending() -> bool:
+            for ti in api.task_instances(dag_id, run_id):
+                if ti["task_id"] == "submit_batch" and ti["state"] == "running" and ti["map_index"] not in seen:
+                    process = task_process(ti["id"])
+                    owner = _worker_of(process.pid, workers) if process is not None else None
+                    if owner is not None:
+                        seen[ti["map_index"]] = owner.name
+            return 0 in seen and sum(bool(submits(emulator, e)) for e in chunks[0]) >= 3
+
+        wait_until("chunk 0 to have sent 3 orders", chunk_0_sending, 120, 0.2, lambda: api.diagnose(dag_id, run_id))
+        victim = next(s for s in workers if s.name == seen[0])
+        frozen = victim.family()
+        for process in frozen:
+            process.suspend()
+        frozen_at, sent_when_frozen = time.monotonic(), sum(bool(submits(emulator, e)) for e in chunks[0])
+
+        def retried_and_running() -> bool:
+            ti = api.ti(dag_id, run_id, "submit_batch", 0)
+            return ti["try_number"] == 2 and ti["state"] == "running"
+
+        wait_until(
+            "chunk 0's retry to run on the other worker",
+            retried_and_running,
+            HEARTBEAT_TIMEOUT + 120,
+            0.5,
+            lambda: api.diagnose(dag_id, run_id),
+        )
+        retried_in = time.monotonic() - frozen_at
+        for process in frozen:
+            process.resume()
+        state = api.wait_run(dag_id, run_id, timeout=RUN_SECONDS)
+    finally:
+        for process in frozen:
+            try:
+                process.resume()
+            except Exception:  # noqa: BLE001 - gone: nothing to resume
+                pass
+        emulator.clear_faults()
+    print(f"froze chunk 0 after {sent_when_frozen} of its orders were sent; its retry ran {retried_in:.0f} s later")
+
+    for external_id in {*chunks[0], *chunks[1]}:
+        assert len(submits(emulator, external_id)) == 1, f"{external_id}: {len(submits(emulator, external_id))} submits"
+        one_order(emulator, external_id)
+    assert state == "success", api.diagnose(dag_id, run_id)
+    assert retried_in >= HEARTBEAT_TIMEOUT - 5, retried_in  # the retry came from the heartbeat timeout
+    first = api.ti(dag_id, run_id, "submit_batch", 0)
+    assert first["state"] == "success" and first["try_number"] == 2, first
+    lines = [json.loads(line) for line in (results / "chunk-0.results.jsonl").read_text().splitlines()]
+    assert sorted(line["external_id"] for line in lines) == sorted(chunks[0]), lines
+    assert {line["outcome"] for line in lines} <= {"submitted", "adopted"}, lines
+    for line in lines:
+        assert line["order_id"] == one_order(emulator, line["external_id"])["id"], line
+    records = [json.loads(path.read_text()) for path in ledger.rglob("*.json")]
+    assert {r["state"] for r in records} == {"done"} and len(records) == 2 * size, records
+    assert all(victim.alive() for victim in workers), "a worker did not survive its freeze"
 
 
 def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(

@@ -93,7 +93,7 @@ def test_a_claim_held_by_another_task_instance_is_never_sent_twice(
     ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.tenant)
     created, record = ledger.claim("EXT-HELD", fingerprint(body), Owner("other_dag", "run-1", "submit"))
     assert created
-    ledger.update(record, "unknown")  # the other worker sent it and never learnt the outcome
+    ledger.update(ledger.update(record, "sent"), "unknown")  # the other worker sent it and never learnt the outcome
     run = run_dag(submit_dag("limio_ledger_held", body, ledger_root, ledger_wait_timeout=0.3))
     assert states(run)["submit"] == "failed"
     assert calls(limio_emulator, "/api/order") == []
@@ -113,7 +113,7 @@ def test_a_persons_decision_reaches_another_task_instances_unknown_ledger_record
     hook = LimioHook(**FAST)
     ledger = OrderLedger(ledger_root, hook.settings.tenant)
     created, record = ledger.claim(external_id, fingerprint(body), Owner("other_dag", "run-1", "submit"))
-    ledger.update(record, "unknown")  # the other task instance sent it, never learnt the outcome, and failed
+    ledger.update(ledger.update(record, "sent"), "unknown")  # sent, outcome never learnt, failed
     ref = outcome_ref(external_id, {"claimed_by": record["claimed_by"], "claimed_at": record["claimed_at"]})
     if decision == "adopt":  # Limio had it after all: the person found it
         existing = hook.submit_order(body)
@@ -268,7 +268,7 @@ def test_a_decision_answering_another_send_is_refused_and_kept(
     body = new_order("EXT-DEC-STALE")
     ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.tenant)
     _, record = ledger.claim("EXT-DEC-STALE", fingerprint(body), Owner("other_dag", "run-1", "submit"))
-    ledger.update(record, "unknown")
+    ledger.update(ledger.update(record, "sent"), "unknown")
     Variable.set(decision_key("EXT-DEC-STALE"), "send 0badc0de")  # an earlier send's decision, never used
     task_log()
     run = run_dag(submit_dag("limio_ledger_decided_stale", body, ledger_root, ledger_wait_timeout=0.3))
