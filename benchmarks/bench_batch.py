@@ -65,7 +65,7 @@ def main() -> None:
     from airflow.sdk import DAG
     from airflow.utils import db
 
-    from limio_provider.ledger import start_ledger
+    from limio_provider.exactly_once.ledger import start_ledger
     from limio_provider.operators import LimioSubmitOrderOperator, LimioSubmitOrdersOperator
     from limio_provider.testing import sample_order
     from tests.helpers import START, run_dag, xcom

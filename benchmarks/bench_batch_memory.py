@@ -115,7 +115,8 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_ledger_probe(args: argparse.Namespace) -> int:
     """The ledger's writes for ``--probe-orders`` orders under ``--ledger-path``: a claim, ``sent``, ``done``
     each, as the operator writes them; one thread, then ``--in-flight`` threads. Prints JSON."""
-    from limio_provider.ledger import OrderLedger, Owner, fingerprint
+    from limio_provider.exactly_once.identity import fingerprint
+    from limio_provider.exactly_once.ledger import OrderLedger, Owner
     from limio_provider.testing import sample_order
 
     ledger = OrderLedger(args.ledger_path, "127.0.0.1:8080")

@@ -295,7 +295,8 @@ def _run_zombie(operator_for: Any, outcome: Outcome, index: int, retries: int) -
     store = TaskStateStoreStub()
     paused, resume = threading.Event(), threading.Event()
     first = operator_for(outcome.external_id, own_hook=True)
-    first._pace = lambda: (paused.set(), resume.wait(60))  # frozen here until try 2 has ended
+    submitter = first._submitter  # its order's turn, right before its "sent" write: frozen there until try 2 ends
+    first._submitter = lambda ledger, **seams: submitter(ledger, pace=lambda: (paused.set(), resume.wait(60)))
     ended: list[str] = []
 
     def try_1() -> None:
@@ -329,7 +330,7 @@ def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int =
     from types import SimpleNamespace
     from urllib.parse import quote
 
-    from limio_provider import ledger as ledger_module
+    from limio_provider.exactly_once import ledger as ledger_module
     from limio_provider.hooks.limio import LimioHook
     from limio_provider.operators.orders import LimioSubmitOrderOperator
 

@@ -42,8 +42,8 @@ def check(
     external_id: str, decision: str, order_id: str | None, partner: str | None, conn_id: str, pages: int
 ) -> str | None:
     """Why Limio contradicts the decision, or ``None`` if it does not."""
+    from limio_provider.exactly_once.matching import not_this_order, orders_for
     from limio_provider.hooks.limio import LimioHook
-    from limio_provider.operators.orders import not_this_order, orders_for
 
     hook = LimioHook(conn_id)
     try:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"ref must be the 8 hex digits the error gives, got {args.ref!r}")
     if (args.decision == "adopt") != (args.order_id is not None):
         parser.error("adopt takes the order id; send takes none")
-    from limio_provider.operators.orders import decision_key
+    from limio_provider.exactly_once.decisions import decision_key
 
     try:
         problem = check(args.external_id, args.decision, args.order_id, args.partner, args.conn_id, args.pages)

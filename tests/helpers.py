@@ -32,7 +32,7 @@ def limio_tenant(emulator: LimioEmulator) -> str:
 def in_use(root: str) -> str:
     """``root`` as a ledger in use since long before the tests' work (2000-01-01): a first claim there does not
     look Limio up (a new ledger's look-up for older work has tests of its own, in tests/operators)."""
-    from limio_provider.ledger import start_ledger
+    from limio_provider.exactly_once.ledger import start_ledger
 
     start_ledger(root, datetime(2000, 1, 1, tzinfo=UTC))
     return root

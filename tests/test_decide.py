@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from limio_provider.decide import main
+from limio_provider.exactly_once.decisions import decision_key
 from limio_provider.hooks.limio import LimioHook
-from limio_provider.operators.orders import decision_key
 from limio_provider.testing import LimioEmulator
 from tests.helpers import new_order
 

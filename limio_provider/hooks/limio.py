@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import difflib
-import email.utils
 import ipaddress
 import json
 import os
 import random
 import re
-import ssl
 import string
 import threading
 import time
@@ -24,8 +22,6 @@ from urllib.parse import quote, quote_plus, urlsplit
 import requests
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from limio_provider import __version__
 from limio_provider.exceptions import (
@@ -41,13 +37,20 @@ from limio_provider.exceptions import (
     LimioServerError,
     LimioValidationError,
 )
+from limio_provider.hooks.transport import (
+    TrackedAdapter,
+    cause_in_words,
+    limio_message,
+    parse_retry_after,
+    read_answer,
+    wire,
+)
 from limio_provider.models.orders import OrderBase, admin_order_body, order_body
 from limio_provider.models.results import OrderObject, OrderPage, OrderResult, PreviewResult
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
 
-    from limio_provider.ledger import OrderLedger
 
 #: How a call may be retried: reads and previews are safe to repeat; a submit only where it provably
 #: was not processed (see :func:`submit_outcome`); the token call is always safe.
@@ -83,7 +86,6 @@ def submit_outcome(status: int | None, *, reached_limio: bool) -> SubmitOutcome:
 
 
 TOKEN_REFRESH_LEAD_SECONDS = 60.0
-MAX_MESSAGE_CHARS = 500
 
 
 def _check_link_template(template: str | None) -> str | None:
@@ -200,98 +202,6 @@ class _Token:
     expires_at: float
 
 
-# -- Knowing whether a request left this process ---------------------------------------------------------
-# requests raises the same exception types (SSLError, ConnectionError) whether the connection failed before
-# the request was written or after, so the hook's connections record how far each exchange got: a submit
-# is "not sent" only when the pool was entered and no connection to Limio was established for it.
-
-_wire = threading.local()
-
-
-class _Tracked:
-    """Marks the exchange "sending" once a connection is established (a request on a fresh connection
-    connects first; one on a kept-alive connection sends at once)."""
-
-    sock: Any
-
-    def connect(self) -> None:
-        super().connect()  # type: ignore[misc]
-        _wire.phase = "sending"
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        if self.sock is not None:
-            _wire.phase = "sending"
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-class _TrackedHTTPConnection(_Tracked, HTTPConnection):
-    pass
-
-
-class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
-    pass
-
-
-class _TrackedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _TrackedHTTPConnection
-
-    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
-        _wire.phase = "connecting"
-        return super().urlopen(*args, **kwargs)
-
-
-class _TrackedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _TrackedHTTPSConnection
-
-    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
-        _wire.phase = "connecting"
-        return super().urlopen(*args, **kwargs)
-
-
-_TRACKED_POOLS = {"http": _TrackedHTTPConnectionPool, "https": _TrackedHTTPSConnectionPool}
-
-
-class _TrackedAdapter(requests.adapters.HTTPAdapter):
-    """An adapter whose pools record whether a request was started (SOCKS proxies are not tracked, so
-    every failure through them counts as "may have been sent")."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _TRACKED_POOLS
-        return manager
-
-
-def _read_answer(response: requests.Response, deadline: float) -> None:
-    """Read the whole body into ``response``, as requests does unless asked to stream, but give up at
-    ``deadline`` (monotonic): requests' read timeout bounds each read, so an answer trickled a byte at a time
-    would otherwise hold the call for as long as the server likes."""
-    from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
-    from urllib3.exceptions import SSLError as TLSError
-
-    chunks = []
-    try:
-        while chunk := response.raw.read1(65536, decode_content=True):
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                response.close()
-                raise requests.exceptions.ReadTimeout("the answer was still arriving when the timeout ran out")
-    except ProtocolError as exc:  # the same mapping as requests' own reading of a body
-        raise requests.exceptions.ChunkedEncodingError(exc) from exc
-    except DecodeError as exc:
-        raise requests.exceptions.ContentDecodingError(exc) from exc
-    except ReadTimeoutError as exc:
-        raise requests.exceptions.ConnectionError(exc) from exc
-    except TLSError as exc:
-        raise requests.exceptions.SSLError(exc) from exc
-    response._content = b"".join(chunks)
-    response.raw.release_conn()  # back to the pool for the next call
-
-
 def _is_loopback(hostname: str) -> bool:
     if hostname == "localhost":
         return True
@@ -299,101 +209,6 @@ def _is_loopback(hostname: str) -> bool:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (a number or an HTTP date); ``None`` if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _limio_message(response: requests.Response) -> str:
-    """Limio's own ``message`` from an error body, shortened; never the body itself (the hook also
-    scrubs its secrets from it, in case Limio echoes them)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    message = ""
-    if isinstance(body, dict):
-        for key in ("message", "error_description", "error"):
-            if isinstance(body.get(key), str):
-                message = body[key]
-                break
-    message = message or response.reason or "no message"
-    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps: ``__cause__``/``__context__``, urllib3's ``reason`` and ``args[0]``."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for nested in (current.__cause__, current.__context__, getattr(current, "reason", None)):
-            if isinstance(nested, BaseException):
-                todo.append(nested)
-        todo.extend(arg for arg in current.args[:1] if isinstance(arg, BaseException))
-
-
-def _setup_cause_in_words(cause: BaseException, *, sent: bool) -> str | None:
-    """A cause that says what is wrong with how this machine reaches Limio (TLS, DNS, a refused port), in
-    words; ``None`` for any other."""
-    from urllib3.exceptions import NameResolutionError
-
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted ({cause.verify_message or cause.reason})"
-    if isinstance(cause, ssl.SSLError) and sent:
-        return f"TLS error while reading the answer ({cause.reason or type(cause).__name__})"
-    if isinstance(cause, ssl.SSLError) and cause.reason in ("WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL"):
-        return "TLS protocol mismatch: the server did not answer TLS (is the host http://?)"
-    if isinstance(cause, NameResolutionError):
-        return "host name not resolved"
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused (is the host or port right, and is Limio reachable from here?)"
-    return None
-
-
-def _cause_in_words(exc: BaseException, *, sent: bool = False) -> str:
-    """What went wrong on the wire, in words a person can act on (``sent``: after the request left, when a
-    TLS error is a broken answer, not a wrong scheme)."""
-    from urllib3.exceptions import DecodeError, ProtocolError
-
-    causes = list(_causes(exc))
-    if isinstance(exc, requests.exceptions.ContentDecodingError):
-        return "the answer could not be decoded"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return "the answer was cut short"
-    for cause in causes:
-        words = _setup_cause_in_words(cause, sent=sent)
-        if words:
-            return words
-    for cause in causes:
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS error ({cause.reason or type(cause).__name__})"
-        if isinstance(cause, DecodeError):
-            return "the answer could not be decoded"
-        if isinstance(cause, ConnectionResetError):
-            return "connection reset"
-    if isinstance(exc, requests.ConnectTimeout):
-        return "timed out connecting"
-    if isinstance(exc, requests.Timeout):
-        return "timed out waiting for the answer"
-    if any(isinstance(cause, ProtocolError) for cause in causes):
-        return "connection closed without a complete answer"
-    return type(exc).__name__
 
 
 class LimioHook(BaseHook):
@@ -452,7 +267,6 @@ class LimioHook(BaseHook):
         )
         self._token: _Token | None = None
         self._token_lock = threading.Lock()
-        self._ledgers: dict[str, OrderLedger] = {}
         self.token_requests = 0
 
     @classmethod
@@ -603,7 +417,7 @@ class LimioHook(BaseHook):
         options = settings.options
         session = requests.Session()
         session.trust_env = False
-        adapter = _TrackedAdapter(pool_connections=self._pool_size, pool_maxsize=self._pool_size)
+        adapter = TrackedAdapter(pool_connections=self._pool_size, pool_maxsize=self._pool_size)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers["User-Agent"] = f"airflow-provider-limio/{__version__} requests/{requests.__version__}"
@@ -621,24 +435,6 @@ class LimioHook(BaseHook):
         if template:
             return template.format(order_id=quote(order_id, safe=""))
         return f"{self.settings.api_url}/objects/limio/orders/{quote(order_id, safe='')}"
-
-    def ledger(self, path: str | None = None) -> OrderLedger | None:
-        """The order ledger of this tenant under ``path`` (default: the ``ledger_path`` extra), or ``None``.
-
-        Built once per root and hook: a batch asks for it once per order, and building it resolves the
-        storage connection."""
-        root = path or self.settings.options.ledger_path
-        if not root:
-            return None
-        if root not in self._ledgers:
-            from limio_provider.ledger import OrderLedger
-
-            # Records written before tenant names were canonical live under the host as the connection spelt
-            # it: read there too, so an upgrade resends nothing.
-            spelt = urlsplit(self.settings.api_url).netloc
-            tenant = self.settings.tenant
-            self._ledgers[root] = OrderLedger(root, tenant, aliases=() if spelt == tenant else (spelt,))
-        return self._ledgers[root]
 
     def close(self) -> None:
         """Close the HTTP session (its pooled connections)."""
@@ -721,7 +517,7 @@ class LimioHook(BaseHook):
         """One HTTP exchange: a 2xx answer, or a typed error (``retryable`` where repeating it is safe)."""
         options = self.settings.options
         session = self.session
-        _wire.phase = None
+        wire.phase = None
         try:
             # Prepared here and handed to the adapter: ``Session.request`` would merge cookies, hooks and
             # environment settings the hook never uses (it reads the environment once, in ``session``), and
@@ -747,9 +543,9 @@ class LimioHook(BaseHook):
                     cert=None,
                     proxies=session.proxies,
                 )
-                _read_answer(response, time.monotonic() + options.timeout)
+                read_answer(response, time.monotonic() + options.timeout)
         except requests.RequestException as exc:
-            reached = getattr(_wire, "phase", None) != "connecting"
+            reached = getattr(wire, "phase", None) != "connecting"
             raise self._transport_error(method, url, kind, exc, reached, json) from None
         if 200 <= response.status_code < 300:
             return response
@@ -760,15 +556,15 @@ class LimioHook(BaseHook):
         """Hold one of the ``max_in_flight`` slots (re-entrant within a thread). A caller that records an
         intent to send ("sent" in the order ledger) takes the slot first, so no order is recorded as sent while
         it still waits for a slot: a task killed then has sent nothing it would have to look for."""
-        if getattr(_wire, "slot_held", False):
+        if getattr(wire, "slot_held", False):
             yield
             return
         with self._slots:
-            _wire.slot_held = True
+            wire.slot_held = True
             try:
                 yield
             finally:
-                _wire.slot_held = False
+                wire.slot_held = False
 
     def _what(self, method: str, url: str) -> str:
         return f"Limio {method} {urlsplit(url).path} (connection {self.limio_conn_id!r})"
@@ -777,7 +573,7 @@ class LimioHook(BaseHook):
         self, method: str, url: str, kind: CallKind, exc: Exception, reached: bool, body: Any
     ) -> LimioError:
         parts = urlsplit(url)
-        cause = _cause_in_words(exc, sent=reached)
+        cause = cause_in_words(exc, sent=reached)
         if not reached:
             message = (
                 f"could not connect to Limio at {parts.scheme}://{parts.netloc} for {method} {parts.path}: {cause}"
@@ -807,11 +603,11 @@ class LimioHook(BaseHook):
             target = urlsplit(response.headers.get("Location") or "").hostname or "an unnamed location"
             detail = f"a redirect to {target}, not followed (the provider never follows redirects)"
         else:
-            detail = self._scrub(_limio_message(response))
+            detail = self._scrub(limio_message(response))
         what = f"{self._what(method, url)} answered HTTP {status}: {detail}"
         if status == 401 and kind != "token":  # LimioHook.request fetches a new token once and replays
             return LimioAuthError(what, status=status)
-        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if kind == "submit":
             outcome = submit_outcome(status, reached_limio=True)
             if outcome == "unknown":
@@ -919,8 +715,7 @@ class LimioHook(BaseHook):
 
         :raises LimioOutcomeUnknownError: the order may have been created; reconcile by ``external_id``.
         """
-        body = order_body(order, allow_unmodelled=allow_unmodelled)
-        return self._submit("/order", body)
+        return self.send_order(order_body(order, allow_unmodelled=allow_unmodelled))
 
     def submit_admin_order(
         self,
@@ -935,10 +730,16 @@ class LimioHook(BaseHook):
             Give it here or as the order's own ``forPartner``, not both.
         """
         body = admin_order_body(order_body(order, allow_unmodelled=allow_unmodelled), partner)
-        return self._submit("/admin/order", body)
+        return self.send_order(body, admin=True)
 
-    def _submit(self, path: str, body: dict[str, Any]) -> OrderResult:
-        """Send a submit; an answer that is not an order with an ``id`` is an unknown outcome."""
+    def send_order(self, body: dict[str, Any], *, admin: bool = False) -> OrderResult:
+        """Send an order body already validated (:func:`~limio_provider.models.orders.order_body`) as it is:
+        ``POST /order``, or ``/admin/order`` if ``admin``. An answer that is not an order with an ``id`` is an
+        unknown outcome, as every submit's is when nothing proves whether it was processed.
+
+        :raises LimioOutcomeUnknownError: the order may have been created; reconcile by ``external_id``.
+        """
+        path = "/admin/order" if admin else "/order"
         answer = self.request("POST", path, "submit", json=body)
         result = OrderResult.model_validate(answer) if isinstance(answer, dict) else None
         if result is None or not result.id:

@@ -7,12 +7,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from limio_provider.exactly_once.identity import external_id_for
     from limio_provider.operators.batch import LimioSubmitOrdersOperator
     from limio_provider.operators.orders import (
         LimioAdminSubmitOrderOperator,
         LimioPreviewOrderOperator,
         LimioSubmitOrderOperator,
-        external_id_for,
     )
 
 #: Where each public name lives.
@@ -21,7 +21,7 @@ _MODULES = {
     "LimioPreviewOrderOperator": "limio_provider.operators.orders",
     "LimioSubmitOrderOperator": "limio_provider.operators.orders",
     "LimioSubmitOrdersOperator": "limio_provider.operators.batch",
-    "external_id_for": "limio_provider.operators.orders",
+    "external_id_for": "limio_provider.exactly_once.identity",
 }
 
 __all__ = [

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from limio_provider.exactly_once.identity import work_of
 from limio_provider.operators.orders import (
-    LimioSubmitOrderOperator,
     PreviewCheck,
     _admin_body,
     _as_bool,
+    _LimioSubmitOperator,
     _rendered,
-    work_of,
 )
 
 if TYPE_CHECKING:
@@ -170,12 +170,12 @@ class _Throttle:
             time.sleep(slot - now)
 
 
-class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
+class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     """Submit a batch of orders (``POST /order``, or ``POST /admin/order`` with ``partner``), each exactly once,
     a few at a time, and write one result line per order; returns a small summary (XCom ``return_value``).
 
     Every order is validated, and given its external_id, exactly as :class:`LimioSubmitOrderOperator` does
-    (an order without one gets :func:`~limio_provider.operators.orders.external_id_for`), and goes through
+    (an order without one gets :func:`~limio_provider.exactly_once.identity.external_id_for`), and goes through
     the same exactly-once submit. All of them are validated before the first request: a file is read twice
     (a validation pass, then a sending pass), one line at a time, so memory does not grow with it.
 
@@ -265,7 +265,6 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         "partner",
     )
     template_fields_renderers = {"orders": "json"}
-    operator_extra_links = ()
 
     def __init__(
         self,
@@ -331,31 +330,27 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
             **self.hook_params,
         )
 
-    # -- the seams of the single-order submit --------------------------------------------------------------
+    # -- what differs from the single-order submit: partner orders ------------------------------------------
 
     def _body_of(self, order: Any) -> dict[str, Any]:
         body = super()._body_of(order)
         return body if self.partner is None else _admin_body(body, self.partner)
 
-    def _log_order(self, message: str, *args: Any) -> None:
-        self.log.debug(message, *args)
-
     def _post(self, body: dict[str, Any]) -> Any:
-        return self.hook._submit("/order" if self.partner is None else "/admin/order", body)
-
-    def _pace(self) -> None:
-        self._throttle.acquire()  # before the ledger says "sent": a task killed while waiting sent nothing
+        return self.hook.send_order(body, admin=self.partner is not None)
 
     # -- execute -------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from limio_provider.exactly_once.ledger import Owner
         from limio_provider.exceptions import LimioBatchFailedError, LimioClaimLostError, LimioConfigError
-        from limio_provider.ledger import Owner
 
         started = time.monotonic()
         dry_run = _as_bool("dry_run", self.preview_only)
         self.hook.settings  # noqa: B018 - a bad connection fails before any call
-        ledger = self.hook.ledger(self.ledger_path)
+        from limio_provider.exactly_once.ledger import ledger_for
+
+        ledger = ledger_for(self.hook.settings, self.ledger_path)
         if ledger is None:
             raise LimioConfigError(
                 "LimioSubmitOrdersOperator needs an order ledger, which remembers every order sent so that a "
@@ -378,6 +373,8 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         # This try holds the task instance: a later try (Airflow thought this one dead) says so in the ledger,
         # and this one, should it resume, stops and leaves the results file to it.
         owner, token = Owner.of(context), os.urandom(16).hex()
+        # Each order through the protocol, paced (a task killed while waiting for its turn sent nothing).
+        self._orders = self._submitter(ledger, pace=self._throttle.acquire, quiet=True)
         self._superseded: Callable[[], str | None] = lambda: None
         if not dry_run:  # a dry run writes nothing to the ledger
             ledger.hold_task_instance(owner, token)
@@ -537,13 +534,13 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
         uri = str(self.results_path) if self.results_path is not None else default_results_path(str(self.orders_path))
         if self.orders_path is not None and uri == str(self.orders_path):
             raise LimioConfigError(f"results_path {uri} is the orders_path: give the results another path")
-        from limio_provider.ledger import storage_path
+        from limio_provider.exactly_once.ledger import storage_path
 
         return uri, storage_path("results_path", uri)  # usable (scheme, filesystem) before any call
 
     def _items(self, context: Context) -> Iterator[_Item]:
         """Each order of the batch, read afresh and prepared for sending (no network call)."""
-        from limio_provider.ledger import storage_path
+        from limio_provider.exactly_once.ledger import storage_path
 
         if self.orders_path is not None:
             uri = str(self.orders_path)
@@ -694,7 +691,7 @@ class LimioSubmitOrdersOperator(LimioSubmitOrderOperator):
                     preview = self._check_preview(item.body)
                     total_due = PreviewResult.model_validate(preview).total_due()
                     return self._row(item, "dry_run", total_due=str(total_due))
-                result, adopted = self._submit_once(item.body, context)
+                result, adopted = self._orders.submit_once(item.body, context)
             except LimioOrderNotRecordedError as exc:  # created: its row says so, with the order's id
                 outcome = "adopted" if exc.adopted else "submitted"
                 return self._row(item, outcome, order_id=exc.order_id, error=_one_line(str(exc))[:1000])

@@ -197,7 +197,7 @@ def test_a_ledger_started_before_the_work_does_not_look_up_a_first_send(
     limio_emulator: LimioEmulator, tmp_path: Path
 ) -> None:
     """A ledger said to hold everything since before the work (start_ledger): a first send is not looked up."""
-    from limio_provider.ledger import start_ledger
+    from limio_provider.exactly_once.ledger import start_ledger
 
     root = f"file://{tmp_path}/ledger"
     start_ledger(root, START - timedelta(days=1))

@@ -10,8 +10,8 @@ import pytest
 from airflow.providers.common.compat.sdk import DAG
 from packaging.version import Version
 
+from limio_provider.exactly_once.decisions import decision_key
 from limio_provider.operators import LimioSubmitOrderOperator
-from limio_provider.operators.orders import decision_key
 from limio_provider.sensors.limio import LimioOrderSensor
 from limio_provider.testing import Fault, LimioEmulator
 from tests.helpers import AIRFLOW_VERSION, START, needs_airflow, new_order, run_dag, states, xcom
@@ -103,7 +103,7 @@ def decide_after_the_first_try(external_id: str, value: str, refs: list[str] | N
     decision Variable to ``value`` with ``{ref}``, the name of the send it answers, filled in. The error gives
     that name; Airflow 3.1 passes no exception to the callback, so it is worked out as the provider does for a
     send without a ledger (its task instance), and noted in ``refs`` for the test to find in the error."""
-    from limio_provider.operators.orders import outcome_ref
+    from limio_provider.exactly_once.decisions import outcome_ref
 
     def decide(context: Any) -> None:
         ti = context["ti"]
@@ -165,7 +165,7 @@ def test_the_unknown_outcome_error_names_the_decision_variable(limio_emulator: L
     limio_emulator.add_fault(Fault(route="order", action="drop", times=1))
     run = run_dag(submit_dag("limio_decide_named", order=new_order("EXT-NAMED")))
     assert states(run)["submit"] == "failed"
-    from limio_provider.operators.orders import how_to_decide
+    from limio_provider.exactly_once.decisions import how_to_decide
 
     assert 'airflow variables set limio_decision.EXT-NAMED "send 0123abcd"' in how_to_decide("EXT-NAMED", "0123abcd")
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import DAG
 
+from limio_provider.exactly_once.identity import fingerprint
+from limio_provider.exactly_once.ledger import OrderLedger, Owner
 from limio_provider.hooks.limio import LimioHook
-from limio_provider.ledger import OrderLedger, Owner, fingerprint
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.testing import Fault, LimioEmulator
 from tests.helpers import START, calls, in_use, limio_tenant, new_order, run_dag, states, xcom
@@ -106,7 +107,7 @@ def test_a_persons_decision_reaches_another_task_instances_unknown_ledger_record
 ) -> None:
     from airflow.models.variable import Variable
 
-    from limio_provider.operators.orders import decision_key, outcome_ref
+    from limio_provider.exactly_once.decisions import decision_key, outcome_ref
 
     external_id = f"EXT-DEC-{decision}"
     body = new_order(external_id)
@@ -238,7 +239,7 @@ def test_a_send_decision_on_another_task_instances_record_looks_limio_up_first(
     it holds is adopted."""
     from airflow.models.variable import Variable
 
-    from limio_provider.operators.orders import decision_key, outcome_ref
+    from limio_provider.exactly_once.decisions import decision_key, outcome_ref
 
     body = new_order("EXT-DEC-LOOK")
     hook = LimioHook(**FAST)
@@ -263,7 +264,7 @@ def test_a_decision_answering_another_send_is_refused_and_kept(
     of the same external_id. A decision names the send it answers; for any other it is refused, loudly."""
     from airflow.models.variable import Variable
 
-    from limio_provider.operators.orders import decision_key
+    from limio_provider.exactly_once.decisions import decision_key
 
     body = new_order("EXT-DEC-STALE")
     ledger = OrderLedger(ledger_root, LimioHook(**FAST).settings.tenant)

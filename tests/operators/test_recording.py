@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import DAG
 
+from limio_provider.exactly_once.ledger import OrderLedger
 from limio_provider.hooks.limio import LimioHook
-from limio_provider.ledger import OrderLedger
 from limio_provider.operators import LimioSubmitOrderOperator, LimioSubmitOrdersOperator
 from limio_provider.testing import LimioEmulator
 from tests.helpers import S3_PUT_FAULTS, START, new_order, run_dag, s3_put_fault, states, xcom

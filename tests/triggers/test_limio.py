@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from limio_provider.hooks.limio import LimioHook
-from limio_provider.testing import LimioEmulator
+from limio_provider.testing import Fault, LimioEmulator
 from limio_provider.triggers.limio import LimioOrderTrigger
 from tests.helpers import new_order
 
@@ -108,7 +108,9 @@ logging.getLogger("asyncio").addHandler(Collect())
 
 
 async def main(order_id):
-    asyncio.get_running_loop().slow_callback_duration = 0.05  # the 0.2 s seen before is far over it
+    # A blocking read would hold a step for the emulator's 0.5 s latency, and the hook's import on the loop took
+    # 0.2 s on an idle machine; a step of a busy machine's loop may take 0.1 s (seen with the tests running).
+    asyncio.get_running_loop().slow_callback_duration = 0.15
     await asyncio.sleep(0)  # from here on, each step of the loop is timed
     end = time.time() + 20
     trigger = LimioOrderTrigger(order_id=order_id, limio_conn_id="limio_default", poll_interval=0.05, end_time=end)
@@ -125,12 +127,13 @@ print("OK")
 
 def test_the_trigger_never_blocks_the_event_loop(limio_emulator: LimioEmulator) -> None:
     """In a fresh process, as in the triggerer: importing the trigger loads no hook, and running it (importing
-    the hook, reading the connection, HTTP) holds the event loop for no step over 50 ms."""
+    the hook, reading the connection, HTTP answered after 0.5 s) holds the event loop for no step over 150 ms."""
     import os
     import subprocess
     import sys
 
     order = LimioHook().submit_order({**new_order("EXT-LOOP"), "process_immediately": True})
+    limio_emulator.add_fault(Fault(route="get_order", action="latency_only", latency=0.5))
     probe = [sys.executable, "-c", BLOCKING_PROBE, order.id]
     done = subprocess.run(probe, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The order ledger (limio_provider.ledger) on both of its backends: a local directory and S3 (moto's server).
+"""The order ledger (limio_provider.exactly_once.ledger) on its two backends: a local directory and S3 (moto).
 
 Every behaviour is checked on each backend; the races run 8 separate processes (each with its own Airflow home
 and connection) against one ledger, as 8 workers would.
@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from limio_provider import ledger as ledger_module
+from limio_provider.exactly_once import ledger as ledger_module
+from limio_provider.exactly_once.identity import fingerprint
+from limio_provider.exactly_once.ledger import OrderLedger, Owner, next_step
 from limio_provider.exceptions import LimioClaimLostError, LimioError, LimioValidationError
-from limio_provider.ledger import OrderLedger, Owner, fingerprint, next_step
 
 TENANT = "acme.prod.limio.com"
 FIELDS = {
@@ -591,7 +592,7 @@ os.dup2(2, 1)
 sys.stdout = sys.stderr
 
 from limio_provider.exceptions import LimioClaimLostError
-from limio_provider.ledger import OrderLedger, Owner
+from limio_provider.exactly_once.ledger import OrderLedger, Owner
 
 def say(**message):
     channel.write(json.dumps(message) + "\n")
@@ -653,7 +654,7 @@ class RacePool:
             proc = subprocess.Popen(
                 [sys.executable, "-c", WORKER],
                 env={**env, "AIRFLOW_HOME": str(home)},
-                cwd=str(Path(__file__).resolve().parents[1]),
+                cwd=str(Path(__file__).resolve().parents[2]),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log.open("wb"),
@@ -788,7 +789,7 @@ def test_race_8_processes_take_the_same_claims_over_once(root: str, backend: str
 
 
 def test_the_documented_state_table_is_the_code_s() -> None:
-    text = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
     section = text.split("### The ledger's states", 1)[1].split("###", 1)[0]
     rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     documented = [

@@ -68,15 +68,6 @@ _ALLOWED = {(old, old if new == "same" else new) for _, olds, new in TRANSITIONS
 Step = Literal["adopt", "reclaim", "resume", "reconcile", "wait"]
 
 
-def fingerprint(body: dict[str, Any]) -> str:
-    """A fingerprint of the canonical order body (sorted keys, no spaces): ``sha256:`` and 32 hex digits.
-
-    ``external_id`` is part of it; so two orders that differ in any field have different fingerprints.
-    """
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
-
-
 @dataclass(frozen=True)
 class Owner:
     """Who claimed a record: the task instance and its try."""
@@ -191,6 +182,20 @@ def next_step(record: dict[str, Any], body_fingerprint: str, owner: Owner) -> St
     if owner.same_task_instance(record.get("claimed_by")):
         return "resume" if state == "claimed" else "reconcile"
     return "wait"
+
+
+def ledger_for(settings: Any, path: str | None = None) -> OrderLedger | None:
+    """The order ledger of a connection's tenant (``settings``: a hook's :class:`ConnectionSettings`) under
+    ``path``, else its ``ledger_path`` extra; ``None`` if neither is set. Records written before tenant names
+    were canonical live under the host as the connection spelt it: they are read there too, so an upgrade
+    resends nothing."""
+    from urllib.parse import urlsplit
+
+    root = path or settings.options.ledger_path
+    if not root:
+        return None
+    spelt, tenant = urlsplit(settings.api_url).netloc, settings.tenant
+    return OrderLedger(root, tenant, aliases=() if spelt == tenant else (spelt,))
 
 
 class OrderLedger:
