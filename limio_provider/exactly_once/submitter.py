@@ -39,11 +39,11 @@ class OrderRecord:
     order ledger when one is configured: the only code that reads or writes either. Without a store
     (Airflow before 3.3) the task's own record does not survive the try; the ledger's does.
 
-    The task's record is ``{"external_id", "state", "seen", "order_id", "result", "adopted"}``: ``state`` is
-    ``sending`` (written before the request leaves), ``unknown`` (sent, outcome not proven) or ``sent``
-    (Limio's answer, or the order found, is in ``result``); ``seen`` lists the ids of orders that already
-    carried this external_id before sending, which this task never adopts as its own. The ledger's states
-    are ``claimed``, ``sent``, ``unknown``, ``done`` and ``refused`` (``limio_provider.exactly_once.ledger``).
+    The task's record is ``{"external_id", "state", "seen", "order_id", "result", "adopted"}``, in the ledger's
+    states (``limio_provider.exactly_once.ledger``): ``sent`` (written before the request leaves), ``unknown``
+    (sent, outcome not proven) or ``done`` (Limio's answer, or the order found, is in ``result``); ``seen``
+    lists the ids of orders that already carried this external_id before sending, which this task never adopts
+    as its own. The ledger's record also knows ``claimed`` and ``refused``.
     """
 
     def __init__(self, context: Context, key: str, external_id: str, ledger: OrderLedger | None = None) -> None:
@@ -74,27 +74,27 @@ class OrderRecord:
         return value if isinstance(value, dict) and value.get("external_id") == self.external_id else {}
 
     def save(self, state: str, **fields: Any) -> None:
-        """Write this task's record (and the ledger's). ``sent`` says Limio holds the order: when writing it
-        fails, the error says so and names the order (:class:`LimioOrderNotRecordedError`), whatever failed.
+        """Write this task's record, and the ledger's, in one state (the ledger's vocabulary: ``sent`` as the
+        request leaves, ``unknown``, ``done`` with the order). ``done`` says Limio holds the order: when writing
+        it fails, the error says so and names the order (:class:`LimioOrderNotRecordedError`), whatever failed.
 
         The ledger is written first (its write fails once another try holds the claim: then this try's record
-        is left alone), except for ``sent``, a fact worth keeping whoever holds the claim.
+        is left alone), except for ``done``, a fact worth keeping whoever holds the claim.
         """
         from limio_provider.exceptions import LimioClaimLostError, LimioOutcomeUnknownError
 
         record = {"external_id": self.external_id, "state": state, **fields}
         try:
-            if self._store is not None and state == "sent":
+            if self._store is not None and state == "done":
                 self._store.set(self.key, record)
             # An adopted entry is done already, and is another task's claim: it is not written again.
             if self.ledger is not None and self.entry and self.entry.get("state") != "done":
-                if state == "sent":
+                changes = {}
+                if state == "done":
                     result = fields["result"]
                     changes = {"order_id": fields["order_id"], "status": result.get("status"), "result": result}
-                    self.entry = self.ledger.update(self.entry, "done", **changes)
-                else:
-                    self.entry = self.ledger.update(self.entry, "sent" if state == "sending" else "unknown")
-            if self._store is not None and state != "sent":
+                self.entry = self.ledger.update(self.entry, state, **changes)  # type: ignore[arg-type]
+            if self._store is not None and state != "done":
                 self._store.set(self.key, record)
         except LimioClaimLostError as exc:
             if state == "unknown":  # this try sent it, holding the claim then: what became of it is not known
@@ -103,18 +103,18 @@ class OrderRecord:
                     f"{exc}: that try looks it up",
                     external_id=self.external_id,
                 ) from exc
-            if state != "sent":
+            if state != "done":
                 raise
             raise self._not_recorded(fields["order_id"], bool(fields.get("adopted")), exc) from exc
         except Exception as exc:
-            if state == "sending":  # a local failure, before the request: it never left
+            if state == "sent":  # a local failure, before the request: it never left
                 from limio_provider.exceptions import LimioError
 
                 raise LimioError(
                     f"order {self.external_id} was not sent: recording that it is leaving failed "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
-            if state != "sent":
+            if state != "done":
                 raise
             raise self._not_recorded(fields["order_id"], bool(fields.get("adopted")), exc) from exc
 
@@ -248,7 +248,7 @@ class OrderRecord:
         return "send"
 
     @staticmethod
-    def sent(context: Context, key: str, order_id: str) -> dict[str, Any]:
+    def stored(context: Context, key: str, order_id: str) -> dict[str, Any]:
         """The stored record of order ``order_id``, or ``{}`` (for a resumed task, which knows only the id)."""
         store = context.get("task_state_store")
         value = store.get(key) if store is not None else None
@@ -316,18 +316,18 @@ class Submitter:
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
                 self._say("Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"])
-                record.save("sent", order_id=result["id"], result=result, adopted=True)
+                record.save("done", order_id=result["id"], result=result, adopted=True)
                 return result, True
 
         # 3. An earlier try sent it and never learnt the outcome: only an order it could have created counts.
-        earlier_try_sent = stored.get("state") in ("sending", "unknown") or step == "reconcile"
+        earlier_try_sent = stored.get("state") in ("sent", "unknown") or step == "reconcile"
         if earlier_try_sent or (not record.durable and record.ledger is None and context["ti"].try_number > 1):
             seen = stored.get("seen")  # None: any order with this external_id may be ours
             # A person's decision is read before looking; a 'send' is used up (deleted) after the look, whatever
             # it finds, and before sending: a send lost again asks again.
             decided = decisions.read(self.hook, self.log, external_id, partner, record.ref(context))
             if isinstance(decided, dict):
-                record.save("sent", order_id=decided["id"], result=decided, adopted=True)
+                record.save("done", order_id=decided["id"], result=decided, adopted=True)
                 return decided, True
             found = self._created_since(external_id, seen, partner)
             if decided == "send":
@@ -339,7 +339,7 @@ class Submitter:
                     found["id"],
                     found.get("status"),
                 )
-                record.save("sent", order_id=found["id"], result=found, adopted=True)
+                record.save("done", order_id=found["id"], result=found, adopted=True)
                 return found, True
             why = "an earlier try sent it and its outcome is unknown"
             if decided is None and self.on_unknown_outcome != "resubmit":
@@ -354,7 +354,7 @@ class Submitter:
         else:
             earlier, seen = self._look_before_first_send(external_id, partner, record.ledger)
             if earlier is not None:
-                record.save("sent", order_id=earlier["id"], result=earlier, adopted=True)
+                record.save("done", order_id=earlier["id"], result=earlier, adopted=True)
                 return earlier, True
 
         if self.check is not None:
@@ -397,19 +397,19 @@ class Submitter:
         self, body: dict[str, Any], record: OrderRecord, seen: list[str] | None
     ) -> dict[str, Any] | None:
         """Send once: Limio's answer, or the order this send created when the answer was lost, or ``None``
-        when the outcome stays unknown. The record says ``sending`` before the request leaves."""
+        when the outcome stays unknown. The record says ``sent`` before the request leaves."""
         from limio_provider.exceptions import LimioClaimLostError, LimioError, LimioOutcomeUnknownError
 
         external_id = body["external_id"]
         try:
-            # "sending" is written once this order holds one of the hook's in-flight slots (a batch's orders
+            # "sent" is written once this order holds one of the hook's in-flight slots (a batch's orders
             # queue for them): one killed while queueing is recorded as never sent, not as an unknown outcome.
             # The token comes first (a refresh then stalls no request between its turn and the wire), then the
             # order's turn (_pace), then the record, then the request.
             with self.hook.in_flight_slot():
                 self.hook.get_token()
                 self.pace()
-                record.save("sending", seen=seen)
+                record.save("sent", seen=seen)
                 answer = self.post(body)
         except LimioClaimLostError:
             raise  # another try holds the claim: it owns this order's record, and this try sent nothing
@@ -425,13 +425,13 @@ class Submitter:
                 found["id"],
                 found.get("status"),
             )
-            record.save("sent", order_id=found["id"], result=found, adopted=False)
+            record.save("done", order_id=found["id"], result=found, adopted=False)
             return found
         except LimioError as exc:
             record.clear(str(exc))  # refused by Limio, or never left this worker: nothing was created
             raise
         result = answer.to_json_dict()
-        record.save("sent", order_id=result["id"], result=result, adopted=False)
+        record.save("done", order_id=result["id"], result=result, adopted=False)
         self._say("Submitted order %s: id %s, status %s", external_id, result["id"], result.get("status"))
         return result
 

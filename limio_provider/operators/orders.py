@@ -384,7 +384,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
             from limio_provider.exactly_once.matching import result_of
             from limio_provider.exactly_once.submitter import OrderRecord
 
-            stored = OrderRecord.sent(context, self.state_key, event["order_id"])
+            stored = OrderRecord.stored(context, self.state_key, event["order_id"])
             result = stored.get("result") or result_of(self.hook.get_order(event["order_id"]))
             adopted = bool(stored.get("adopted", adopted))
         self._publish(context, result, adopted=adopted)
