@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -162,23 +161,27 @@ def test_without_a_ledger_the_batch_fails_before_any_request_saying_how_to_confi
 # -- exactly once: re-runs, retries, faults ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["local", "s3"])
 @pytest.mark.parametrize("how", ["moved", "wiped"])
 def test_a_rerun_on_a_new_or_wiped_ledger_looks_up_work_older_than_it_and_sends_nothing_again(
-    limio_emulator: LimioEmulator, tmp_path: Path, how: str
+    limio_emulator: LimioEmulator, tmp_path: Path, how: str, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """Issue 17, scenario 3: 20 orders sent through a ledger, then the ledger moved to a new root (as from
     file:// to s3://) or its prefix wiped. The re-run's ledger knows nothing, and is younger than the work: each
     order is looked up in Limio before its first send and adopted; none is sent twice."""
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    base = f"file://{tmp_path}" if backend == "local" else request.getfixturevalue("s3_ledger_root").rsplit("/", 1)[0]
     uri = write_jsonl(tmp_path / "orders.jsonl", orders("MOVED", 20))
-    first_root = f"file://{tmp_path}/ledger"  # a new ledger: its first run looks each order up, finds none
+    first_root = f"{base}/ledger-a"  # a new ledger: its first run looks each order up, and finds none
     first = run_dag(batch_dag("limio_batch_moved_1", first_root, orders_path=uri))
     assert first.state == "success", states(first)
     assert summary_of(first)["counts"]["submitted"] == 20
     if how == "wiped":
-        shutil.rmtree(tmp_path / "ledger")
-        second_root = first_root
-    else:
-        second_root = f"file://{tmp_path}/moved-ledger"
+        old = ObjectStoragePath(first_root)
+        old.fs.rm(old.path, recursive=True)
+        assert not old.fs.exists(old.path)
+    second_root = first_root if how == "wiped" else f"{base}/ledger-b"
     before = len(limio_emulator.requests)
     second = run_dag(batch_dag("limio_batch_moved_2", second_root, orders_path=uri))
     assert second.state == "success", states(second)
@@ -187,9 +190,7 @@ def test_a_rerun_on_a_new_or_wiped_ledger_looks_up_work_older_than_it_and_sends_
     assert len([r for r in limio_emulator.requests[before:] if r.path == LIST_READS]) >= 20
     for n in range(20):
         assert len(limio_emulator.orders_with_external_id(f"MOVED-{n}")) == 1
-    note = json.loads(
-        (Path(second_root.removeprefix("file://")) / limio_tenant(limio_emulator) / ".ledger").read_text()
-    )
+    note = json.loads((ObjectStoragePath(second_root) / limio_tenant(limio_emulator) / ".ledger").read_text())
     assert note["since"] > START.isoformat()  # "since now": the work (logical date START) is older
 
 
