@@ -28,6 +28,11 @@ How it runs:
   order try 3 had recorded ``sent`` but not yet sent when it froze is sent when it resumes (the protocol's one
   unfenced step); if try 4 looked it up before that, try 4 reports it ``unknown``, held (counted apart).
 
+Ledger write faults: in try 1's process, ``--ledger-faults`` (20) orders it reaches before the kill have their
+record's ``sent`` write fail (ENOSPC: nothing leaves; the order is "failed", and a later try sends it), and as
+many their ``done`` write (after Limio created the order: the order is "submitted" with the error, and a
+later try finds it and records it). Each must end held once.
+
 The faults, spread evenly over :data:`benchmarks.campaign.FAULT_KINDS` (each order gets at most one):
 
 - the twelve per-request kinds are armed exactly as ``benchmarks/fault_campaign.py`` arms them
@@ -82,6 +87,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: `benchmarks` package
 
@@ -90,6 +96,8 @@ CONN_ENV = f"AIRFLOW_CONN_{CONN_ID.upper()}"
 DAG_ID, TASK_ID, MAP_INDEX = "batch_campaign", "submit", -1
 #: The fault kinds that touch every token, not one request: fired by the emulator when the order's submit arrives.
 GLOBAL_KINDS = ("token expired mid-run", "credentials revoked, restored")
+#: Ledger writes that fail (ENOSPC) in try 1: the "sent" write before a request, the "done" write after one.
+LEDGER_WRITE_KINDS = ("ledger: sent write fails", "ledger: done write fails")
 #: Outcomes a result line may report for an order Limio holds.
 HELD_OUTCOMES = ("submitted", "adopted")
 #: Outcomes of orders the task did not submit (the final try must fail with LimioBatchFailedError).
@@ -106,6 +114,11 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from benchmarks.campaign import TaskInstanceStub, TaskStateStoreStub
     from limio_provider.operators.batch import LimioSubmitOrdersOperator
+
+    if args.ledger_faults_file:  # this try's ledger writes that fail, as on a full disk: {record file: state}
+        _fail_ledger_writes(
+            json.loads(Path(args.ledger_faults_file).read_text()), Path(args.ledger_faults_file + ".fired")
+        )
 
     @dataclass
     class TaskInstance(TaskInstanceStub):
@@ -140,6 +153,27 @@ def run_worker(args: argparse.Namespace) -> int:
     Path(tmp).write_text(json.dumps(status, default=str))
     os.replace(tmp, args.status)
     return code
+
+
+def _fail_ledger_writes(failing: dict[str, str], fired: Path) -> None:
+    """Make the ledger's write of ``state`` to each record file named in ``failing`` fail once (ENOSPC); each
+    that fires is appended to ``fired``."""
+    import errno
+
+    from limio_provider.exactly_once import ledger
+
+    real_swap = ledger._swap
+
+    def swap(fs: Any, path: str, expected: dict[str, Any], data: bytes, *, durable: bool) -> None:
+        state = failing.get(path.rsplit("/", 1)[-1])
+        if state is not None and f'"state": "{state}"'.encode() in data:
+            del failing[path.rsplit("/", 1)[-1]]
+            with fired.open("a") as out:
+                out.write(path.rsplit("/", 1)[-1] + "\n")
+            raise OSError(errno.ENOSPC, "No space left on device (the campaign's ledger fault)")
+        real_swap(fs, path, expected, data, durable=durable)
+
+    ledger._swap = swap
 
 
 # -- the emulator, with the two global fault kinds ---------------------------------------------------------
@@ -312,6 +346,21 @@ def run_campaign(args: argparse.Namespace) -> bool:
     faulted = rng.sample(range(args.orders), round(args.orders * args.fault_share))
     kind_of = {ids[index]: FAULT_KINDS[n % len(FAULT_KINDS)] for n, index in enumerate(faulted)}
     nth_of = {ids[index]: n // len(FAULT_KINDS) for n, index in enumerate(faulted)}
+    # Ledger write faults, in try 1 only, on orders it reaches before the kill: a "sent" write (nothing leaves)
+    # and a "done" write (after Limio created the order) that fail as on a full disk.
+    early = [eid for eid in ids[: round(args.orders * args.kill_at * 0.75)] if eid not in kind_of]
+    for n, external_id in enumerate(rng.sample(early, min(len(early), 2 * args.ledger_faults))):
+        kind_of[external_id] = LEDGER_WRITE_KINDS[n % 2]
+    ledger_faults = work / "ledger-faults.json"
+    ledger_faults.write_text(
+        json.dumps(
+            {
+                quote(eid, safe="") + ".json": "sent" if kind == LEDGER_WRITE_KINDS[0] else "done"
+                for eid, kind in kind_of.items()
+                if kind in LEDGER_WRITE_KINDS
+            }
+        )
+    )
     outage_at = round(args.orders * args.outage_at)
     outage_id = (
         next(
@@ -337,6 +386,8 @@ def run_campaign(args: argparse.Namespace) -> bool:
     frozen_point: dict[str, Any] = {}
     with emulator:
         for external_id, kind in kind_of.items():
+            if kind in LEDGER_WRITE_KINDS:
+                continue  # armed in try 1's process (--ledger-faults)
             if kind == "token expired mid-run":
                 emulator.on_submit[external_id] = lambda: emulator.advance(emulator.token_ttl + 1)
             elif kind == "credentials revoked, restored":
@@ -389,6 +440,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
                 "--run-id", f"campaign-{args.seed}",
                 "--hook-params", json.dumps(hook_params),
                 "--status", str(status_file),
+                "--ledger-faults-file", str(ledger_faults) if number == 1 else "",
             ]  # fmt: skip
             with (work / f"task.try{number}.log").open("wb") as log:
                 began = time.perf_counter()
@@ -481,7 +533,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
     for order in held.values():
         by_external_id.setdefault(order["external_id"], []).append(order["id"])
     loud_end = final.raised == "LimioBatchFailedError"
-    rows: dict[str, Counter[str]] = {kind: Counter() for kind in ("no fault", *FAULT_KINDS)}
+    rows: dict[str, Counter[str]] = {kind: Counter() for kind in ("no fault", *FAULT_KINDS, *LEDGER_WRITE_KINDS)}
     outcomes: list[Outcome] = []
     for external_id in ids:
         outcome = Outcome(external_id, kind_of.get(external_id, "no fault"), faults=armed.get(external_id, []))
@@ -538,6 +590,14 @@ def run_campaign(args: argparse.Namespace) -> bool:
             print(f"  error: {(attempt.error or '')[:300]}")
         if attempt.summary is not None and attempt.summary.get("stopped"):
             print(f"  the batch stopped: {attempt.summary['stopped'][:200]}")
+    armed_writes = json.loads(ledger_faults.read_text())
+    fired_file = Path(str(ledger_faults) + ".fired")
+    fired_writes = set(fired_file.read_text().split()) if fired_file.exists() else set()
+    print(
+        f"ledger write faults (try 1): {len(fired_writes)} of {len(armed_writes)} fired "
+        f"({sum(v == 'sent' for v in armed_writes.values())} 'sent' writes, "
+        f"{sum(v == 'done' for v in armed_writes.values())} 'done' writes)"
+    )
     frozen_ok = args.freeze_at <= 0
     if zombie_attempt is not None:
         print(
@@ -620,6 +680,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
         report.ok
         and resumed is not None
         and frozen_ok
+        and fired_writes == set(armed_writes)
         and all(t.posts_for("done", "sent", "unknown") == 0 for t in tries[1:])
         and consistent
     )
@@ -661,7 +722,10 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (kept anyway on FAIL)")
     # The task process (--worker): one try of the task.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ledger-faults", type=int, default=20, help="orders of each ledger write fault kind")
     for name in ("--orders-path", "--results-path", "--ledger-path", "--run-id", "--hook-params", "--status"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    for name in ("--ledger-faults-file",):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--try-number", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -156,6 +156,18 @@ def _start(fs: Any, key: str, since: datetime) -> dict[str, Any]:
     return note
 
 
+def _lost(record: dict[str, Any], now: dict[str, Any] | None) -> LimioClaimLostError:
+    """The error of a try whose ``record`` the ledger no longer holds (it holds ``now``)."""
+    now = now or {}
+    who = now.get("holder") or now.get("claimed_by")
+    return LimioClaimLostError(
+        f"order {record['external_id']}: this try no longer holds its ledger claim (the record is now "
+        f"{now.get('state', 'gone')}, held by {who}, updated {now.get('updated_at')}); it writes nothing "
+        "more and sends nothing",
+        external_id=record["external_id"],
+    )
+
+
 def next_step(record: dict[str, Any], body_fingerprint: str, owner: Owner) -> Step:
     """What to do with the ``record`` an external_id already has, for an order with ``body_fingerprint``.
 
@@ -334,15 +346,16 @@ class OrderLedger:
         try:
             self._swap(record, new, durable=state == "sent")
         except _Changed as changed:
-            now = changed.current or {}
-            who = now.get("holder") or now.get("claimed_by")
-            raise LimioClaimLostError(
-                f"order {record['external_id']}: this try no longer holds its ledger claim (the record is now "
-                f"{now.get('state', 'gone')}, held by {who}, updated {now.get('updated_at')}); it writes nothing "
-                "more and sends nothing",
-                external_id=record["external_id"],
-            ) from None
+            raise _lost(record, changed.current) from None
         return new
+
+    def check(self, record: dict[str, Any]) -> None:
+        """That the ledger still holds ``record`` as this try last wrote it (read now).
+
+        :raises LimioClaimLostError: it does not (another try took the claim over)."""
+        current = self.read(record["external_id"])
+        if current != record:
+            raise _lost(record, current)
 
     def _swap(self, expected: dict[str, Any], new: dict[str, Any], *, durable: bool) -> None:
         """Write ``new`` in place of ``expected``; :class:`_Changed` if the ledger holds something else."""

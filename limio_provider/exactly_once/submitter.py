@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from limio_provider.models.results import OrderObject
 
 log = logging.getLogger(__name__)
+
+#: Seconds after its "sent" write past which a request about to leave has its claim read again (a try that
+#: stalled that long may have been superseded meanwhile).
+RECHECK_AFTER = 1.0
 
 
 def older_than(context: Context, ledger: OrderLedger) -> bool:
@@ -247,6 +252,22 @@ class OrderRecord:
         self.entry = entry
         return "send"
 
+    def gate(self) -> Callable[[], None] | None:
+        """What checks, right before the request leaves, that this try still holds the ledger's claim: nothing
+        to do within :data:`RECHECK_AFTER` seconds of the "sent" write (that write was the check), else the
+        record is read again (the try stalled: frozen, paused by a 429, or replaying after a 401 and a new
+        token). ``None`` without a ledger."""
+        if self.ledger is None or not self.entry:
+            return None
+        ledger, written = self.ledger, time.monotonic()
+        entry = self.entry
+
+        def check() -> None:
+            if time.monotonic() - written >= RECHECK_AFTER:
+                ledger.check(entry)
+
+        return check
+
     @staticmethod
     def stored(context: Context, key: str, order_id: str) -> dict[str, Any]:
         """The stored record of order ``order_id``, or ``{}`` (for a resumed task, which knows only the id)."""
@@ -405,12 +426,14 @@ class Submitter:
             # "sent" is written once this order holds one of the hook's in-flight slots (a batch's orders
             # queue for them): one killed while queueing is recorded as never sent, not as an unknown outcome.
             # The token comes first (a refresh then stalls no request between its turn and the wire), then the
-            # order's turn (_pace), then the record, then the request.
+            # order's turn (pace), then the record, then the request, which is let out only if this try still
+            # holds the claim (record.gate).
             with self.hook.in_flight_slot():
                 self.hook.get_token()
                 self.pace()
                 record.save("sent", seen=seen)
-                answer = self.post(body)
+                with self.hook.submit_gate(record.gate()):
+                    answer = self.post(body)
         except LimioClaimLostError:
             raise  # another try holds the claim: it owns this order's record, and this try sent nothing
         except LimioOutcomeUnknownError as exc:

@@ -535,6 +535,8 @@ class LimioHook(BaseHook):
             # A token request takes no slot: it runs under the token lock, one at a time, and the threads it
             # serves may be holding every slot while they wait for that lock.
             with nullcontext() if kind == "token" else self.in_flight_slot():
+                if kind == "submit" and (gate := getattr(wire, "gate", None)) is not None:
+                    gate()  # the last word before the request leaves (see submit_gate)
                 response = session.get_adapter(url).send(
                     prepared,
                     stream=True,  # the body is read below, all of it within the read timeout
@@ -550,6 +552,17 @@ class LimioHook(BaseHook):
         if 200 <= response.status_code < 300:
             return response
         raise self._answer_error(method, url, kind, response, json)
+
+    @contextmanager
+    def submit_gate(self, check: Callable[[], None] | None) -> Iterator[None]:
+        """Within this block, in this thread, call ``check`` right before each submit request leaves (a replay
+        after a 401 or a retry too); it raises to stop the request, which then never left."""
+        previous = getattr(wire, "gate", None)
+        wire.gate = check
+        try:
+            yield
+        finally:
+            wire.gate = previous
 
     @contextmanager
     def in_flight_slot(self) -> Iterator[None]:

@@ -167,3 +167,36 @@ def test_a_frozen_batch_that_resumes_after_a_retry_took_over_sends_nothing_more_
     assert [row["external_id"] for row in rows] and sorted(row["external_id"] for row in rows) == ids, rows
     assert all(row["outcome"] in ("submitted", "adopted") for row in rows), rows
     assert {row["external_id"]: row["order_id"] for row in rows} == {k: v[0] for k, v in by_external_id.items()}
+
+
+def test_a_try_that_stalls_between_its_sent_write_and_the_wire_is_checked_again_before_sending(
+    limio_emulator: LimioEmulator, ledger_root: str, env: dict[str, str]
+) -> None:
+    """The protocol's last step: try 1 has written "sent" and its request is about to leave, but its token is
+    refused (401) and the new one takes 3 s: it is frozen there (SIGSTOP). Try 2 takes the claim over, finds no
+    order and reports the outcome unknown (a person may then decide to send it). Try 1 resumes with its new
+    token: before its replay leaves, it reads its claim again, finds it taken, and sends nothing."""
+    limio_emulator.add_fault(Fault(route="token", action="latency_only", latency=0, times=1))  # try 1's first
+    limio_emulator.add_fault(Fault(route="token", action="latency_only", latency=3.0, times=1))  # its refetch
+    limio_emulator.add_fault(Fault(route="order", status=401, times=1))  # refused unprocessed: replayed
+    arguments = {"order": new_order("EXT-STALL"), "ledger_path": ledger_root}
+    first = _start(env, 1, "LimioSubmitOrderOperator", **arguments)
+    try:
+        _wait_until(
+            "try 1 to ask for a new token after its 401",
+            lambda: (
+                sum("token" in r.path for r in limio_emulator.requests) == 2
+                and any("token" in r.path and r.status is None for r in limio_emulator.requests)
+            ),
+            first,
+        )
+        first.send_signal(signal.SIGSTOP)
+        second = _outcome(_start(env, 2, "LimioSubmitOrderOperator", **arguments))
+        assert second["exit"] == 1 and second["raised"] == "LimioOutcomeUnknownError", second
+        time.sleep(3.5)  # the token answer try 1 waits for is written
+    finally:
+        first.send_signal(signal.SIGCONT)
+    resumed = _outcome(first)
+    assert resumed["exit"] == 1 and resumed["raised"] == "LimioClaimLostError", resumed
+    posts = [r for r in limio_emulator.requests if r.method == "POST" and r.path == "/api/order"]
+    assert [r.status for r in posts] == [401] and limio_emulator.orders == {}
