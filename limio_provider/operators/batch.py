@@ -342,14 +342,12 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     # -- execute -------------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from limio_provider.exactly_once.ledger import Owner
+        from limio_provider.exactly_once.ledger import Owner, ledger_for
         from limio_provider.exceptions import LimioBatchFailedError, LimioClaimLostError, LimioConfigError
 
         started = time.monotonic()
         dry_run = _as_bool("dry_run", self.preview_only)
         self.hook.settings  # noqa: B018 - a bad connection fails before any call
-        from limio_provider.exactly_once.ledger import ledger_for
-
         ledger = ledger_for(self.hook.settings, self.ledger_path)
         if ledger is None:
             raise LimioConfigError(
@@ -380,7 +378,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             ledger.hold_task_instance(owner, token)
             self._superseded = lambda: _superseded(ledger.task_instance_holder(owner), token)
         with self._results_file(results_file, token) as results:
-            # Written a few hundred lines at a time: each write to an ObjectStoragePath file also records lineage.
+            # Written a few hundred lines at a time.
             lines: list[str] = []
 
             def record(row: dict[str, Any]) -> None:
