@@ -25,8 +25,8 @@ How it runs:
   try (try 4) starts, as Airflow starts a retry once the heartbeat timeout passes. Once ``--thaw-at`` (92 %)
   exist, while try 4 runs, try 3 resumes (SIGCONT). It must send nothing more (every ledger write it makes
   fails: try 4 took its claims over), raise ``LimioClaimLostError`` and leave try 4's results file alone. An
-  order try 3 had recorded ``sent`` but not yet sent when it froze is sent when it resumes (the protocol's one
-  unfenced step); if try 4 looked it up before that, try 4 reports it ``unknown``, held (counted apart).
+  order try 3 had recorded ``sent`` when it froze is looked up by try 4; one it does not find is reported
+  ``unknown`` while Limio may hold it (counted apart).
 
 Ledger write faults: in try 1's process, ``--ledger-faults`` (20) orders it reaches before the kill have their
 record's ``sent`` write fail (ENOSPC: nothing leaves; the order is "failed", and a later try sends it), and as
@@ -319,7 +319,7 @@ def loud_reason(outcome: Any, reported: str, at_kill: dict[str, dict[str, Any]],
     if (at_kill.get(outcome.external_id) or {}).get("state") == "sent" and not outcome.held_ids:
         return "'sent' in the ledger when the task was killed, never reached Limio: unknown (by design)"
     if outcome.external_id in frozen_sent and outcome.held_ids and reported == "unknown":
-        return "'sent' by the frozen try when it froze, sent when it resumed after the retry had looked: unknown"
+        return "'sent' by the frozen try when it froze; the retry that took it over did not find it: unknown"
     if outcome.held_ids and reported == "unknown":
         return "Limio holds it, but not among the newest orders the look-up reads (reconcile budget): unknown"
     if outcome.kind in PROCESSED_KINDS and not outcome.held_ids and outcome.faults and not outcome.faults[0].times:

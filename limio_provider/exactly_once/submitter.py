@@ -252,19 +252,28 @@ class OrderRecord:
         self.entry = entry
         return "send"
 
-    def gate(self) -> Callable[[], None] | None:
+    def gate(self, superseded: Callable[[], str | None]) -> Callable[[], None] | None:
         """What checks, right before the request leaves, that this try still holds the ledger's claim: nothing
         to do within :data:`RECHECK_AFTER` seconds of the "sent" write (that write was the check), else the
         record is read again (the try stalled: frozen, paused by a 429, or replaying after a 401 and a new
-        token). ``None`` without a ledger."""
+        token), and ``superseded()`` (a batch: whether a later try holds the task instance) must say nothing.
+        ``None`` without a ledger."""
         if self.ledger is None or not self.entry:
             return None
         ledger, written = self.ledger, time.monotonic()
         entry = self.entry
 
         def check() -> None:
-            if time.monotonic() - written >= RECHECK_AFTER:
-                ledger.check(entry)
+            if time.monotonic() - written < RECHECK_AFTER:
+                return
+            if why := superseded():
+                from limio_provider.exceptions import LimioClaimLostError
+
+                raise LimioClaimLostError(
+                    f"order {entry['external_id']}: this try was {why}; it sends nothing",
+                    external_id=entry["external_id"],
+                )
+            ledger.check(entry)
 
         return check
 
@@ -288,6 +297,8 @@ class Submitter:
     :param check: called with the body before a send (a preview check), if any; raises to stop it.
     :param pace: waits for the order's turn, right before it is recorded and sent (a batch's rate).
     :param quiet: what became of the order at DEBUG, not INFO (a batch: its results file says it).
+    :param superseded: why this try no longer runs its task instance, if a later one does (a batch's), asked
+        right before a request leaves after a stall.
     """
 
     hook: LimioHook
@@ -303,6 +314,7 @@ class Submitter:
     check: Callable[[dict[str, Any]], Any] | None = None
     pace: Callable[[], None] = lambda: None
     quiet: bool = False
+    superseded: Callable[[], str | None] = lambda: None
 
     def _say(self, message: str, *args: Any) -> None:
         (self.log.debug if self.quiet else self.log.info)(message, *args)
@@ -432,7 +444,7 @@ class Submitter:
                 self.hook.get_token()
                 self.pace()
                 record.save("sent", seen=seen)
-                with self.hook.submit_gate(record.gate()):
+                with self.hook.submit_gate(record.gate(self.superseded)):
                     answer = self.post(body)
         except LimioClaimLostError:
             raise  # another try holds the claim: it owns this order's record, and this try sent nothing

@@ -372,7 +372,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         # and this one, should it resume, stops and leaves the results file to it.
         owner, token = Owner.of(context), os.urandom(16).hex()
         # Each order through the protocol, paced (a task killed while waiting for its turn sent nothing).
-        self._orders = self._submitter(ledger, pace=self._throttle.acquire, quiet=True)
+        self._orders = self._submitter(
+            ledger, pace=self._throttle.acquire, quiet=True, superseded=lambda: self._superseded()
+        )
         self._superseded: Callable[[], str | None] = lambda: None
         if not dry_run:  # a dry run writes nothing to the ledger
             ledger.hold_task_instance(owner, token)
