@@ -318,6 +318,8 @@ def loud_reason(outcome: Any, reported: str, at_kill: dict[str, dict[str, Any]],
         return "dropped before processing: never processed, its outcome unknown to the task (by design)"
     if (at_kill.get(outcome.external_id) or {}).get("state") == "sent" and not outcome.held_ids:
         return "'sent' in the ledger when the task was killed, never reached Limio: unknown (by design)"
+    if outcome.kind == "ledger: done write fails" and outcome.held_ids and reported == "unknown":
+        return "its 'done' write failed in try 1, which was killed; no later try found it among the newest: unknown"
     if outcome.external_id in frozen_sent and outcome.held_ids and reported == "unknown":
         return "'sent' by the frozen try when it froze; the retry that took it over did not find it: unknown"
     if outcome.held_ids and reported == "unknown":
