@@ -285,13 +285,15 @@ def _ended(attempt: Try, work: Path) -> Try:
 
 def ledger_states(ledger_dir: Path) -> dict[str, dict[str, Any]]:
     """Every record under the ledger (one tenant folder), by external_id."""
+    from limio_provider.exactly_once.ledger import parse_record
+
     records: dict[str, dict[str, Any]] = {}
     for tenant in ledger_dir.iterdir() if ledger_dir.exists() else ():
         with os.scandir(tenant) as entries:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.name.endswith(".json"):
                     continue  # a temporary file a killed writer left, a reclaim marker
-                record = json.loads(Path(entry.path).read_bytes())
+                record = parse_record(Path(entry.path).read_bytes()) or {}
                 records[record["external_id"]] = record
     return records
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from limio_provider.exactly_once.ledger import parse_record
 from limio_provider.testing.faults import Fault
 from tests.deploy.harness import AIRFLOW, RUN_SECONDS, wait_until
 from tests.deploy.scenarios import deferrable_wait, mapped_submit, one_order, submits, task_process, unique
@@ -189,7 +190,7 @@ def test_a_worker_frozen_mid_batch_past_the_heartbeat_timeout_then_resumed_sends
     assert {line["outcome"] for line in lines} <= {"submitted", "adopted"}, lines
     for line in lines:
         assert line["order_id"] == one_order(emulator, line["external_id"])["id"], line
-    records = [json.loads(path.read_text()) for path in ledger.rglob("*.json")]
+    records = [parse_record(path.read_bytes()) for path in ledger.rglob("*.json")]
     assert {r["state"] for r in records} == {"done"} and len(records) == 2 * size, records
     assert all(victim.alive() for victim in workers), "a worker did not survive its freeze"
 
@@ -290,7 +291,7 @@ def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
         if index == 0:
             assert all(outcomes[external_id] == "adopted" for external_id in hung), outcomes
     # The ledger both workers shared: one record per order, every one done.
-    records = [json.loads(path.read_text()) for path in ledger.rglob("*.json")]
+    records = [parse_record(path.read_bytes()) for path in ledger.rglob("*.json")]
     assert sorted(r["external_id"] for r in records) == sorted({*chunks[0], *chunks[1]}), records
     assert {r["state"] for r in records} == {"done"}, records
 

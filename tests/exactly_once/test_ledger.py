@@ -24,7 +24,7 @@ import pytest
 
 from limio_provider.exactly_once import ledger as ledger_module
 from limio_provider.exactly_once.identity import fingerprint
-from limio_provider.exactly_once.ledger import OrderLedger, Owner, next_step
+from limio_provider.exactly_once.ledger import OrderLedger, Owner, next_step, parse_record
 from limio_provider.exceptions import LimioClaimLostError, LimioError, LimioValidationError
 
 TENANT = "acme.prod.limio.com"
@@ -166,6 +166,40 @@ def test_only_the_sent_state_waits_for_stable_storage(local_ledger_root: str, mo
     assert synced == []
 
 
+def test_a_local_record_keeps_its_versions_one_line_each_and_its_last_line_is_the_record(
+    local_ledger_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a local disk an update appends a line (no new file per write); the last line is the record. A write
+    that never finished (a torn last line) is not the record, and the next update ends it and goes after it;
+    a file grown past ``COMPACT_AT`` is rewritten as one line."""
+    ledger = OrderLedger(local_ledger_root, TENANT)
+    _, claimed = ledger.claim("renewal-42", FP, A)
+    path = Path(ledger.path("renewal-42").path)
+    inode = path.stat().st_ino
+    sent = ledger.update(claimed, "sent")
+    lines = path.read_bytes().splitlines()
+    assert [json.loads(line) for line in lines] == [claimed, sent]
+    assert path.stat().st_ino == inode  # the same file: appended to
+    assert ledger.read("renewal-42") == sent == parse_record(path.read_bytes())
+
+    with path.open("ab") as torn:  # a write cut short: the disk filled, the machine stopped
+        torn.write(json.dumps({**sent, "state": "done"}).encode()[:40])
+    assert ledger.read("renewal-42") == sent
+    done = ledger.update(sent, "done", order_id="order-1")
+    assert ledger.read("renewal-42") == done
+    assert path.read_bytes().endswith(b"\n") and len(path.read_bytes().splitlines()) == 4
+
+    _, record = ledger.claim("renewal-43", FP, A)
+    other_path = Path(ledger.path("renewal-43").path)
+    monkeypatch.setattr(ledger_module, "COMPACT_AT", 2 * len(other_path.read_bytes()) + 100)
+    record = ledger.update(record, "sent")
+    assert len(other_path.read_bytes().splitlines()) == 2
+    record = ledger.update(record, "unknown")  # would pass COMPACT_AT: the file is rewritten
+    assert [json.loads(line) for line in other_path.read_bytes().splitlines()] == [record]
+    assert ledger.read("renewal-43") == record
+    assert not [p for p in other_path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_a_second_claim_returns_the_existing_record_unchanged(ledger: OrderLedger) -> None:
     _, first = ledger.claim("renewal-42", FP, A)
     won, existing = ledger.claim("renewal-42", OTHER_FP, B)
@@ -273,7 +307,7 @@ def test_a_write_to_a_record_another_writer_changed_or_deleted_fails(ledger: Ord
 def test_a_local_write_waits_for_a_process_holding_the_record_then_gives_up(
     local_ledger_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A local compare-and-swap holds a lock on the record's file while it compares and renames. A process
+    """A local compare-and-swap holds a lock on the record's file while it compares and writes. A process
     frozen there holds it until it resumes: a writer waits ``LOCK_WAIT`` seconds, then fails without writing
     (the frozen one may write when it resumes); once the lock is free, it writes."""
     import fcntl

@@ -12,7 +12,7 @@ import pytest
 from airflow.providers.common.compat.sdk import DAG
 
 from limio_provider.exactly_once.identity import fingerprint
-from limio_provider.exactly_once.ledger import OrderLedger, Owner
+from limio_provider.exactly_once.ledger import OrderLedger, Owner, parse_record
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.testing import Fault, LimioEmulator
@@ -56,7 +56,7 @@ def test_a_rerun_on_a_busy_tenant_adopts_from_the_ledger_without_listing(
     assert xcom(second, "submit", "adopted") == [True]
     assert limio_emulator.requests[before:] == []  # one object read, no Limio call at all
     assert record_file.read_text() == written  # adopting reads the record; only its claimer writes it
-    record = json.loads(written)
+    record = parse_record(written.encode())
     assert (record["state"], record["order_id"], record["fingerprint"]) == (
         "done",
         created["id"],
