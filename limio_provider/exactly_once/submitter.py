@@ -2,13 +2,15 @@
 
 :class:`Submitter` is what both submit operators run: the single-order ones for their one order, the batch for
 each of its orders. :class:`OrderRecord` is the only code that reads or writes the task's ``task_state_store``
-record and the order's ledger record.
+record and the order's ledger record; :class:`NotRecorded` keeps a batch's few orders whose ledger record
+failed to say that Limio holds them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,6 +287,52 @@ class OrderRecord:
         return value if isinstance(value, dict) and value.get("order_id") == order_id else {}
 
 
+class NotRecorded:
+    """A batch's orders that Limio holds and whose ledger record could not be made to say so (a full disk, an
+    S3 5xx), kept in the task's ``task_state_store`` under one key as each happens: the next try reconnects to
+    each by its id, as a single-order task does to its stored order, where a look-up by external_id finds only
+    the newest orders. At most :attr:`LIMIT`; without ``task_state_store`` (Airflow before 3.3) the next try
+    looks each up instead."""
+
+    key = "limio_batch_not_recorded"
+    LIMIT = 500
+
+    def __init__(self, context: Context) -> None:
+        self._store: Any = context.get("task_state_store")
+        value: Any = self._store.get(self.key) if self._store is not None else None
+        kept = value.items() if isinstance(value, dict) else ()
+        self._orders = {key: order for key, order in kept if isinstance(order, dict) and order.get("order_id")}
+        self._lock = threading.Lock()
+
+    def get(self, external_id: str) -> dict[str, Any]:
+        """What is kept of ``external_id``'s order, as :meth:`OrderRecord.load` gives it, or ``{}``."""
+        return self._orders.get(external_id, {})
+
+    def add(self, external_id: str, order_id: str) -> None:
+        with self._lock:
+            if self._store is None or (external_id not in self._orders and len(self._orders) >= self.LIMIT):
+                return
+            result = {"id": order_id, "external_id": external_id}
+            self._orders[external_id] = {"external_id": external_id, "order_id": order_id, "result": result}
+            self._save()
+
+    def discard(self, external_id: str) -> None:
+        """Forget ``external_id``'s order: the ledger says it now."""
+        with self._lock:
+            if self._orders.pop(external_id, None) is not None:
+                self._save()
+
+    def _save(self) -> None:
+        assert self._store is not None
+        try:
+            if self._orders:
+                self._store.set(self.key, self._orders)
+            else:
+                self._store.delete(self.key)
+        except Exception as exc:  # the next try looks the order up by its external_id instead
+            log.warning("Keeping the batch's not-recorded orders failed: %s: %s", type(exc).__name__, exc)
+
+
 @dataclass
 class Submitter:
     """Submits one order at a time exactly once (docs/reliability.md), with what an operator configured.
@@ -299,6 +347,7 @@ class Submitter:
     :param quiet: what became of the order at DEBUG, not INFO (a batch: its results file says it).
     :param superseded: why this try no longer runs its task instance, if a later one does (a batch's), asked
         right before a request leaves after a stall.
+    :param not_recorded: a batch's orders Limio holds that an earlier try failed to record: reconnected to first.
     """
 
     hook: LimioHook
@@ -315,6 +364,7 @@ class Submitter:
     pace: Callable[[], None] = lambda: None
     quiet: bool = False
     superseded: Callable[[], str | None] = lambda: None
+    not_recorded: NotRecorded | None = None
 
     def _say(self, message: str, *args: Any) -> None:
         (self.log.debug if self.quiet else self.log.info)(message, *args)
@@ -324,7 +374,7 @@ class Submitter:
         or run created it (``adopted``)."""
         external_id, partner = body["external_id"], partner_id(body.get("forPartner"))
         record = OrderRecord(context, self.state_key, external_id, self.ledger)
-        stored = record.load()
+        stored = record.load() or (self.not_recorded.get(external_id) if self.not_recorded is not None else {})
 
         # 1. An order an earlier try stored always wins; the ledger is made to say so (that try may have failed
         #    to write it).
@@ -338,6 +388,8 @@ class Submitter:
             )
             reconnected = {**stored["result"], **result_of(order, status_only=True)}
             record.repair(body, context, reconnected)
+            if self.not_recorded is not None:
+                self.not_recorded.discard(external_id)
             return reconnected, True
 
         # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.

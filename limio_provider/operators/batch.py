@@ -343,6 +343,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from limio_provider.exactly_once.ledger import Owner, ledger_for
+        from limio_provider.exactly_once.submitter import NotRecorded
         from limio_provider.exceptions import LimioBatchFailedError, LimioClaimLostError, LimioConfigError
 
         started = time.monotonic()
@@ -372,8 +373,13 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         # and this one, should it resume, stops and leaves the results file to it.
         owner, token = Owner.of(context), os.urandom(16).hex()
         # Each order through the protocol, paced (a task killed while waiting for its turn sent nothing).
+        self._not_recorded = None if dry_run else NotRecorded(context)
         self._orders = self._submitter(
-            ledger, pace=self._throttle.acquire, quiet=True, superseded=lambda: self._superseded()
+            ledger,
+            pace=self._throttle.acquire,
+            quiet=True,
+            superseded=lambda: self._superseded(),
+            not_recorded=self._not_recorded,
         )
         self._superseded: Callable[[], str | None] = lambda: None
         if not dry_run:  # a dry run writes nothing to the ledger
@@ -693,6 +699,8 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                     return self._row(item, "dry_run", total_due=str(total_due))
                 result, adopted = self._orders.submit_once(item.body, context)
             except LimioOrderNotRecordedError as exc:  # created: its row says so, with the order's id
+                if self._not_recorded is not None:  # and the next try reconnects to it by that id
+                    self._not_recorded.add(exc.external_id, exc.order_id)
                 outcome = "adopted" if exc.adopted else "submitted"
                 return self._row(item, outcome, order_id=exc.order_id, error=_one_line(str(exc))[:1000])
             except Exception as exc:
