@@ -186,3 +186,46 @@ def s3_put_fault(key: str, *body: str, times: int = 1000) -> dict[str, Any]:
     fault = {"key": key, "body": body, "times": times, "hits": 0}
     S3_PUT_FAULTS.append(fault)
     return fault
+
+
+def ledger_write_fault(root: str, key: str, *body: str, times: int = 1000) -> dict[str, Any]:
+    """:func:`s3_put_fault` for a ledger under ``root``, on S3 or on the local disk. On the local disk the
+    ledger's writes in this process (``dag.test`` runs tasks here) of a record whose path holds ``key`` and
+    whose new bytes hold every one of ``body`` fail as a full disk does (``ENOSPC``), nothing written; the
+    fault is in :data:`S3_PUT_FAULTS` all the same, and is removed the same way."""
+    if not root.startswith("file://"):
+        return s3_put_fault(key, *body, times=times)
+    _fail_local_ledger_writes()
+    fault = {"key": key, "body": body, "times": times, "hits": 0, "local": True}
+    S3_PUT_FAULTS.append(fault)
+    return fault
+
+
+def _fail_local_ledger_writes() -> None:
+    """Wrap the ledger's local writes (once per process) so that :data:`S3_PUT_FAULTS`' local faults fail them."""
+    import errno
+
+    from limio_provider.exactly_once import ledger
+
+    if getattr(ledger._swap, "faulty", False):
+        return
+    real_swap, real_write = ledger._swap, ledger._write
+
+    def fail(path: str, data: bytes) -> None:
+        for fault in S3_PUT_FAULTS:
+            hit = fault.get("local") and fault["times"] > 0 and fault["key"] in path
+            if hit and all(part.encode() in data for part in fault["body"]):
+                fault["times"] -= 1
+                fault["hits"] += 1
+                raise OSError(errno.ENOSPC, "No space left on device (injected by a test)", path)
+
+    def swap(fs: Any, path: str, expected: dict[str, Any], data: bytes, *, durable: bool) -> None:
+        fail(path, data)
+        real_swap(fs, path, expected, data, durable=durable)
+
+    def write(fs: Any, path: str, data: bytes, *, create: bool, durable: bool = False) -> None:
+        fail(path, data)
+        real_write(fs, path, data, create=create, durable=durable)
+
+    swap.faulty = True  # type: ignore[attr-defined]
+    ledger._swap, ledger._write = swap, write

@@ -24,6 +24,17 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 FAST = {"hook_params": {"timeout": 1.5, "retry_backoff": 0.01}}  # short, yet far above a loaded CI box
 
 
+@pytest.fixture(params=["no-ledger", "local", "s3"])
+def ledger(request: pytest.FixtureRequest) -> str | None:
+    """No ledger, or a ledger root on the local disk or on S3 (moto; not installed in the older Airflow lines'
+    test environments, where the S3 case is skipped)."""
+    if request.param == "no-ledger":
+        return None
+    if request.param == "s3":
+        pytest.importorskip("moto")
+    return str(request.getfixturevalue(f"{request.param}_ledger_root"))
+
+
 def submit_dag(dag_id: str, **op_kwargs: Any) -> DAG:
     with DAG(dag_id, schedule=None, start_date=START) as dag:
         LimioSubmitOrderOperator(task_id="submit", **{**FAST, **op_kwargs})
@@ -78,15 +89,23 @@ def test_unknown_outcome_not_found_fails_by_default_naming_the_external_id(
 
 
 def test_a_failed_look_up_after_an_unknown_outcome_says_the_outcome_is_unknown(
-    limio_emulator: LimioEmulator, task_log: Callable[[], str]
+    limio_emulator: LimioEmulator, task_log: Callable[[], str], ledger: str | None
 ) -> None:
-    """Limio creates the order and answers 502; the look-up that follows gets a 500. The try fails saying the
-    order may exist, naming it and the decision (not a bare server error); its retry looks again and adopts."""
+    """Issue 17, scenario 6: Limio creates the order and answers 502; the look-up that follows gets a 500. The
+    try fails saying the order may exist, naming it and the decision (not a bare server error); its retry
+    looks again and adopts."""
     limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, times=1))
-    limio_emulator.add_fault(Fault(route="list_orders", action="latency_only", times=1))  # the look before sending
+    if ledger is None:  # the look before sending (a ledger in use vouches for a first send instead)
+        limio_emulator.add_fault(Fault(route="list_orders", action="latency_only", times=1))
     limio_emulator.add_fault(Fault(route="list_orders", action="status", status=500, times=1))  # the one after
     task_log()
-    dag = submit_dag("limio_lookup_5xx", order=new_order("EXT-LOOK-5XX"), retries=1, retry_delay=timedelta(0))
+    dag = submit_dag(
+        "limio_lookup_5xx",
+        order=new_order("EXT-LOOK-5XX"),
+        retries=1,
+        retry_delay=timedelta(0),
+        ledger_path=ledger,
+    )
     run = run_dag(dag)
     assert run.state == "success", states(run)
     (order,) = limio_emulator.orders_with_external_id("EXT-LOOK-5XX")
@@ -98,17 +117,25 @@ def test_a_failed_look_up_after_an_unknown_outcome_says_the_outcome_is_unknown(
     assert "A retry of this task looks again and sends nothing" in output
 
 
-def decide_after_the_first_try(external_id: str, value: str, refs: list[str] | None = None) -> Callable[[Any], None]:
+def decide_after_the_first_try(
+    external_id: str, value: str, refs: list[str] | None = None, ledger: str | None = None
+) -> Callable[[Any], None]:
     """An ``on_retry_callback`` that does what a person does after the first try's unknown outcome: sets the
     decision Variable to ``value`` with ``{ref}``, the name of the send it answers, filled in. The error gives
-    that name; Airflow 3.1 passes no exception to the callback, so it is worked out as the provider does for a
-    send without a ledger (its task instance), and noted in ``refs`` for the test to find in the error."""
-    from limio_provider.exactly_once.decisions import outcome_ref
+    that name; Airflow 3.1 passes no exception to the callback, so it is worked out as the provider does (the
+    ``ledger``'s record, else the task instance), and noted in ``refs`` for the test to find in the error."""
+    from limio_provider.exactly_once.decisions import ledger_ref, outcome_ref
+    from limio_provider.exactly_once.ledger import OrderLedger
+    from limio_provider.hooks.limio import LimioHook
 
     def decide(context: Any) -> None:
         ti = context["ti"]
         holder = [ti.dag_id, context["run_id"], ti.task_id, getattr(ti, "map_index", -1)]
         ref = outcome_ref(external_id, {"task_instance": holder})
+        if ledger is not None:
+            entry = OrderLedger(ledger, LimioHook().settings.tenant).read(external_id)
+            assert entry is not None, f"no ledger record of {external_id}"
+            ref = ledger_ref(external_id, entry)
         if refs is not None:
             refs.append(ref)
         set_variable(decision_key(external_id), value.format(ref=ref))
@@ -116,15 +143,23 @@ def decide_after_the_first_try(external_id: str, value: str, refs: list[str] | N
     return decide
 
 
-def decided_dag(dag_id: str, external_id: str, decision: str, refs: list[str] | None = None, **op_kwargs: Any) -> DAG:
+def decided_dag(
+    dag_id: str,
+    external_id: str,
+    decision: str,
+    refs: list[str] | None = None,
+    ledger: str | None = None,
+    **op_kwargs: Any,
+) -> DAG:
     """A submit of ``external_id`` with one retry, before which a person records ``decision`` (see
-    :func:`decide_after_the_first_try`)."""
+    :func:`decide_after_the_first_try`), through ``ledger`` if given."""
     return submit_dag(
         dag_id,
         order=new_order(external_id),
         retries=1,
         retry_delay=timedelta(0),
-        on_retry_callback=decide_after_the_first_try(external_id, decision, refs),
+        on_retry_callback=decide_after_the_first_try(external_id, decision, refs, ledger),
+        ledger_path=ledger,
         **op_kwargs,
     )
 
@@ -513,13 +548,15 @@ def admin_orders(emulator: LimioEmulator, external_id: str) -> list[tuple[str, s
     return [(o["id"], (o.get("forPartner") or {}).get("id")) for o in emulator.orders_with_external_id(external_id)]
 
 
-def test_another_partners_order_with_the_same_external_id_is_never_adopted(limio_emulator: LimioEmulator) -> None:
+def test_another_partners_order_with_the_same_external_id_is_never_adopted(
+    limio_emulator: LimioEmulator, ledger: str | None
+) -> None:
     """Issue 17, scenario 8: without a ledger, the look-up before sending adopted partner A's order for partner
     B's task, so B's order was never created and the task succeeded."""
     from limio_provider.hooks.limio import LimioHook
 
     theirs = LimioHook().submit_admin_order(new_order("EXT-PARTNERS"), partner={"id": "partner-a"})
-    run = run_dag(admin_dag("limio_partner_b", "EXT-PARTNERS", "partner-b"))
+    run = run_dag(admin_dag("limio_partner_b", "EXT-PARTNERS", "partner-b", ledger_path=ledger))
     assert run.state == "success", states(run)
     (result,) = xcom(run, "submit")
     assert xcom(run, "submit", "adopted") == [False] and result["id"] != theirs.id
@@ -530,18 +567,25 @@ def test_another_partners_order_with_the_same_external_id_is_never_adopted(limio
 
 
 def test_an_adopt_decision_naming_another_partners_order_is_refused_and_kept(
-    limio_emulator: LimioEmulator, task_log: Callable[[], str]
+    limio_emulator: LimioEmulator, task_log: Callable[[], str], ledger: str | None
 ) -> None:
+    """Issue 17, scenario 8: ``adopt <id>`` was accepted for an order of another partner."""
     from limio_provider.hooks.limio import LimioHook
 
     theirs = LimioHook().submit_admin_order(new_order("EXT-ADOPT-P"), partner={"id": "partner-a"})
     limio_emulator.add_fault(Fault(route="admin_order", action="drop", times=1))  # partner B's: outcome unknown
     key = decision_key("EXT-ADOPT-P")
     task_log()
-    decide = decide_after_the_first_try("EXT-ADOPT-P", f"adopt {theirs.id} {{ref}}")  # the wrong order: A's
+    decide = decide_after_the_first_try("EXT-ADOPT-P", f"adopt {theirs.id} {{ref}}", ledger=ledger)  # A's order
     run = run_dag(
         admin_dag(
-            "limio_adopt_p", "EXT-ADOPT-P", "partner-b", retries=1, retry_delay=timedelta(0), on_retry_callback=decide
+            "limio_adopt_p",
+            "EXT-ADOPT-P",
+            "partner-b",
+            retries=1,
+            retry_delay=timedelta(0),
+            on_retry_callback=decide,
+            ledger_path=ledger,
         )
     )
     assert states(run)["submit"] == "failed"
@@ -550,13 +594,16 @@ def test_an_adopt_decision_naming_another_partners_order_is_refused_and_kept(
     assert str(get_variable(key)).startswith(f"adopt {theirs.id} ")  # refused, not used up: a person corrects it
 
 
-def test_an_adopt_decision_is_not_used_up_when_reading_the_order_fails(limio_emulator: LimioEmulator) -> None:
-    """The Variable was deleted before the order it names was read: a 5xx there used the decision up."""
+def test_an_adopt_decision_is_not_used_up_when_reading_the_order_fails(
+    limio_emulator: LimioEmulator, ledger: str | None
+) -> None:
+    """Issue 17, scenario 8: the Variable was deleted before the order it names was read: a 5xx there used the
+    decision up."""
     limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, times=1))
     limio_emulator.add_fault(Fault(route="list_orders", action="process_then_garbage", body={"items": []}))
     limio_emulator.add_fault(Fault(route="get_order", action="status", status=500, times=1))  # the decision's read
     key = decision_key("EXT-ADOPT-5XX")
-    dag = decided_dag("limio_adopt_5xx", "EXT-ADOPT-5XX", "adopt order-named-by-a-person {ref}")
+    dag = decided_dag("limio_adopt_5xx", "EXT-ADOPT-5XX", "adopt order-named-by-a-person {ref}", ledger=ledger)
     run = run_dag(dag)
     assert states(run)["submit"] == "failed"
     assert [r.status for r in limio_emulator.requests if r.path.startswith("/api/objects/limio/orders/")] == [500]

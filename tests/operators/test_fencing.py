@@ -76,11 +76,6 @@ def _wait_until(what: str, condition: Callable[[], Any], proc: subprocess.Popen[
         time.sleep(0.02)
 
 
-@pytest.fixture(params=["local", "s3"])
-def ledger_root(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue(f"{request.param}_ledger_root")
-
-
 @pytest.fixture
 def env(limio_emulator: LimioEmulator, request: pytest.FixtureRequest) -> dict[str, str]:
     env = {**os.environ, **limio_emulator.connection_env()}

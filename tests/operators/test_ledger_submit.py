@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,15 +15,10 @@ from limio_provider.exactly_once.ledger import OrderLedger, Owner, parse_record
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.operators import LimioSubmitOrderOperator
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import START, calls, in_use, limio_tenant, new_order, run_dag, states, xcom
+from tests.helpers import START, calls, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 FAST = {"timeout": 2.0, "retry_backoff": 0.01}
-
-
-@pytest.fixture
-def ledger_root(tmp_path: Path) -> str:
-    return in_use(f"file://{tmp_path}/ledger")
 
 
 def submit_dag(dag_id: str, order: dict[str, Any], ledger_root: str, **kwargs: Any) -> DAG:
@@ -43,7 +37,7 @@ def test_a_rerun_on_a_busy_tenant_adopts_from_the_ledger_without_listing(
     first = run_dag(submit_dag("limio_ledger_first", new_order("EXT-LEDGER"), ledger_root))
     assert first.state == "success", states(first)
     (created,) = xcom(first, "submit")
-    record_file = Path(ledger_root.removeprefix("file://")) / limio_tenant(limio_emulator) / "EXT-LEDGER.json"
+    record_file = OrderLedger(ledger_root, LimioHook(**FAST).settings.tenant).path("EXT-LEDGER")
     written = record_file.read_text()
     hook = LimioHook(**FAST)
     for n in range(600):  # a web shop's afternoon: the order drops out of the newest 500
@@ -228,7 +222,7 @@ def test_the_tenant_extra_names_one_tenant_reached_through_two_host_names(
         run = run_dag(submit_dag(f"limio_alias_{n}", order, ledger_root, limio_conn_id=conn_id))
         assert run.state == "success", states(run)
     assert len(limio_emulator.orders_with_external_id("EXT-ALIAS")) == 1
-    assert (Path(ledger_root.removeprefix("file://")) / "acme.limio.test" / "EXT-ALIAS.json").exists()
+    assert OrderLedger(ledger_root, "acme.limio.test").path("EXT-ALIAS").exists()
 
 
 def test_a_send_decision_on_another_task_instances_record_looks_limio_up_first(
