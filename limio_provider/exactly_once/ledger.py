@@ -240,9 +240,11 @@ class OrderLedger:
         says (the tenant's, else the root's: :func:`start_ledger`), else now, written there by this first use.
         Work older than that may have been sent before the ledger existed (under another root, before a wipe)."""
         if self._since is None:
-            root_note = _parse(_read(self.fs, f"{self._base}/.ledger"))
-            tenant_note = _parse(_read(self.fs, f"{self._folder}/.ledger"))
-            note = tenant_note or root_note or _start(self.fs, f"{self._folder}/.ledger", datetime.now(UTC))
+            note = (
+                _parse(_read(self.fs, f"{self._folder}/.ledger"))
+                or _parse(_read(self.fs, f"{self._base}/.ledger"))
+                or _start(self.fs, f"{self._folder}/.ledger", datetime.now(UTC))
+            )
             self._since = datetime.fromisoformat(str(note["since"]))
         return self._since
 

@@ -41,7 +41,8 @@ MAX_PROBLEMS_SHOWN = 20
 RESULTS_CHUNK = 256
 #: The summary (XCom ``return_value``) stays under this many bytes of JSON.
 MAX_SUMMARY_BYTES = 2000
-#: The operator arguments of the single-order submit that a batch does not take.
+#: Arguments of the single-order submit that a batch does not take, and what to do instead (a user moving from
+#: mapped single-order tasks to a batch gets this, not BaseOperator's "invalid arguments").
 _NOT_FOR_A_BATCH = {
     "order": "give the orders as orders= (a list) or orders_path= (a JSON Lines file)",
     "wait_for_completion": "wait for the orders downstream, e.g. with LimioOrderSensor",
