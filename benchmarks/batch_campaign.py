@@ -112,7 +112,7 @@ def run_worker(args: argparse.Namespace) -> int:
     runner does, write what happened to ``--status`` (JSON). Exit 0 if it returned, 1 if it raised."""
     from airflow.sdk.bases.operator import ExecutorSafeguard
 
-    from benchmarks.campaign import TaskInstanceStub, TaskStateStoreStub
+    from benchmarks.campaign import TaskInstanceStub
     from limio_provider.operators.batch import LimioSubmitOrdersOperator
 
     if args.ledger_faults_file:  # this try's ledger writes that fail, as on a full disk: {record file: state}
@@ -134,8 +134,9 @@ def run_worker(args: argparse.Namespace) -> int:
         hook_params=json.loads(args.hook_params),
     )
     ti = TaskInstance(DAG_ID, TASK_ID, MAP_INDEX, try_number=args.try_number, run_id=args.run_id)
-    # A fresh task_state_store: the batch keeps its orders' records in the ledger, never in the store.
-    context: Any = {"ti": ti, "run_id": args.run_id, "task_state_store": TaskStateStoreStub()}
+    # The task instance's task_state_store, kept in a file across its tries as Airflow keeps it in its database
+    # (the batch keeps there only the ids of orders whose ledger record it failed to write).
+    context: Any = {"ti": ti, "run_id": args.run_id, "task_state_store": FileTaskStateStore(Path(args.state_store))}
     as_task_runner = {f"{type(operator).__name__}__sentinel": ExecutorSafeguard.sentinel_value}
     status: dict[str, Any] = {"try_number": args.try_number, "pid": os.getpid()}
     started = time.monotonic()
@@ -153,6 +154,31 @@ def run_worker(args: argparse.Namespace) -> int:
     Path(tmp).write_text(json.dumps(status, default=str))
     os.replace(tmp, args.status)
     return code
+
+
+class FileTaskStateStore:
+    """A task instance's ``task_state_store`` in a JSON file: each write replaces it whole before returning, so
+    a try killed after a write leaves it for the next try."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._values: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self._values[key] = value
+        self._save()
+
+    def delete(self, key: str) -> None:
+        self._values.pop(key, None)
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        tmp.write_text(json.dumps(self._values))
+        os.replace(tmp, self._path)
 
 
 def _fail_ledger_writes(failing: dict[str, str], fired: Path) -> None:
@@ -444,6 +470,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
                 "--run-id", f"campaign-{args.seed}",
                 "--hook-params", json.dumps(hook_params),
                 "--status", str(status_file),
+                "--state-store", str(work / "task_state_store.json"),
                 "--ledger-faults-file", str(ledger_faults) if number == 1 else "",
             ]  # fmt: skip
             with (work / f"task.try{number}.log").open("wb") as log:
@@ -727,7 +754,15 @@ def main() -> None:
     # The task process (--worker): one try of the task.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ledger-faults", type=int, default=20, help="orders of each ledger write fault kind")
-    for name in ("--orders-path", "--results-path", "--ledger-path", "--run-id", "--hook-params", "--status"):
+    for name in (
+        "--orders-path",
+        "--results-path",
+        "--ledger-path",
+        "--run-id",
+        "--hook-params",
+        "--status",
+        "--state-store",
+    ):
         parser.add_argument(name, help=argparse.SUPPRESS)
     for name in ("--ledger-faults-file",):
         parser.add_argument(name, help=argparse.SUPPRESS)
