@@ -400,8 +400,11 @@ def run_campaign(args: argparse.Namespace) -> bool:
         if args.outage_at > 0
         else None
     )
+    from benchmarks.campaign import MAX_ANSWER_BYTES
+
     hook_params = {
         "timeout": args.timeout,
+        "max_answer_bytes": MAX_ANSWER_BYTES,
         "retry_limit": 3,
         "retry_backoff": 0.05,  # a backoff pauses the whole batch: short, as the Retry-After
         "retry_max_backoff": 0.5,

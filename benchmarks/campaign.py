@@ -51,7 +51,9 @@ FAULT_KINDS = (
     "processed, then reset",
     "processed, then TLS error",
     "processed, answer trickled",
+    "processed, head trickled",
     "processed, bad chunked body",
+    "processed, gzip bomb",
     "token expired mid-run",
     "credentials revoked, restored",
 )
@@ -71,6 +73,9 @@ PROCESSED_KINDS = tuple(kind for kind in FAULT_KINDS if kind.startswith("process
 RETRY_AFTER = 2
 #: How long the "processed, then no answer" fault holds the connection before closing it unanswered, in seconds.
 HANG_SECONDS = 0.5
+
+#: The hooks' ``max_answer_bytes`` in both campaigns (the "gzip bomb" kind decodes to 16 MiB).
+MAX_ANSWER_BYTES = 2**20
 
 #: The columns of a report row, in table order.
 COLUMNS = ("intended", "held once", "failed loudly", "loud, held", "duplicates", "lost", "misreported")
@@ -248,8 +253,12 @@ def _inject(
         return on_submit("process_then_tls_error")
     if kind == "processed, answer trickled":  # a byte every 50 ms: each read is on time, the answer is not
         return on_submit("process_then_trickle", latency=0.05)
+    if kind == "processed, head trickled":  # the status line and headers a byte every 50 ms
+        return on_submit("process_then_trickle_head", latency=0.05)
     if kind == "processed, bad chunked body":  # a chunk-size line that is not hex
         return on_submit("process_then_bad_chunked")
+    if kind == "processed, gzip bomb":  # a few KB on the wire, 16 MiB decoded: past the hook's MAX_ANSWER_BYTES
+        return on_submit("process_then_gzip_bomb", size=16 * 2**20)
     if kind == "token expired mid-run":
         emulator.advance(emulator.token_ttl + 1)  # every token issued so far expires at Limio
         return []
@@ -361,7 +370,9 @@ def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int =
         os.environ["AIRFLOW_CONN_LIMIO_CAMPAIGN"] = emulator.connection_json()  # trusts the emulator's CA
         try:
             # One hook for the whole run, as a long-lived worker would hold one: its token outlives faults.
-            hook = LimioHook("limio_campaign", sleep=sleeps.append, timeout=0.25, retry_limit=3)
+            hook = LimioHook(
+                "limio_campaign", sleep=sleeps.append, timeout=0.25, retry_limit=3, max_answer_bytes=MAX_ANSWER_BYTES
+            )
 
             ledger_ids: set[str] = set()
 
@@ -374,7 +385,9 @@ def run_campaign(orders: int = 2000, *, fault_share: float = 0.2, retries: int =
                 )
                 # A zombie try has its own hook (a worker of its own): its paused send holds its hook's slot.
                 operator.__dict__["hook"] = (
-                    LimioHook("limio_campaign", timeout=0.25, retry_limit=3) if own_hook else hook
+                    LimioHook("limio_campaign", timeout=0.25, retry_limit=3, max_answer_bytes=MAX_ANSWER_BYTES)
+                    if own_hook
+                    else hook
                 )
                 return operator
 

@@ -44,7 +44,12 @@ CONN_FIELDS: dict[str, Any] = {
         _optional("string", enum=["body", "basic", None]),
         "Send client credentials in the form body (default, as Limio documents) or as HTTP Basic.",
     ),
-    "timeout": _field("Read timeout (s)", _optional("number", exclusiveMinimum=0), "Default 30."),
+    "timeout": _field(
+        "Answer timeout (s)", _optional("number", exclusiveMinimum=0), "The whole answer, once a request is sent (30)."
+    ),
+    "max_answer_bytes": _field(
+        "Max answer size (bytes)", _optional("integer", minimum=1024), "Largest answer read, decoded (32 MiB)."
+    ),
     "connect_timeout": _field("Connect timeout (s)", _optional("number", exclusiveMinimum=0), "Default 10."),
     "retry_limit": _field(
         "Retry limit", _optional("integer", minimum=0, maximum=20), "Retries where safe, after the first try (4)."

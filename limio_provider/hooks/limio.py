@@ -12,7 +12,7 @@ import re
 import string
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -86,6 +86,8 @@ def submit_outcome(status: int | None, *, reached_limio: bool) -> SubmitOutcome:
 
 
 TOKEN_REFRESH_LEAD_SECONDS = 60.0
+#: A token's lifetime when Limio's token endpoint gives no ``expires_in`` (OAuth2 makes it optional).
+DEFAULT_TOKEN_LIFETIME = 3600.0
 
 
 def _check_link_template(template: str | None) -> str | None:
@@ -116,7 +118,12 @@ class LimioConnectionOptions(BaseModel):
     token_auth: Literal["body", "basic"] = Field(
         "body", description="How the client credentials are sent to the token endpoint: form body or HTTP Basic."
     )
-    timeout: float = Field(30.0, gt=0, description="Seconds to wait for Limio's answer (read timeout).")
+    timeout: float = Field(
+        30.0, gt=0, description="Seconds for Limio's whole answer (status line, headers, body) once a request is sent."
+    )
+    max_answer_bytes: int = Field(
+        32 * 2**20, ge=1024, description="Largest answer read, in bytes once decoded; a larger one is an error."
+    )
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
     retry_limit: int = Field(4, ge=0, le=20, description="Retries after the first attempt, where retrying is safe.")
     retry_backoff: float = Field(1.0, ge=0, description="First backoff in seconds; doubles each retry, with jitter.")
@@ -225,6 +232,8 @@ class LimioHook(BaseHook):
         given): as many as the calls made at once by threads sharing this hook.
     :param max_in_flight: at most this many calls to Limio at once through this hook, not counting the
         token request (one at a time); more threads wait for a free slot (``None``: no limit).
+    :param min_submit_interval: seconds kept between two submit requests leaving this hook, retries and
+        replays included (a batch's ``max_orders_per_second``); 0: none.
     :param connection: the connection, already read (the trigger reads it on its event loop); by default the
         hook reads ``limio_conn_id`` itself, on first use.
     :param mask: how a secret is hidden from logs the moment the hook learns it (default: Airflow's
@@ -245,6 +254,7 @@ class LimioHook(BaseHook):
         clock: Callable[[], float] = time.monotonic,
         pool_size: int = requests.adapters.DEFAULT_POOLSIZE,
         max_in_flight: int | None = None,
+        min_submit_interval: float = 0.0,
         connection: Connection | None = None,
         mask: Callable[[str], None] = mask_secret,
         **options: Any,
@@ -268,6 +278,10 @@ class LimioHook(BaseHook):
         self._token: _Token | None = None
         self._token_lock = threading.Lock()
         self.token_requests = 0
+        self._told_lifetime = False
+        self._submit_interval = min_submit_interval
+        self._departures = threading.Lock()
+        self._next_departure = 0.0
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -468,12 +482,42 @@ class LimioHook(BaseHook):
             raise LimioAuthError("Limio's token endpoint answered without an access_token")
         for form in (access_token, quote_plus(access_token), quote(access_token, safe="")):
             self._mask(form)
-        try:
-            lifetime = float(body.get("expires_in") or 3600)
-        except (TypeError, ValueError):
-            lifetime = 3600.0
+        if not all("!" <= char <= "~" for char in access_token):  # RFC 6750: visible ASCII, no space
+            raise LimioConfigError(
+                f"Limio's token endpoint (connection {self.limio_conn_id!r}) answered an access_token that cannot "
+                "be sent in an HTTP header (whitespace, or characters outside visible ASCII); no request was sent "
+                "with it. Check the connection's host and token_path: is this Limio's token endpoint?"
+            )
+        lifetime = self._lifetime(body.get("expires_in"))
         lead = min(TOKEN_REFRESH_LEAD_SECONDS, lifetime / 2)
         return _Token(access_token, self._clock() + lifetime - lead)
+
+    def _lifetime(self, expires_in: Any) -> float:
+        """The token's lifetime in seconds, as Limio's token endpoint gave it (``expires_in``; OAuth2 makes it
+        optional: 3600 when absent). A token given no time (0), or a time that is no number of seconds (negative,
+        NaN, text), is used for the call that fetched it only, and said once per hook: each call then fetches a
+        token of its own."""
+        import math
+
+        if expires_in is None:
+            return DEFAULT_TOKEN_LIFETIME
+        try:
+            lifetime = math.nan if isinstance(expires_in, bool) else float(expires_in)
+        except (TypeError, ValueError, OverflowError):
+            lifetime = math.nan
+        if math.isfinite(lifetime) and lifetime > 0:
+            return lifetime
+        if not self._told_lifetime:
+            self._told_lifetime = True
+            meaning = "no time" if lifetime == 0 else "no number of seconds"
+            self.log.warning(
+                "Limio's token endpoint (connection %r) gave expires_in=%s, %s: each token is used for one call, "
+                "and every call fetches a new one",
+                self.limio_conn_id,
+                json.dumps(expires_in)[:40],
+                meaning,
+            )
+        return 0.0
 
     def _secret_forms(self) -> list[str]:
         """The client secret and the token in every encoding the hook ever sends them in."""
@@ -535,23 +579,39 @@ class LimioHook(BaseHook):
             # A token request takes no slot: it runs under the token lock, one at a time, and the threads it
             # serves may be holding every slot while they wait for that lock.
             with nullcontext() if kind == "token" else self.in_flight_slot():
-                if kind == "submit" and (gate := getattr(wire, "gate", None)) is not None:
-                    gate()  # the last word before the request leaves (see submit_gate)
+                if kind == "submit":
+                    self._space_submit()
+                    if (gate := getattr(wire, "gate", None)) is not None:
+                        gate()  # the last word before the request leaves (see submit_gate)
+                wire.answer_timeout = options.timeout  # the whole answer, once the request is sent
                 response = session.get_adapter(url).send(
                     prepared,
-                    stream=True,  # the body is read below, all of it within the read timeout
+                    stream=True,  # the body is read below, all of it within the timeout
                     timeout=(options.connect_timeout, options.timeout),
                     verify=session.verify,
                     cert=None,
                     proxies=session.proxies,
                 )
-                read_answer(response, time.monotonic() + options.timeout)
+                read_answer(response, time.monotonic() + options.timeout, options.max_answer_bytes)
         except requests.RequestException as exc:
             reached = getattr(wire, "phase", None) != "connecting"
             raise self._transport_error(method, url, kind, exc, reached, json) from None
         if 200 <= response.status_code < 300:
             return response
         raise self._answer_error(method, url, kind, response, json)
+
+    def _space_submit(self) -> None:
+        """Wait until ``min_submit_interval`` has passed since the last submit request left this hook (a retry
+        or a replay too): spacing where the request leaves, so that a stall before it (a slow token, a slow
+        ledger write) releases no burst."""
+        if not self._submit_interval:
+            return
+        with self._departures:
+            now = time.monotonic()
+            leave = max(now, self._next_departure)
+            self._next_departure = leave + self._submit_interval
+        if leave > now:
+            time.sleep(leave - now)
 
     @contextmanager
     def submit_gate(self, check: Callable[[], None] | None) -> Iterator[None]:
@@ -711,24 +771,37 @@ class LimioHook(BaseHook):
 
     # -- Limio calls --------------------------------------------------------------------------------
 
-    def preview_order(self, order: OrderBase | dict[str, Any], *, allow_unmodelled: bool = False) -> PreviewResult:
+    def preview_order(
+        self,
+        order: OrderBase | dict[str, Any],
+        *,
+        allow_unmodelled: bool = False,
+        allow_fields: Collection[str] = (),
+    ) -> PreviewResult:
         """Preview an order (``POST /order/preview``); nothing is created.
 
         :param order: the order body (a dict as Limio spells it, or a model), validated before sending.
         :param allow_unmodelled: accept an ``order_type`` this provider does not model.
+        :param allow_fields: fields sent as written although one typo away from a known one.
         """
-        body = order_body(order, allow_unmodelled=allow_unmodelled)
+        body = order_body(order, allow_unmodelled=allow_unmodelled, allow_fields=allow_fields)
         answer = self.request("POST", "/order/preview", "read", json=body)
         if not isinstance(answer, dict):
             raise LimioServerError(f"Limio POST /order/preview answered a {type(answer).__name__}, not a preview")
         return PreviewResult.model_validate(answer)
 
-    def submit_order(self, order: OrderBase | dict[str, Any], *, allow_unmodelled: bool = False) -> OrderResult:
+    def submit_order(
+        self,
+        order: OrderBase | dict[str, Any],
+        *,
+        allow_unmodelled: bool = False,
+        allow_fields: Collection[str] = (),
+    ) -> OrderResult:
         """Submit an order (``POST /order``). Never resent when the outcome is unknown.
 
         :raises LimioOutcomeUnknownError: the order may have been created; reconcile by ``external_id``.
         """
-        return self.send_order(order_body(order, allow_unmodelled=allow_unmodelled))
+        return self.send_order(order_body(order, allow_unmodelled=allow_unmodelled, allow_fields=allow_fields))
 
     def submit_admin_order(
         self,
@@ -736,13 +809,16 @@ class LimioHook(BaseHook):
         *,
         partner: str | dict[str, Any] | BaseModel | None = None,
         allow_unmodelled: bool = False,
+        allow_fields: Collection[str] = (),
     ) -> OrderResult:
         """Submit an order with management credentials on behalf of a partner (``POST /admin/order``).
 
         :param partner: the partner organisation, sent as ``forPartner``: an id string or an object.
             Give it here or as the order's own ``forPartner``, not both.
         """
-        body = admin_order_body(order_body(order, allow_unmodelled=allow_unmodelled), partner)
+        body = admin_order_body(
+            order_body(order, allow_unmodelled=allow_unmodelled, allow_fields=allow_fields), partner
+        )
         return self.send_order(body, admin=True)
 
     def send_order(self, body: dict[str, Any], *, admin: bool = False) -> OrderResult:

@@ -4,6 +4,8 @@ answer read whole within a deadline, and what went wrong said in words (the hook
 from __future__ import annotations
 
 import email.utils
+import io
+import socket
 import ssl
 import threading
 import time
@@ -39,6 +41,46 @@ class _Tracked:
         if self.sock is not None:
             wire.phase = "sending"
         super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def getresponse(self) -> Any:
+        """The answer, read through a socket that gives each read only what is left of ``wire.answer_timeout``
+        (seconds from now): a status line, headers or body trickled a byte at a time end there."""
+        timeout, sock = getattr(wire, "answer_timeout", None), self.sock
+        if timeout is None or sock is None:
+            return super().getresponse()  # type: ignore[misc]
+        self.sock = _DeadlineSocket(sock, time.monotonic() + timeout)
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            if self.sock is not None:  # None: http.client closed it (the answer said so)
+                self.sock = sock
+
+
+class _DeadlineSocket:
+    """A connection's socket while an answer is read: every read waits at most until ``deadline``."""
+
+    def __init__(self, sock: Any, deadline: float) -> None:
+        self._sock, self._deadline = sock, deadline
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the answer was still arriving when the timeout ran out")
+        timeout = self._sock.gettimeout()
+        self._sock.settimeout(left if timeout is None else min(timeout, left))
+        try:
+            return int(self._sock.recv_into(buffer, nbytes, flags))
+        finally:
+            self._sock.settimeout(timeout)
+
+    def settimeout(self, value: float | None) -> None:
+        self._sock.settimeout(value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class _TrackedHTTPConnection(_Tracked, HTTPConnection):
@@ -83,17 +125,26 @@ class TrackedAdapter(requests.adapters.HTTPAdapter):
         return manager
 
 
-def read_answer(response: requests.Response, deadline: float) -> None:
+class AnswerTooLarge(requests.RequestException):
+    """An answer larger, once decoded, than the hook reads (``max_answer_bytes``)."""
+
+
+def read_answer(response: requests.Response, deadline: float, max_bytes: int) -> None:
     """Read the whole body into ``response``, as requests does unless asked to stream, but give up at
-    ``deadline`` (monotonic): requests' read timeout bounds each read, so an answer trickled a byte at a time
-    would otherwise hold the call for as long as the server likes."""
+    ``deadline`` (monotonic) or past ``max_bytes`` decoded: requests' read timeout bounds each read, so an
+    answer trickled a byte at a time would otherwise hold the call for as long as the server likes, and a
+    small compressed answer can decode to gigabytes. (urllib3 decodes a streamed read a chunk at a time.)"""
     from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
     from urllib3.exceptions import SSLError as TLSError
 
-    chunks = []
+    chunks, size = [], 0
     try:
         while chunk := response.raw.read1(65536, decode_content=True):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:
+                response.close()
+                raise AnswerTooLarge(f"the answer was larger than {max_bytes} bytes decoded (max_answer_bytes)")
             if time.monotonic() > deadline:
                 response.close()
                 raise requests.exceptions.ReadTimeout("the answer was still arriving when the timeout ran out")
@@ -101,8 +152,8 @@ def read_answer(response: requests.Response, deadline: float) -> None:
         raise requests.exceptions.ChunkedEncodingError(exc) from exc
     except DecodeError as exc:
         raise requests.exceptions.ContentDecodingError(exc) from exc
-    except ReadTimeoutError as exc:
-        raise requests.exceptions.ConnectionError(exc) from exc
+    except ReadTimeoutError as exc:  # requests says ConnectionError; it is the answer's time running out
+        raise requests.exceptions.ReadTimeout(exc) from exc
     except TLSError as exc:
         raise requests.exceptions.SSLError(exc) from exc
     response._content = b"".join(chunks)
@@ -180,6 +231,8 @@ def cause_in_words(exc: BaseException, *, sent: bool = False) -> str:
     from urllib3.exceptions import DecodeError, ProtocolError
 
     causes = list(_causes(exc))
+    if isinstance(exc, AnswerTooLarge):
+        return str(exc)
     if isinstance(exc, requests.exceptions.ContentDecodingError):
         return "the answer could not be decoded"
     if isinstance(exc, requests.exceptions.ChunkedEncodingError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -340,26 +340,52 @@ def parse_order(order: Any, *, allow_unmodelled: bool = False) -> OrderBase:
         raise _validation_error(format_validation_error(f"{order_type!r} order", exc)) from None
 
 
-def order_body(order: Any, *, allow_unmodelled: bool = False) -> dict[str, Any]:
+def order_body(order: Any, *, allow_unmodelled: bool = False, allow_fields: Collection[str] = ()) -> dict[str, Any]:
     """:func:`parse_order`, then the JSON body to send: only the fields that were set, spelt as Limio does.
 
+    :param allow_fields: fields to send as written although their names are one typo away from a field this
+        provider knows (a field Limio has that this provider does not model yet).
     :raises LimioValidationError: also when a pass-through value cannot be sent as JSON (not JSON, or
-        nested too deeply), naming the field.
+        nested too deeply), or its name is one typo away from a known field, naming the field.
     """
     model = parse_order(order, allow_unmodelled=allow_unmodelled)
     what = f"{model.order_type!r} order"
     fields = model.model_dump(mode="python", by_alias=True, exclude_unset=True)
+    problems = list(_near_misses(model, "", frozenset(allow_fields)))
     try:  # the common case, at C speed: every number can be written out
         json.dumps(fields, allow_nan=False, default=_plain)
-        problems = []
     except (ValueError, RecursionError):  # which field, and why
-        problems = list(_unsendable(fields, ""))
+        problems += list(_unsendable(fields, ""))
     if problems:
         raise _validation_error(f"invalid {what}:\n" + "\n".join(f"  - {path}: {why}" for path, why in problems))
     try:
         return model.to_json_dict()
     except ValueError:  # PydanticSerializationError
         raise _validation_error(_unserializable(what, model)) from None
+
+
+def _near_misses(model: BaseModel, path: str, allowed: frozenset[str]) -> Iterator[tuple[str, str]]:
+    """Fields of ``model`` (and of the models in it) that this provider does not know and whose names are one
+    typo away from one it does (``proccess_immediately``): almost always a typo, which Limio would ignore.
+    Other unknown fields pass through untouched (Limio's schema is partly unpublished)."""
+    import difflib
+
+    declared = type(model).model_fields
+    known = set(declared) | {info.alias for info in declared.values() if info.alias}
+    for key in model.model_extra or {}:
+        if key not in allowed and (near := difflib.get_close_matches(key, known, n=1, cutoff=0.8)):
+            yield (
+                f"{path}{key}",
+                f"not a field this provider knows: did you mean {near[0]!r}? (if Limio has a field spelt "
+                f"{key!r}, allow it with allow_fields=[{key!r}])",
+            )
+    for name in model.model_fields_set & set(declared):
+        value, shown = getattr(model, name), declared[name].alias or name
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, BaseModel):
+                where = f"{path}{shown}" if index is None else f"{path}{shown}[{index}]"
+                yield from _near_misses(item, where + ".", allowed)
 
 
 def _plain(value: Any) -> Any:

@@ -10,6 +10,7 @@ import base64
 import binascii
 import calendar
 import copy
+import functools
 import hashlib
 import html
 import ipaddress
@@ -347,6 +348,8 @@ class LimioEmulator:
             elif how in ("none", "reset", "tls_error"):
                 answer = None
         record.status = None if answer is None else answer[0]
+        if how == "bomb" and answer is not None and fault is not None:
+            answer = (answer[0], _gzip_bomb(answer[1], fault.bomb_bytes), {**answer[2], "Content-Encoding": "gzip"})
         http.reply(answer, how, pause=fault.trickle_seconds if fault is not None else 0.0)
 
     def _process(self, request: _Request) -> Answer:
@@ -662,21 +665,33 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Transfer-Encoding"] = "chunked"
         for name, value in headers.items():
             self.send_header(name, value)
-        self.end_headers()
+        if how == "trickle_head":  # the status line and headers (buffered by the calls above) a byte at a time
+            buffered: list[bytes] = getattr(self, "_headers_buffer", [])
+            head, self._headers_buffer = b"".join(buffered) + b"\r\n", []  # type: ignore[var-annotated]
+            if not self._trickle(head, pause):
+                return
+        else:
+            self.end_headers()
         if how == "truncate":
             data, self.close_connection = data[: len(data) // 2], True
         if how == "bad_chunked":  # a chunk-size line that is not hex, some bytes, then the end of the stream
             data, self.close_connection = b"zz\r\n" + data[:16], True
         if how == "trickle":
-            self.close_connection = True
-            stopping = self.server.emulator._stopping
-            for index in range(len(data)):
-                self.wfile.write(data[index : index + 1])
-                self.wfile.flush()
-                if stopping.wait(pause):
-                    return
+            self._trickle(data, pause)
             return
         self.wfile.write(data)
+
+    def _trickle(self, data: bytes, pause: float) -> bool:
+        """Send ``data`` a byte every ``pause`` seconds (the connection then closes); ``False`` if the emulator
+        stopped first."""
+        self.close_connection = True
+        stopping = self.server.emulator._stopping
+        for index in range(len(data)):
+            self.wfile.write(data[index : index + 1])
+            self.wfile.flush()
+            if stopping.wait(pause):
+                return False
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: per-request logging costs throughput and clutters test output."""
@@ -795,6 +810,27 @@ def _self_signed_certificate(directory: str, host: str) -> tuple[str, str]:
             )
         )
     return cert_path, key_path
+
+
+def _gzip_bomb(payload: Any, padding: int) -> bytes:
+    """``payload``'s JSON and ``padding`` bytes of whitespace after it, gzipped: two gzip members, the second
+    made once per size (a few hundred KB for 256 MiB)."""
+    import gzip
+
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return gzip.compress(data) + _gzipped_whitespace(padding)
+
+
+@functools.lru_cache(maxsize=4)
+def _gzipped_whitespace(size: int) -> bytes:
+    import zlib
+
+    packer, piece = zlib.compressobj(9, zlib.DEFLATED, 31), b" " * min(size, 2**20)
+    parts, left = [], size
+    while left > 0:
+        parts.append(packer.compress(piece[:left]))
+        left -= len(piece)
+    return b"".join(parts) + packer.flush()
 
 
 def _route(method: str, path: str) -> tuple[str | None, dict[str, str], list[str]]:

@@ -16,10 +16,12 @@ ROUTES = frozenset({"token", "order", "admin_order", "preview", "get_order", "li
 #: ``truncate`` (the normal answer's headers, full ``Content-Length``, half its body, then close),
 #: ``undecodable`` (the normal answer labelled ``Content-Encoding: gzip``, not gzipped), ``garbage`` (200 with
 #: :meth:`Fault.raw_body` as the JSON body), ``trickle`` (the normal answer, its body one byte at a time,
-#: ``latency`` seconds apart), ``bad_chunked`` (the normal answer's status and headers as
-#: ``Transfer-Encoding: chunked``, then a chunk-size line that is not hex, then close), ``reset`` (a TCP RST,
-#: no answer) and ``tls_error``
-#: (:data:`NOT_TLS` written on the raw TCP socket, under any TLS, then close).
+#: ``latency`` seconds apart), ``trickle_head`` (the normal answer, its status line and headers one byte at a
+#: time, ``latency`` seconds apart), ``bomb`` (200, ``Content-Encoding: gzip``, a small body that decodes to
+#: the normal answer followed by ``size`` bytes of JSON whitespace), ``bad_chunked`` (the normal answer's
+#: status and headers as ``Transfer-Encoding: chunked``, then a chunk-size line that is not hex, then close),
+#: ``reset`` (a TCP RST, no answer) and ``tls_error`` (:data:`NOT_TLS` written on the raw TCP socket, under
+#: any TLS, then close).
 #: ``revoke_tokens`` also revokes every token first.
 ACTIONS: dict[str, tuple[bool, str]] = {
     "status": (False, "status"),
@@ -32,6 +34,8 @@ ACTIONS: dict[str, tuple[bool, str]] = {
     "process_then_reset": (True, "reset"),
     "process_then_tls_error": (True, "tls_error"),
     "process_then_trickle": (True, "trickle"),
+    "process_then_trickle_head": (True, "trickle_head"),
+    "process_then_gzip_bomb": (True, "bomb"),
     "process_then_bad_chunked": (True, "bad_chunked"),
     "latency_only": (True, "normal"),
     "revoke_tokens": (True, "normal"),
@@ -42,6 +46,9 @@ NOT_TLS = b"\xff\xffnot a TLS record\r\n\r\n"
 
 #: The pause between two bytes of a ``process_then_trickle`` body when the fault sets no ``latency``.
 DEFAULT_TRICKLE_SECONDS = 0.1
+
+#: What a ``process_then_gzip_bomb`` answer decodes to, in bytes, when the fault sets no ``size``.
+DEFAULT_BOMB_BYTES = 256 * 2**20
 
 #: How long ``process_then_hang`` holds the connection when the fault sets no ``latency``.
 DEFAULT_HANG_SECONDS = 30.0
@@ -66,13 +73,17 @@ class Fault:
         ``process_then_tls_error`` (process, then write bytes that are not TLS on the raw socket and close;
         meant for a ``tls=True`` emulator), ``process_then_trickle`` (process, then send the answer's headers
         at once and its body one byte every ``latency`` seconds, 0.1 by default: each read of a client
-        comes back within its read timeout, the whole answer takes minutes), ``latency_only`` (answer
+        comes back within its read timeout, the whole answer takes minutes), ``process_then_trickle_head``
+        (process, then send the status line and headers one byte every ``latency`` seconds, 0.1 by default,
+        then the body), ``process_then_gzip_bomb`` (process, then answer 200 with ``Content-Encoding: gzip``
+        and a body of a few hundred KB that decodes to the order followed by ``size`` bytes of whitespace,
+        256 MiB by default: valid JSON, for a client that reads it all), ``latency_only`` (answer
         normally, late) or ``revoke_tokens`` (revoke every token, then answer normally: 401 on ``/api``
         routes).
     :param status: the HTTP status of ``status``/``process_then_status`` answers (default 502), 3xx too.
     :param retry_after: sent as the ``Retry-After`` header of those answers.
     :param latency: seconds waited (really) after processing and before answering (with
-        ``process_then_trickle``: between two bytes of the body).
+        ``process_then_trickle``: between two bytes of the body; ``process_then_trickle_head``: of the head).
     :param times: hit only the next ``times`` matching requests; ``None`` for no limit.
     :param probability: chance (0..1) that a matching request is hit, drawn from a generator seeded
         with ``seed``.
@@ -82,6 +93,7 @@ class Fault:
         with a 307 to another host.
     :param body: what ``process_then_garbage`` sends: a string verbatim, anything else as its JSON
         (default ``{}``).
+    :param size: with ``process_then_gzip_bomb``: the bytes of whitespace after the answer, decoded.
     """
 
     route: str = "*"
@@ -96,6 +108,7 @@ class Fault:
     message: str | None = None
     location: str | None = None
     body: Any = None
+    size: int | None = None
     _random: random.Random = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +121,7 @@ class Fault:
             "latency must be None or >= 0": self.latency is None or _is_number(self.latency, float, 0),
             "location must be None or a one-line string": self.location is None or _is_header(self.location),
             "body must be a string or JSON-serialisable": _is_json(self.body),
+            "size must be None or >= 0": self.size is None or _is_number(self.size, int, 0),
         }
         problems = [problem for problem, ok in checks.items() if not ok]
         if problems:
@@ -146,16 +160,21 @@ class Fault:
     @property
     def wait_seconds(self) -> float:
         """How long to wait before answering (or, for ``process_then_hang``, before closing)."""
-        if self.action == "process_then_trickle":
-            return 0.0  # its latency spaces the body's bytes
+        if self.action in ("process_then_trickle", "process_then_trickle_head"):
+            return 0.0  # its latency spaces the answer's bytes
         if self.latency is None:
             return DEFAULT_HANG_SECONDS if self.action == "process_then_hang" else 0.0
         return float(self.latency)
 
     @property
     def trickle_seconds(self) -> float:
-        """With ``process_then_trickle``: the pause between two bytes of the body."""
+        """With ``process_then_trickle`` (``_head``): the pause between two bytes of the body (the head)."""
         return DEFAULT_TRICKLE_SECONDS if self.latency is None else float(self.latency)
+
+    @property
+    def bomb_bytes(self) -> int:
+        """With ``process_then_gzip_bomb``: the bytes of whitespace the answer decodes to after the order."""
+        return DEFAULT_BOMB_BYTES if self.size is None else self.size
 
     def error(self) -> tuple[int, dict[str, Any], dict[str, str]]:
         """The answer of a ``status`` reply: status, ``{"message": ...}`` body and headers."""

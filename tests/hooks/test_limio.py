@@ -6,6 +6,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -89,6 +90,62 @@ def test_token_refreshed_when_less_than_60s_remain(
     clock.now += 2  # 59 s left
     hook.submit_order(new_order("C"))
     assert len(calls(limio_emulator, "/oauth2/token")) == 2
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "cached", "said"),
+    [
+        ({}, True, None),  # absent: OAuth2 makes it optional, 3600 s
+        ({"expires_in": 1800}, True, None),
+        ({"expires_in": "1800"}, True, None),
+        ({"expires_in": 0}, False, "expires_in=0, no time"),
+        ({"expires_in": -5}, False, "expires_in=-5, no number of seconds"),
+        ({"expires_in": float("nan")}, False, "expires_in=NaN, no number of seconds"),
+        ({"expires_in": "soon"}, False, 'expires_in="soon", no number of seconds'),
+        ({"expires_in": True}, False, "expires_in=true, no number of seconds"),
+    ],
+    ids=["absent", "1800", "1800-text", "zero", "negative", "nan", "text", "bool"],
+)
+def test_token_lifetimes_are_taken_as_given_and_nonsense_is_said_once(
+    hook: LimioHook,
+    limio_emulator: LimioEmulator,
+    task_log: Callable[[], str],
+    expires_in: dict[str, Any],
+    cached: bool,
+    said: str | None,
+) -> None:
+    """Issue 18: ``expires_in: 0`` was cached for an hour (``or 3600``); negative, NaN or text refetched on
+    every call without a word."""
+    body = {"access_token": "tok-lifetime", "token_type": "Bearer", **expires_in}
+    limio_emulator.add_fault(Fault(route="token", action="process_then_garbage", body=body))
+    task_log()
+    for _ in range(3):
+        assert hook.get_token() == "tok-lifetime"
+    assert hook.token_requests == (1 if cached else 3)
+    warnings = [line for line in task_log().splitlines() if "token endpoint" in line]
+    if said is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1, warnings  # once per hook, not once per call
+        assert said in warnings[0] and "connection 'limio_default'" in warnings[0]
+
+
+@pytest.mark.parametrize("token", ["tok-secret-1\n", "tok secret", "tök-sécret"], ids=["newline", "space", "latin-1"])
+def test_a_token_that_cannot_be_sent_is_a_configuration_error_and_nothing_is_sent(
+    hook: LimioHook, limio_emulator: LimioEmulator, token: str
+) -> None:
+    """Issue 18: a token that cannot be put in a header was reported as "the request was sent" (an unknown
+    outcome) with 0 bytes sent, and requests' error text carried ``Bearer <token>`` in its context."""
+    body = {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+    limio_emulator.add_fault(Fault(route="token", action="process_then_garbage", body=body))
+    with pytest.raises(LimioConfigError, match="cannot be sent in an HTTP header") as excinfo:
+        hook.submit_order(new_order("EXT-BAD-TOKEN"))
+    assert not calls(limio_emulator, "/api/order")
+    chain, error = [], excinfo.value
+    while error is not None:
+        chain.append(f"{error!r} {error}")
+        error = error.__cause__ or error.__context__
+    assert not any(token.strip() in text or "Bearer" in text for text in chain), chain
 
 
 def test_a_token_request_never_waits_for_an_in_flight_slot(limio_emulator: LimioEmulator) -> None:

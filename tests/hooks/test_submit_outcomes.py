@@ -137,6 +137,54 @@ def test_a_trickled_submit_answer_ends_at_the_read_timeout_as_outcome_unknown(li
     assert len(limio_emulator.orders_with_external_id("EXT-TRICKLE")) == 1
 
 
+def test_a_trickled_status_line_and_headers_end_at_the_timeout_as_outcome_unknown(
+    limio_emulator: LimioEmulator,
+) -> None:
+    """Issue 18: the status line and headers a byte every 0.1 s held a ``timeout=1`` submit for 22.6 s (only
+    the body had a deadline). The whole answer now has ``timeout`` seconds from the request being sent."""
+    limio_emulator.add_fault(Fault(route="order", action="process_then_trickle_head", latency=0.1, times=1))
+    hook = LimioHook(sleep=lambda seconds: None, timeout=1.0)
+    hook.get_token()
+    started = time.monotonic()
+    with pytest.raises(LimioOutcomeUnknownError, match="timed out waiting for the answer") as excinfo:
+        hook.submit_order(new_order("EXT-HEAD"))
+    assert 1.0 <= time.monotonic() - started < 3
+    assert excinfo.value.external_id == "EXT-HEAD"
+    assert len(submits(limio_emulator)) == 1  # never resent
+    assert len(limio_emulator.orders_with_external_id("EXT-HEAD")) == 1
+    assert LimioHook(timeout=2.0).submit_order(new_order("EXT-AFTER")).external_id == "EXT-AFTER"  # next call
+
+
+def test_a_compressed_answer_past_max_answer_bytes_is_refused_within_bounded_memory(
+    limio_emulator: LimioEmulator,
+) -> None:
+    """Issue 18: a 0.26 MB gzip answer decoded to 256 MB and the worker grew by 769 MB. Decoding stops at
+    ``max_answer_bytes``: the submit's outcome is unknown (Limio created the order), and the memory the read
+    took stays near the cap."""
+    import tracemalloc
+
+    limio_emulator.add_fault(Fault(route="order", action="process_then_gzip_bomb", times=1))  # 256 MiB decoded
+    hook = LimioHook(sleep=lambda seconds: None, timeout=10.0, max_answer_bytes=4 * 2**20)
+    hook.get_token()
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimioOutcomeUnknownError, match="larger than 4194304 bytes decoded") as excinfo:
+            hook.submit_order(new_order("EXT-BOMB"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert excinfo.value.external_id == "EXT-BOMB"
+    assert len(submits(limio_emulator)) == 1
+    assert len(limio_emulator.orders_with_external_id("EXT-BOMB")) == 1
+
+
+def test_an_answer_under_max_answer_bytes_is_read_whole(limio_emulator: LimioEmulator) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="process_then_gzip_bomb", size=2**20, times=1))
+    order = LimioHook(timeout=10.0, max_answer_bytes=2 * 2**20).submit_order(new_order("EXT-SMALL-BOMB"))
+    assert order.external_id == "EXT-SMALL-BOMB"
+
+
 def test_a_trickled_read_is_retried_within_its_timeout(limio_emulator: LimioEmulator) -> None:
     order_id = LimioHook(timeout=2.0).submit_order(new_order("EXT-READ")).id
     limio_emulator.add_fault(Fault(route="get_order", action="process_then_trickle", latency=0.05, times=1))

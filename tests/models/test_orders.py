@@ -168,3 +168,35 @@ def test_results_are_read_leniently() -> None:
     order = OrderObject.model_validate({"id": 7, "created": 1767225600000, "status": None, "updated": {"a": 1}})
     assert (order.id, order.created, order.updated) == ("7", "1767225600000", '{"a": 1}')
     assert OrderResult.model_validate({"id": "o", "status": "failed", "message": "declined"}).reason == "declined"
+
+
+@pytest.mark.parametrize(
+    ("where", "typo", "meant"),
+    [
+        ((), "proccess_immediately", "process_immediately"),
+        (("billingDetails",), "frstName", "firstName"),
+        (("orderItems", 0), "quantty", "quantity"),
+        ((), "externalId", "external_id"),
+    ],
+    ids=["top", "nested", "in-a-list", "camel-case"],
+)
+def test_a_near_miss_of_a_known_field_is_refused_naming_the_field_unless_allowed(
+    where: tuple[Any, ...], typo: str, meant: str
+) -> None:
+    """Issue 18: ``proccess_immediately: true`` went to Limio as written, and the order was not processed
+    immediately. Unknown fields still pass (Limio's schema is partly unpublished); a near miss of a known one
+    is almost always a typo, refused before anything is sent; ``allow_fields`` lets a real one through."""
+    from limio_provider.models.orders import order_body
+
+    order = {**NEW, "billingDetails": dict(NEW["billingDetails"]), "orderItems": [dict(NEW["orderItems"][0])]}
+    target: Any = order
+    for step in where:
+        target = target[step]
+    target[typo] = 1
+    path = ".".join(str(s) for s in where if isinstance(s, str))
+    shown = (f"{path}[0]." if "orderItems" in where else f"{path}." if path else "") + typo
+    with pytest.raises(LimioValidationError) as excinfo:
+        order_body(order)
+    assert f"{shown}: not a field this provider knows: did you mean {meant!r}?" in str(excinfo.value)
+    body = order_body({**order, "customField": {"kept": True}}, allow_fields=[typo])  # the escape hatch
+    assert body["customField"] == {"kept": True}  # a field unlike any known one passes untouched

@@ -7,7 +7,7 @@ from benchmarks.campaign import FAULT_KINDS, LEDGER_KINDS, PROCESSED_KINDS, run_
 
 
 def test_every_faulted_order_is_held_once_or_fails_loudly_never_duplicated_lost_or_misreported() -> None:
-    report = run_campaign(300, fault_share=0.4, seed=11)
+    report = run_campaign(300, fault_share=0.45, seed=11)
     table = f"{report.table()}\n{report.verdict()}"
     assert set(report.rows) == {"no fault", *FAULT_KINDS, *LEDGER_KINDS}
     for kind, row in report.rows.items():

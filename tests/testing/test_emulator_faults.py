@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,33 @@ def test_process_then_undecodable_labels_plain_json_as_gzip(api: Client, emu: Li
     assert json.loads(body)["external_id"] == "EXT-GZ-2"  # the order, not gzipped
     with pytest.raises((OSError, zlib.error)):
         gzip.decompress(body)
+
+
+def test_process_then_trickle_head_sends_the_status_line_and_headers_a_byte_at_a_time(
+    api: Client, emu: LimioEmulator
+) -> None:
+    emu.add_fault(Fault(route="order", action="process_then_trickle_head", latency=0.005, times=1))
+    connection = raw_order(emu, api, external_id="EXT-HEAD")
+    started = time.monotonic()
+    answer = connection.getresponse()  # the head, a byte every 5 ms: over a hundred bytes
+    assert time.monotonic() - started > 0.3
+    assert answer.status == 200
+    assert json.loads(answer.read())["external_id"] == "EXT-HEAD"  # then the body at once
+    assert ordered(emu, "EXT-HEAD")
+
+
+def test_process_then_gzip_bomb_is_small_on_the_wire_and_decodes_to_the_order_and_whitespace(
+    api: Client, emu: LimioEmulator
+) -> None:
+    emu.add_fault(Fault(route="order", action="process_then_gzip_bomb", size=64 * 2**20, times=1))
+    answer = raw_order(emu, api, external_id="EXT-BOMB").getresponse()
+    assert answer.status == 200 and answer.getheader("Content-Encoding") == "gzip"
+    body = answer.read()
+    assert len(body) < 2**20  # under 1 MB on the wire
+    decoded = gzip.decompress(body)
+    assert len(decoded) > 64 * 2**20
+    assert json.loads(decoded)["external_id"] == "EXT-BOMB"  # valid JSON: the order, then whitespace
+    assert ordered(emu, "EXT-BOMB")
 
 
 @pytest.mark.parametrize(
