@@ -229,6 +229,7 @@ class OrderLedger:
         self.tenant = tenant
         self.root = base / quote(tenant, safe="")
         self.fs = self.root.fs
+        self._local = _is_local(self.fs)
         self._folder = self.root.path.rstrip("/")
         # Only folders that exist (one look each, here): a ledger with nothing under an alias reads nothing more.
         folders = [(base / quote(alias, safe="")).path.rstrip("/") for alias in aliases]
@@ -250,18 +251,30 @@ class OrderLedger:
 
     def path(self, external_id: str) -> Any:
         """Where the record of ``external_id`` lives (an ``ObjectStoragePath``)."""
-        return self.root / (quote(external_id, safe="") + ".json")
+        return self.root / self._name(external_id)
+
+    def _name(self, external_id: str) -> str:
+        """The record's file name: the external_id, percent-encoded, and ``.json``. Where that would not fit a
+        local file name (255 bytes), its first characters, ``%%`` (never in an encoded id) and its SHA-256:
+        any valid external_id has a record. An object store's keys take every encoded id as it is."""
+        name = quote(external_id, safe="")
+        if len(name) > MAX_LOCAL_NAME and self._local:
+            digest = hashlib.sha256(external_id.encode()).hexdigest()
+            head = name[:120]
+            head = head[: head.rfind("%")] if "%" in head[-2:] else head  # no escape cut in two
+            name = f"{head}%%{digest}"
+        return name + ".json"
 
     def _key(self, external_id: str) -> str:
         """:meth:`path` as the filesystem's own path string (building an ``ObjectStoragePath`` costs more
         than writing a record to a local disk)."""
-        return f"{self._folder}/{quote(external_id, safe='')}.json"
+        return f"{self._folder}/{self._name(external_id)}"
 
     def read(self, external_id: str) -> dict[str, Any] | None:
         """The record of ``external_id`` (under the tenant's name, else under an alias), or ``None``."""
-        name = quote(external_id, safe="")
+        name = self._name(external_id)
         for folder in (self._folder, *self._alias_folders):
-            data = _read(self.fs, f"{folder}/{name}.json")
+            data = _read(self.fs, f"{folder}/{name}")
             if data is not None:
                 record = json.loads(_last_line(data))
                 return record if isinstance(record, dict) else None
@@ -463,12 +476,26 @@ def parse_record(data: bytes) -> dict[str, Any] | None:
     return _parse(data)
 
 
+#: The longest percent-encoded external_id a local record's file is named after (with ``.json``, within the
+#: 255 bytes of a file name); a longer one is named after its digest (:meth:`OrderLedger._name`).
+MAX_LOCAL_NAME = 250
+
+
+_PROCESS_TAG = os.urandom(4).hex()
+
+
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
 def _temporary(path: str, data: bytes, *, durable: bool) -> str:
     """A complete temporary copy of ``data`` next to ``path`` (on a local disk), synced if ``durable``."""
-    folder, name = os.path.split(path)
-    # This thread's own temporary name (it writes one record at a time); a leftover of a dead process whose
-    # pid and thread id this one reuses is simply overwritten.
-    tmp = f"{folder}/.{name}.{os.getpid()}-{threading.get_ident()}.tmp"
+    folder = os.path.dirname(path)
+    # This thread's own temporary name (it writes one file at a time), short whatever the record's name: its
+    # process's (a random tag: another machine's process may have the same pid on a shared disk) and thread's.
+    tmp = f"{folder}/.{_PROCESS_TAG}-{os.getpid()}-{threading.get_ident()}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(tmp, flags, 0o644)

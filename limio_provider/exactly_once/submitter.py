@@ -291,7 +291,7 @@ class NotRecorded:
     """A batch's orders that Limio holds and whose ledger record could not be made to say so (a full disk, an
     S3 5xx), kept in the task's ``task_state_store`` under one key as each happens: the next try reconnects to
     each by its id, as a single-order task does to its stored order, where a look-up by external_id finds only
-    the newest orders. At most :attr:`LIMIT`; without ``task_state_store`` (Airflow before 3.3) the next try
+    the newest orders. At most ``LIMIT``; without ``task_state_store`` (Airflow before 3.3) the next try
     looks each up instead."""
 
     key = "limio_batch_not_recorded"
@@ -395,9 +395,7 @@ class Submitter:
         # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.
         step = "send"
         if record.ledger is not None:
-            step = record.claim(
-                body, context, self.ledger_wait_timeout, lambda entry: self._decided_for(entry, partner)
-            )
+            step = self._claim(record, body, context, partner)
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
                 self._say("Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"])
@@ -451,6 +449,24 @@ class Submitter:
         if result is None:
             raise self._unknown_outcome(external_id, "the submit's outcome is unknown", record.ref(context))
         return result, False
+
+    def _claim(self, record: OrderRecord, body: dict[str, Any], context: Context, partner: str | None) -> str:
+        """:meth:`OrderRecord.claim`; a failure that is not the protocol's own (the ledger unreadable: a full or
+        read-only disk, a corrupt record) is a :class:`LimioError` saying that nothing was sent."""
+        from limio_provider.exceptions import LimioError
+
+        assert record.ledger is not None
+        try:
+            decide = lambda entry: self._decided_for(entry, partner)  # noqa: E731
+            return record.claim(body, context, self.ledger_wait_timeout, decide)
+        except LimioError:
+            raise
+        except Exception as exc:
+            raise LimioError(
+                f"order {record.external_id} was not sent: its ledger record "
+                f"{record.ledger.path(record.external_id)} could not be read or written ({type(exc).__name__}: "
+                f"{str(exc)[:300]})"
+            ) from exc
 
     def _look_before_first_send(
         self, external_id: str, partner: str | None, ledger: OrderLedger | None

@@ -7,6 +7,7 @@ order models are imported when a task runs.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import threading
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from limio_provider.hooks.limio import LimioHook
 
 #: What became of each order, as the results file and the summary say.
-OUTCOMES = ("submitted", "adopted", "refused", "unknown", "failed", "invalid", "dry_run")
+OUTCOMES = ("submitted", "adopted", "refused", "unknown", "failed", "invalid", "dry_run", "already_sent")
 #: The outcomes counted against ``max_failed``.
 FAILURES = ("refused", "unknown", "failed", "invalid")
 #: Invalid orders named in the error that refuses a batch; the rest are counted.
@@ -63,6 +64,7 @@ class _Item:
     external_id: str | None
     error: str | None
     derived: bool = False  # the external_id is derived (the order has none)
+    digest: bytes = b""  # a file's line: its number and text, hashed (what the sending pass compares)
 
 
 def _one_line(message: str) -> str:
@@ -88,6 +90,16 @@ def default_results_path(orders_path: str) -> str:
             stem = stem.removesuffix(suffix)
             break
     return stem + ".results.jsonl"
+
+
+def dry_run_path(results_path: str) -> str:
+    """Where a dry run writes its results: next to the real run's, never over them
+    (``renewals.results.jsonl`` gives ``renewals.results.dry-run.jsonl``)."""
+    stem = results_path.removesuffix(".gz")
+    for suffix in (".jsonl", ".ndjson", ".json"):
+        if stem.endswith(suffix):
+            return stem.removesuffix(suffix) + ".dry-run" + suffix
+    return stem + ".dry-run"
 
 
 def _file_lines(path: ObjectStoragePath, uri: str) -> Iterator[tuple[int, str | None, str | None]]:
@@ -116,6 +128,24 @@ def _file_lines(path: ObjectStoragePath, uri: str) -> Iterator[tuple[int, str | 
             raise LimioValidationError(
                 f"invalid orders_path {uri}: cannot be read after line {number}: {type(exc).__name__}: {exc}"
             ) from None
+
+
+def _same_file(a: ObjectStoragePath, b: ObjectStoragePath) -> bool:
+    """Whether two paths name one file: on a local disk the same file after links and ``.``/``..`` (or the same
+    inode), on an object store the same bucket and key whichever connection names it."""
+    import posixpath
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(a.fs, LocalFileSystem) and isinstance(b.fs, LocalFileSystem):
+        if os.path.realpath(a.path) == os.path.realpath(b.path):
+            return True
+        try:
+            first, second = os.stat(a.path), os.stat(b.path)
+        except OSError:
+            return False
+        return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    return type(a.fs) is type(b.fs) and posixpath.normpath(a.path.strip("/")) == posixpath.normpath(b.path.strip("/"))
 
 
 def _read_lines(stream: Any) -> Iterator[bytes]:
@@ -214,9 +244,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     :param orders_path: a JSON Lines file of orders, one JSON object a line, as an ``ObjectStoragePath`` URI
         (``file:///data/renewals.jsonl``, ``s3://aws_conn@bucket/renewals.jsonl.gz``); gzip if its name ends
         with ``.gz``. Blank lines are skipped; results name orders by line number. (templated)
-    :param results_path: where the results go, as an ``ObjectStoragePath`` URI (overwritten by each try).
-        Default with ``orders_path``: next to it, as ``<name>.results.jsonl``; required with ``orders``.
-        (templated)
+    :param results_path: where the results go, as an ``ObjectStoragePath`` URI (overwritten by each try; a
+        dry run's go next to it, as ``<name>.dry-run.jsonl``). Default with ``orders_path``: next to it, as
+        ``<name>.results.jsonl``; required with ``orders``. Never the orders file, however spelt. (templated)
     :param on_invalid: ``"fail"`` (default) refuses the whole batch before sending anything if any order is
         invalid, naming each by line number (or list index) and field; ``"skip"`` sends the valid ones and
         counts the invalid ones as not submitted.
@@ -236,7 +266,8 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     :param on_preview_reject: accepted as by the single-order submit, without effect: in a batch an order
         whose preview ``preview_check`` refuses is ``refused``, and the batch goes on.
     :param dry_run: preview each order (and apply ``preview_check``), send nothing; results say
-        ``dry_run``. The ledger is not written. (templated, as the attribute ``preview_only``)
+        ``dry_run``, or ``already_sent`` with the order id where the ledger holds the order. The ledger is read,
+        never written. (templated, as the attribute ``preview_only``)
     :param on_unknown_outcome: when Limio may have received an order but it cannot be found by
         ``external_id`` within the reconcile budget: ``"fail"`` (default) makes its outcome ``unknown``;
         ``"resubmit"`` submits it again.
@@ -255,6 +286,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     :param allow_unmodelled: send an ``order_type`` this provider does not model yet (only the common fields
         are checked).
     """
+
+    quiet_orders = True  # its results file says what became of each order
+    default_map_index_template = None  # many orders: the DAG names a mapped batch (e.g. by its orders_path)
 
     template_fields: Sequence[str] = (
         "orders",
@@ -328,6 +362,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             sleep=self._throttle.sleep,
             pool_size=self.max_in_flight,
             max_in_flight=self.max_in_flight,
+            # max_orders_per_second holds where the request leaves too: a stall after an order's turn (its
+            # ledger write, a token) releases no burst.
+            min_submit_interval=1.0 / self.max_orders_per_second if self.max_orders_per_second else 0.0,
             **self.hook_params,
         )
 
@@ -358,7 +395,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 '(e.g. {"ledger_path": "s3://aws_default@bucket/limio-ledger"}) or the operator\'s ledger_path '
                 "argument (file:///var/lib/limio-ledger on a single machine)"
             )
-        results_uri, results_file = self._results_uri()
+        results_uri, results_file = self._results_uri(dry_run)
 
         # 1. Validation pass: every order, before the first request.
         total = self._validation_pass(context, dry_run, results_uri)
@@ -370,6 +407,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         self._batch_lock = threading.Lock()
         self._batch_in_flight: dict[str, threading.Event] = {}
         self._batch_stopped: str | None = None
+        self._file_changed: str | None = None
         # This try holds the task instance: a later try (Airflow thought this one dead) says so in the ledger,
         # and this one, should it resume, stops and leaves the results file to it.
         owner, token = Owner.of(context), os.urandom(16).hex()
@@ -378,7 +416,6 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         self._orders = self._submitter(
             ledger,
             pace=self._throttle.acquire,
-            quiet=True,
             superseded=lambda: self._superseded(),
             not_recorded=self._not_recorded,
         )
@@ -443,6 +480,14 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             summary["not_recorded"] = len(not_recorded)
         summary = _small(summary)
         self.log.info("Batch done: %s", json.dumps(summary))
+        if self._file_changed:
+            context["ti"].xcom_push(key="return_value", value=summary)
+            raise LimioBatchFailedError(
+                f"the orders file {self.orders_path} changed after it was validated ({self._file_changed}): no "
+                f"order was sent past that point; what was is in {results_uri}. Fix the file, or let it be, and "
+                "run the task again: the ledger keeps what was sent from being sent twice",
+                summary=summary,
+            )
         if not_recorded:  # created, but the ledger does not say so: the retry writes it (and sends nothing)
             context["ti"].xcom_push(key="return_value", value=summary)
             raise LimioBatchFailedError(
@@ -494,7 +539,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
         total = invalid = derived = 0
         problems: list[str] = []
+        self._validated = bytearray()  # 8 bytes per line of a file: what the sending pass must read again
         for item in self._items(context):
+            self._validated += item.digest
             total += 1
             derived += item.derived
             if item.error is not None:
@@ -524,7 +571,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             ", skipped" if invalid else "",
             "previewing" if dry_run else "submitting",
             self.max_in_flight,
-            "POST /admin/order" if self.partner is not None else "POST /order",
+            "POST /order/preview" if dry_run else "POST /admin/order" if self.partner is not None else "POST /order",
             results_uri,
         )
 
@@ -534,16 +581,22 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         """Start no more orders; those in flight end and are recorded."""
         self._batch_stopped = "the task was killed"
 
-    def _results_uri(self) -> tuple[str, ObjectStoragePath]:
+    def _results_uri(self, dry_run: bool) -> tuple[str, ObjectStoragePath]:
         from limio_provider.exceptions import LimioConfigError
 
         # (__init__ requires results_path with orders=)
         uri = str(self.results_path) if self.results_path is not None else default_results_path(str(self.orders_path))
-        if self.orders_path is not None and uri == str(self.orders_path):
-            raise LimioConfigError(f"results_path {uri} is the orders_path: give the results another path")
+        if dry_run:  # a rehearsal never overwrites what a real run wrote
+            uri = dry_run_path(uri)
         from limio_provider.exactly_once.ledger import storage_path
 
-        return uri, storage_path("results_path", uri)  # usable (scheme, filesystem) before any call
+        results = storage_path("results_path", uri)  # usable (scheme, filesystem) before any call
+        if self.orders_path is not None and _same_file(results, storage_path("orders_path", self.orders_path)):
+            raise LimioConfigError(
+                f"results_path {uri} is the orders file {self.orders_path} (the same file, spelt another way): "
+                "writing the results there would destroy the orders; give the results another path"
+            )
+        return uri, results
 
     def _items(self, context: Context) -> Iterator[_Item]:
         """Each order of the batch, read afresh and prepared for sending (no network call)."""
@@ -552,19 +605,22 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         if self.orders_path is not None:
             uri = str(self.orders_path)
             for number, text, error in _file_lines(storage_path("orders_path", self.orders_path), uri):
-                position, where = {"line": number}, f"line {number}"
-                if error is not None:
-                    yield _Item(position, where, None, None, error)
-                    continue
-                try:
-                    order = json.loads(text)  # type: ignore[arg-type]
-                except (ValueError, RecursionError) as exc:
-                    yield _Item(position, where, None, None, f"not a JSON object: {exc}")
-                    continue
-                yield self._prepared_item(position, where, order, context)
+                item = self._line_item(number, text, error, context)
+                item.digest = hashlib.blake2b(f"{number}\n{text or error}".encode(), digest_size=8).digest()
+                yield item
         else:
             for index, order in enumerate(_as_list(self.orders)):
                 yield self._prepared_item({"index": index}, f"orders[{index}]", order, context)
+
+    def _line_item(self, number: int, text: str | None, error: str | None, context: Context) -> _Item:
+        position, where = {"line": number}, f"line {number}"
+        if error is not None:
+            return _Item(position, where, None, None, error)
+        try:
+            order = json.loads(text)  # type: ignore[arg-type]
+        except (ValueError, RecursionError) as exc:
+            return _Item(position, where, None, None, f"not a JSON object: {exc}")
+        return self._prepared_item(position, where, order, context)
 
     def _prepared_item(self, position: dict[str, int], where: str, order: Any, context: Context) -> _Item:
         given = order.get("external_id") if isinstance(order, dict) else None
@@ -611,8 +667,11 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         # Twice as many orders as requests in flight: one order's ledger writes overlap another's request.
         workers = 2 * self.max_in_flight
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="limio-batch")
+        read = 0
         try:
             for item in self._items(context):
+                self._check_as_validated(item, read)
+                read += 1
                 if item.body is None:
                     record(self._row(item, "invalid", error=item.error))
                     continue
@@ -628,6 +687,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 pending.add(future)
                 future.add_done_callback(finished.put)
             drain(0)
+            if 8 * read < len(self._validated):
+                self._file_changed = f"it has {read} orders now; {len(self._validated) // 8} were validated"
+                self._stop(f"the orders file changed after it was validated: {self._file_changed}")
         except BaseException as exc:  # killed, timed out: start nothing more; what is in flight ends and is recorded
             self._batch_stopped = f"{type(exc).__name__}: {exc}"
             raise
@@ -637,6 +699,18 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 if future.done() and not future.cancelled():
                     record(future.result())
         self._log_progress(counts, total, started)
+
+    def _check_as_validated(self, item: _Item, index: int) -> None:
+        """Stop the batch if ``item`` (the ``index``-th read) is not the line the validation pass read there: the
+        orders file changed in between (rewritten, truncated, replaced); nothing past that point is sent."""
+        if not item.digest or self._file_changed:
+            return
+        validated = self._validated[8 * index : 8 * index + 8]
+        if item.digest != validated:
+            self._file_changed = (
+                f"{item.where} is not the line validated" if validated else f"{item.where} was not there"
+            )
+            self._stop(f"the orders file changed after it was validated: {self._file_changed}")
 
     def _log_progress(self, counts: dict[str, int], total: int, started: float) -> None:
         done = sum(counts.values())
@@ -694,6 +768,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             self._throttle.wait_pause()
             try:
                 if dry_run:
+                    done = self._sent_before(item.external_id)
+                    if done is not None:  # a real run sent it: a real run now would adopt it, not send it
+                        return self._row(item, "already_sent", order_id=done["order_id"], status=done["status"])
                     self._throttle.acquire()
                     preview = self._check_preview(item.body)
                     total_due = PreviewResult.model_validate(preview).total_due()
@@ -713,6 +790,13 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             reason = order.reason or "no reason given"
             row.update(outcome="failed", error=f"Limio order {order.id} {order.status}: {reason}")
         return row
+
+    def _sent_before(self, external_id: str) -> dict[str, Any] | None:
+        """The ledger's record of ``external_id`` if Limio holds its order (``done``), read only: a dry run
+        writes nothing to the ledger."""
+        ledger = self._orders.ledger
+        record = ledger.read(external_id) if ledger is not None else None
+        return record if record is not None and record.get("state") == "done" and record.get("order_id") else None
 
     def _stop(self, why: str) -> None:
         """Start no more orders (those started end, and are recorded)."""

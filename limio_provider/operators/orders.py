@@ -92,11 +92,17 @@ class _LimioOrderOperator(BaseOperator):
         ``{"timeout": 60, "retry_limit": 2}``.
     :param allow_unmodelled: send an ``order_type`` this provider does not model yet (only the common fields
         are checked).
+    :param allow_fields: fields to send as written although their names are one typo away from a field this
+        provider knows (``proccess_immediately`` is refused, naming ``process_immediately``, unless listed
+        here: a field Limio has that this provider does not model). Other unknown fields always pass.
     """
 
     template_fields: Sequence[str] = ("order", "limio_conn_id")
     template_fields_renderers = {"order": "json"}
     ui_color = "#e8f1fb"
+    #: What a mapped task instance is called in the UI unless the DAG says otherwise: its order's external_id,
+    #: which :meth:`_name_map_index` puts in the context as ``limio_external_id``.
+    default_map_index_template: str | None = "{{ limio_external_id | default('') }}"
 
     def __init__(
         self,
@@ -105,6 +111,7 @@ class _LimioOrderOperator(BaseOperator):
         limio_conn_id: str = "limio_default",
         hook_params: dict[str, Any] | None = None,
         allow_unmodelled: bool = False,
+        allow_fields: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -114,12 +121,22 @@ class _LimioOrderOperator(BaseOperator):
         self.limio_conn_id = limio_conn_id
         self.hook_params = hook_params or {}
         self.allow_unmodelled = allow_unmodelled
+        self.allow_fields = list(allow_fields)
 
     @cached_property
     def hook(self) -> LimioHook:
         from limio_provider.hooks.limio import LimioHook
 
         return LimioHook(self.limio_conn_id, **self.hook_params)
+
+    def _name_map_index(self, context: Context, external_id: str | None) -> None:
+        """Name a mapped task instance after its order's ``external_id`` in the UI, unless the DAG gave a
+        ``map_index_template`` of its own (Airflow renders the context's template once the task has run)."""
+        context["limio_external_id"] = external_id or ""  # type: ignore[typeddict-unknown-key]
+        map_index = getattr(context.get("ti"), "map_index", None)
+        mapped = isinstance(map_index, int) and map_index >= 0
+        if mapped and context.get("map_index_template") is None and self.default_map_index_template:
+            context["map_index_template"] = self.default_map_index_template
 
     def _order_body(self) -> dict[str, Any]:
         """The rendered order, validated: the JSON body to send."""
@@ -129,7 +146,9 @@ class _LimioOrderOperator(BaseOperator):
         """``order`` (a dict, a model or a JSON object in a string), validated: the JSON body to send."""
         from limio_provider.models.orders import order_body
 
-        return order_body(_as_dict("order", order), allow_unmodelled=self.allow_unmodelled)
+        return order_body(
+            _as_dict("order", order), allow_unmodelled=self.allow_unmodelled, allow_fields=self.allow_fields
+        )
 
 
 class LimioPreviewOrderOperator(_LimioOrderOperator):
@@ -140,8 +159,14 @@ class LimioPreviewOrderOperator(_LimioOrderOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         body = self._order_body()
-        preview = self.hook.preview_order(body, allow_unmodelled=self.allow_unmodelled)
-        self.log.info("Previewed %s order: total due %s", body["order_type"], preview.total_due())
+        self._name_map_index(context, body.get("external_id"))
+        preview = self.hook.preview_order(body, allow_unmodelled=self.allow_unmodelled, allow_fields=self.allow_fields)
+        self.log.info(
+            "Previewed %s order %s: total due %s",
+            body["order_type"],
+            body.get("external_id") or "(no external_id)",
+            preview.total_due(),
+        )
         return preview.to_json_dict()
 
 
@@ -152,6 +177,8 @@ class _LimioSubmitOperator(_LimioOrderOperator):
 
     #: The task_state_store key of the task's record (:class:`~limio_provider.exactly_once.submitter.OrderRecord`).
     state_key = "limio_order"
+    #: Whether each order's lines are logged at DEBUG (a batch: its results file says what became of each).
+    quiet_orders = False
     #: Whether an order found before a first send is adopted (the single-order submit's argument).
     adopt_existing = True
 
@@ -217,6 +244,7 @@ class _LimioSubmitOperator(_LimioOrderOperator):
             reconcile_page_size=self.reconcile_page_size,
             reconcile_pages=self.reconcile_pages,
             check=None if self.preview_check is None else self._check_preview,
+            quiet=self.quiet_orders,
             **seams,
         )
 
@@ -225,11 +253,14 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         return self.hook.send_order(body)
 
     def _check_preview(self, body: dict[str, Any]) -> dict[str, Any]:
-        preview = self.hook.preview_order(body, allow_unmodelled=self.allow_unmodelled)
+        preview = self.hook.preview_order(body, allow_unmodelled=self.allow_unmodelled, allow_fields=self.allow_fields)
         if self.preview_check is None:
             return preview.to_json_dict()
         verdict = self.preview_check(preview)
         if verdict is True:
+            (self.log.debug if self.quiet_orders else self.log.info)(
+                "Order %s: preview_check accepted the preview: total due %s", body["external_id"], preview.total_due()
+            )
             return preview.to_json_dict()
         reason = verdict if isinstance(verdict, str) and verdict else "preview_check refused the preview"
         total = f"total due {preview.total_due()}"
@@ -313,6 +344,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         self.limio_order_url = None  # a runner may reuse the operator for the next try
         body = self._prepared_order(context)
+        self._name_map_index(context, body["external_id"])
         if _as_bool("dry_run", self.preview_only):
             preview = self._check_preview(body)
             self.log.info("Dry run: would submit %s order %s; nothing sent", body["order_type"], body["external_id"])
@@ -415,11 +447,18 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
 def _admin_body(body: dict[str, Any], partner: Any) -> dict[str, Any]:
     """A validated ``body`` as an admin order for ``partner`` (an id, an object, or one rendered as JSON text),
     or for the order's own ``forPartner``."""
+    from limio_provider.exceptions import LimioValidationError
     from limio_provider.models.orders import admin_order_body
 
+    if isinstance(partner, str) and partner.strip() in ("", "None", "null", "[]", "{}"):
+        raise LimioValidationError(
+            f"invalid partner: it rendered to {partner!r}, not a partner id (a template whose value was empty or "
+            "None, e.g. a missing param?); pass the partner organisation's id, or leave partner unset and put "
+            "forPartner in the order"
+        )
     if isinstance(partner, str) and partner.strip().startswith("{"):
         partner = _as_dict("partner", partner)
-    return admin_order_body(body, partner or None)
+    return admin_order_body(body, partner)
 
 
 class LimioAdminSubmitOrderOperator(LimioSubmitOrderOperator):

@@ -218,9 +218,10 @@ class Renewals:
         self.s3.put_object(Bucket=self.bucket, Key=f"limio/renewals/{ds}.jsonl", Body=body.encode())
         return ids
 
-    def results(self, ds: str) -> list[dict[str, Any]]:
-        """The lines of ``<root>/renewals/<ds>.results.jsonl``."""
-        data = self.s3.get_object(Bucket=self.bucket, Key=f"limio/renewals/{ds}.results.jsonl")["Body"].read()
+    def results(self, ds: str, dry_run: bool = False) -> list[dict[str, Any]]:
+        """The lines of ``<root>/renewals/<ds>.results.jsonl`` (a dry run's: ``<ds>.results.dry-run.jsonl``)."""
+        key = f"limio/renewals/{ds}.results{'.dry-run' if dry_run else ''}.jsonl"
+        data = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return [json.loads(line) for line in data.decode().splitlines()]
 
     def keys(self, prefix: str) -> list[str]:
@@ -297,8 +298,9 @@ def test_backfill_dry_run_previews_every_order_and_submits_nothing(
 
     assert sorted(p["external_id"] for p in posted(limio_emulator, "/api/order/preview")) == ids
     assert posted(limio_emulator, "/api/order") == [] and limio_emulator.orders == {}
-    rows = renewals.results("2026-01-03")
+    rows = renewals.results("2026-01-03", dry_run=True)
     assert sorted((row["external_id"], row["outcome"]) for row in rows) == [(i, "dry_run") for i in ids]
+    assert "limio/renewals/2026-01-03.results.jsonl" not in renewals.keys("limio/renewals/")  # the real run's
     assert {row["total_due"] for row in rows} == {"19.99"}  # one seat of offer-digital-monthly each
     (summary,) = xcom(run, "submit_renewals")
     assert (summary["dry_run"], summary["counts"]["dry_run"], summary["counts"]["submitted"]) == (True, 2, 0)

@@ -200,6 +200,31 @@ def test_a_local_record_keeps_its_versions_one_line_each_and_its_last_line_is_th
     assert not [p for p in other_path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize(
+    "external_id",
+    ["%" * 85, "x" * 255, "a" * 221 + "/", "~" * 250, "é", "a" * 200 + "%"],
+    ids=["85-percent", "255-chars", "encoded-225", "250-chars", "non-ascii", "escape-at-the-cut"],
+)
+def test_every_valid_external_id_has_a_record(ledger: OrderLedger, backend: str, external_id: str) -> None:
+    """Issue 18: an external_id the model accepts (up to 255 printable ASCII) but a local file name cannot hold
+    once encoded (about 220 characters, or 85 '%') failed with a bare OSError. Such a name is now its first
+    characters and its digest; a name that fitted before keeps its name (records written then are found)."""
+    from urllib.parse import quote
+
+    _, claimed = ledger.claim(external_id, FP, A)
+    sent = ledger.update(claimed, "sent")
+    assert ledger.read(external_id) == sent
+    won, existing = ledger.claim(external_id, FP, B)
+    assert (won, existing) == (False, sent)
+    name = ledger.path(external_id).name
+    encoded = quote(external_id, safe="")
+    if backend == "local" and len(encoded) > ledger_module.MAX_LOCAL_NAME:
+        assert len(name.encode()) <= 200 and "%%" in name and name.startswith(encoded[:40])
+    else:
+        assert name == encoded + ".json"
+    assert parse_record(ledger.path(external_id).read_bytes()) == sent
+
+
 def test_a_second_claim_returns_the_existing_record_unchanged(ledger: OrderLedger) -> None:
     _, first = ledger.claim("renewal-42", FP, A)
     won, existing = ledger.claim("renewal-42", OTHER_FP, B)

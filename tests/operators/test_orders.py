@@ -214,6 +214,29 @@ def test_mapped_submit_pushes_a_link_per_map_index(limio_emulator: LimioEmulator
     assert len(limio_emulator.orders) == 3
 
 
+@needs_airflow("3.0", "a task's map_index_template rendered by the task runner")
+def test_mapped_submits_and_previews_are_named_by_their_external_id(limio_emulator: LimioEmulator) -> None:
+    """Issue 18: mapped submits showed only 0..N in the UI; each is named by its order's external_id unless
+    the DAG gives a map_index_template of its own."""
+    with DAG("limio_mapped_names", schedule=None, start_date=START) as dag:
+        orders = [new_order(f"EXT-NAME-{i}") for i in range(2)]
+        LimioSubmitOrderOperator.partial(task_id="submit").expand(order=orders)
+        LimioPreviewOrderOperator.partial(task_id="preview").expand(order=orders)
+        LimioSubmitOrderOperator.partial(task_id="own", map_index_template="order {{ ti.map_index }}").expand(
+            order=[new_order(f"EXT-OWN-{i}") for i in range(2)]
+        )
+    run = run_dag(dag)
+    assert run.state == "success", states(run)
+    names: dict[str, list[str]] = {}
+    for ti in sorted(run.get_task_instances(), key=lambda ti: (ti.task_id, ti.map_index)):
+        names.setdefault(ti.task_id, []).append(ti.rendered_map_index)
+    assert names == {
+        "submit": ["EXT-NAME-0", "EXT-NAME-1"],
+        "preview": ["EXT-NAME-0", "EXT-NAME-1"],
+        "own": ["order 0", "order 1"],
+    }
+
+
 @pytest.mark.parametrize(("on_reject", "state"), [("fail", "failed"), ("skip", "skipped")])
 def test_preview_check_guards_the_submit(
     limio_emulator: LimioEmulator, on_reject: str, state: str, task_log: Callable[[], str]
@@ -236,6 +259,7 @@ def test_preview_check_guards_the_submit(
     log = task_log()
     assert re.search(r"EXT-DEAR not submitted: total due [\d.]+ is over the limit", log)
     assert "(total due" not in log  # the reason already says the total: not repeated
+    assert "Order EXT-CHEAP: preview_check accepted the preview: total due 19.99" in log  # issue 18: the verdict
     assert "XCom not found" not in log  # the task without an order has no link, and no error says so
     assert xcom(run, "dear", LimioOrderLink.key) == []
     assert len(limio_emulator.orders_with_external_id("EXT-CHEAP")) == 1
@@ -277,6 +301,30 @@ def test_admin_operator_posts_for_partner(limio_emulator: LimioEmulator) -> None
     (sent,) = [r for r in limio_emulator.requests if r.path == "/api/admin/order"]
     assert sent.body["forPartner"] == {"id": "partner-7"}
     assert xcom(run, "admin", "order_id")
+
+
+@pytest.mark.parametrize("rendered", ["None", "null", "  ", ""])
+def test_a_partner_that_rendered_to_nothing_is_refused_before_any_call(
+    limio_emulator: LimioEmulator, tmp_path: Any, rendered: str, task_log: Callable[[], str]
+) -> None:
+    """Issue 18: ``partner="{{ params.partner }}"`` rendered to None, null or blanks sent
+    ``forPartner: {"id": "None"}`` from the single and the batch operator, and the task succeeded."""
+    from limio_provider.operators import LimioSubmitOrdersOperator
+
+    task_log()
+    with DAG("limio_admin_nothing", schedule=None, start_date=START, params={"partner": rendered}) as dag:
+        LimioAdminSubmitOrderOperator(task_id="admin", order=new_order("EXT-ADM-0"), partner="{{ params.partner }}")
+        LimioSubmitOrdersOperator(
+            task_id="batch",
+            orders=[new_order("EXT-ADM-1")],
+            partner="{{ params.partner }}",
+            ledger_path=f"file://{tmp_path}/ledger",
+            results_path=f"file://{tmp_path}/results.jsonl",
+        )
+    run = run_dag(dag)
+    assert states(run) == {"admin": "failed", "batch": "failed"}
+    assert [r.path for r in limio_emulator.requests if r.path != "/oauth2/token"] == []
+    assert f"invalid partner: it rendered to {rendered!r}, not a partner id" in task_log()
 
 
 def test_admin_operator_without_a_partner_fails_at_parse_naming_the_task() -> None:
