@@ -24,6 +24,16 @@ class LimioValidationError(LimioError, ValueError):
     """An order or argument failed validation; nothing was sent to Limio."""
 
 
+class LimioExternalIdTakenError(LimioValidationError):
+    """The order's ``external_id`` already names another order (another body) in the order ledger; this one
+    was not sent. Carries :attr:`order_id`: the order Limio holds under that external_id, where the ledger
+    knows it (``None`` while that order's send has no known outcome)."""
+
+    def __init__(self, message: str, *, order_id: str | None) -> None:
+        super().__init__(message)
+        self.order_id = order_id
+
+
 class LimioPreviewRejectedError(LimioError):
     """A submit operator's ``preview_check`` refused the preview, so the order was not submitted."""
 

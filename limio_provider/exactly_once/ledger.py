@@ -38,10 +38,10 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import quote
 
-from limio_provider.exceptions import LimioClaimLostError, LimioConfigError, LimioValidationError
+from limio_provider.exceptions import LimioClaimLostError, LimioConfigError, LimioExternalIdTakenError
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -177,17 +177,26 @@ def next_step(record: dict[str, Any], body_fingerprint: str, owner: Owner) -> St
     - ``reconcile``: an earlier try of this task instance may have sent it (``sent``/``unknown``): look it up.
     - ``wait``: another task instance holds the claim and has not finished: wait for it, boundedly.
 
-    :raises LimioValidationError: the same external_id with a different body (as payment APIs treat a reused
-        idempotency key), unless the earlier one was refused.
+    :raises LimioExternalIdTakenError: the same external_id with a different body (as payment APIs treat a
+        reused idempotency key), unless the earlier one was refused.
     """
     state = record.get("state")
     if state == "refused":
         return "reclaim"
     if record.get("fingerprint") != body_fingerprint:
-        raise LimioValidationError(
+        order_id = record.get("order_id") if state == "done" else None
+        held = (
+            f"Limio holds it as order {order_id}"
+            if order_id
+            else "its send has no known outcome yet: Limio may hold it"
+            if state in ("sent", "unknown")
+            else "another task holds its claim"
+        )
+        raise LimioExternalIdTakenError(
             f"invalid order: external_id {record.get('external_id')!r} was already used for a different order "
-            f"(ledger fingerprint {record.get('fingerprint')}, this order {body_fingerprint}); an external_id "
-            "names one order: give this one its own"
+            f"({held}; ledger fingerprint {record.get('fingerprint')}, this order {body_fingerprint}); this one "
+            "was not sent. An external_id names one order: give this one its own",
+            order_id=order_id,
         )
     if state == "done":
         return "adopt"
@@ -271,13 +280,16 @@ class OrderLedger:
         return f"{self._folder}/{self._name(external_id)}"
 
     def read(self, external_id: str) -> dict[str, Any] | None:
-        """The record of ``external_id`` (under the tenant's name, else under an alias), or ``None``."""
+        """The record of ``external_id`` (under the tenant's name, else under an alias), or ``None``.
+
+        :raises LimioError: the record's file holds no record of ``external_id`` (not JSON, not an object, no
+            known state, another external_id): it names the file; nothing is sent for that order.
+        """
         name = self._name(external_id)
         for folder in (self._folder, *self._alias_folders):
             data = _read(self.fs, f"{folder}/{name}")
             if data is not None:
-                record = json.loads(_last_line(data))
-                return record if isinstance(record, dict) else None
+                return _checked(data, external_id, f"{self._base}/{folder.rsplit('/', 1)[-1]}/{name}")
         return None
 
     def claim(
@@ -468,6 +480,30 @@ def _last_line(data: bytes) -> bytes:
         except ValueError:
             return head.rpartition(b"\n")[2]
     return last
+
+
+def _checked(data: bytes, external_id: str, where: str) -> dict[str, Any]:
+    """The record ``data`` holds, if it is a record of ``external_id``; else a :class:`LimioError` naming ``where``."""
+    from limio_provider.exceptions import LimioError
+
+    try:
+        record = json.loads(_last_line(data))
+    except (ValueError, RecursionError):
+        problem = "it is not JSON"
+    else:
+        if not isinstance(record, dict):
+            problem = f"it holds a JSON {type(record).__name__}, not a record"
+        elif record.get("state") not in get_args(State):
+            problem = f"its state is {record.get('state')!r}, none of the protocol's"
+        elif record.get("external_id") != external_id:
+            problem = f"it is the record of {record.get('external_id')!r}"
+        else:
+            return record
+    raise LimioError(
+        f"the ledger record of order {external_id} ({where}) is corrupt: {problem}. Nothing was sent for this "
+        "order: restore the record from a backup, or, once Limio has been searched for the order by its "
+        "external_id, delete it (docs/production.md)"
+    )
 
 
 def parse_record(data: bytes) -> dict[str, Any] | None:

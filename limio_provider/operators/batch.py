@@ -437,7 +437,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 if row["outcome"] in FAILURES and len(first_failures) < 3:
                     first_failures.append(
                         {
-                            "external_id": str(row.get("external_id"))[:64],
+                            "external_id": None if row.get("external_id") is None else str(row["external_id"])[:64],
                             "outcome": row["outcome"],
                             "error": str(row.get("error"))[:160],
                         }
@@ -758,7 +758,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
     def _run_one(self, item: _Item, context: Context, dry_run: bool) -> dict[str, Any]:
         """One order, start to end, in a worker thread: its result line (never raises)."""
-        from limio_provider.exceptions import LimioOrderNotRecordedError
+        from limio_provider.exceptions import LimioExternalIdTakenError, LimioOrderNotRecordedError
         from limio_provider.models.results import OrderResult, PreviewResult
 
         assert item.body is not None and item.external_id is not None
@@ -776,6 +776,8 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                     total_due = PreviewResult.model_validate(preview).total_due()
                     return self._row(item, "dry_run", total_due=str(total_due))
                 result, adopted = self._orders.submit_once(item.body, context)
+            except LimioExternalIdTakenError as exc:  # not sent, but Limio holds an order of that external_id
+                return self._row(item, "failed", order_id=exc.order_id, error=_one_line(str(exc))[:1000])
             except LimioOrderNotRecordedError as exc:  # created: its row says so, with the order's id
                 if self._not_recorded is not None:  # and the next try reconnects to it by that id
                     self._not_recorded.add(exc.external_id, exc.order_id)

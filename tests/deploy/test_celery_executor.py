@@ -64,10 +64,10 @@ def test_backfill_example_rehearsed_then_backfilled_as_the_docs_say(
         # -B: this deployment has two bundles (a single dags folder needs none).
         rehearse = [*AIRFLOW, "dags", "test", dag_id, days[0], "-c", '{"dry_run": true}', "-B", "examples"]
         celery.processes.run("rehearsal", rehearse)
-        rehearsed = [
-            json.loads(line) for line in (root / "renewals" / f"{days[0]}.results.jsonl").read_text().splitlines()
-        ]
+        rehearsal_file = root / "renewals" / f"{days[0]}.results.dry-run.jsonl"  # never the real run's file
+        rehearsed = [json.loads(line) for line in rehearsal_file.read_text().splitlines()]
         assert [line["outcome"] for line in rehearsed] == ["dry_run", "dry_run"], rehearsed
+        assert not (root / "renewals" / f"{days[0]}.results.jsonl").exists()
         assert all(submits(emulator, external_id) == [] for external_id in every_id)
         assert not any(ledger.rglob("*.json")), "a rehearsal wrote to the ledger"
     finally:

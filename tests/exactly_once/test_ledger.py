@@ -225,6 +225,31 @@ def test_every_valid_external_id_has_a_record(ledger: OrderLedger, backend: str,
     assert parse_record(ledger.path(external_id).read_bytes()) == sent
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"not json\n", "it is not JSON"),
+        (b"[1, 2]\n", "it holds a JSON list, not a record"),
+        (b"{}\n", "its state is None, none of the protocol's"),
+        (b'{"external_id": "renewal-7", "state": "done"}\n', "it is the record of 'renewal-7'"),
+    ],
+    ids=["not-json", "list", "empty-object", "another-order"],
+)
+def test_a_corrupt_record_is_an_error_naming_its_file_and_nothing_is_claimed(
+    ledger: OrderLedger, writer, content: bytes, problem: str
+) -> None:
+    """Issue 18: a corrupt record gave a bare JSONDecodeError naming no file; a JSON list stopped the whole batch
+    with "keeps disappearing"; ``{}`` said "external_id None already used"."""
+    writer("renewal-42", {})  # the file exists (another machine's write), then holds the corrupt bytes
+    ledger.path("renewal-42").write_bytes(content)
+    for attempt in (lambda: ledger.read("renewal-42"), lambda: ledger.claim("renewal-42", FP, A)):
+        with pytest.raises(LimioError, match="is corrupt") as excinfo:
+            attempt()
+        message = str(excinfo.value)
+        assert problem in message and "renewal-42.json" in message and "Nothing was sent" in message
+    assert ledger.path("renewal-42").read_bytes() == content  # left for a person
+
+
 def test_a_second_claim_returns_the_existing_record_unchanged(ledger: OrderLedger) -> None:
     _, first = ledger.claim("renewal-42", FP, A)
     won, existing = ledger.claim("renewal-42", OTHER_FP, B)

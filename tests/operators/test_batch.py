@@ -136,11 +136,14 @@ def test_on_invalid_skip_sends_the_valid_ones_and_counts_the_invalid(
     limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
 ) -> None:
     bad = new_order("BAD-2", order_type="no_such_type")
-    uri = write_jsonl(tmp_path / "orders.jsonl", [orders("SKIP", 1)[0], bad, orders("SKIP", 2)[1]])
-    run = run_dag(batch_dag("limio_batch_skip", ledger_root, orders_path=uri, on_invalid="skip", max_failed=1))
+    lines = [orders("SKIP", 1)[0], bad, orders("SKIP", 2)[1], "not json"]
+    uri = write_jsonl(tmp_path / "orders.jsonl", lines)
+    run = run_dag(batch_dag("limio_batch_skip", ledger_root, orders_path=uri, on_invalid="skip", max_failed=2))
     assert run.state == "success", states(run)
     summary = summary_of(run)
-    assert (summary["counts"]["submitted"], summary["counts"]["invalid"], summary["failures"]) == (2, 1, 1)
+    assert (summary["counts"]["submitted"], summary["counts"]["invalid"], summary["failures"]) == (2, 2, 2)
+    # A line without an external_id is shown without one, not as the string "None" (issue 18).
+    assert [f["external_id"] for f in summary["first_failures"]] == ["BAD-2", None]
     rows = {row["line"]: row for row in results(f"file://{tmp_path}/orders.results.jsonl")}
     assert rows[2]["outcome"] == "invalid" and rows[2]["external_id"] == "BAD-2"
     assert "order_type" in rows[2]["error"]
@@ -583,3 +586,28 @@ def test_a_dry_run_after_the_real_run_says_what_was_sent_and_leaves_its_results_
     previews = [r.body["external_id"] for r in calls(limio_emulator, "/api/order/preview")]
     assert previews == ["AGAIN-NEW"]  # only what a real run would send
     assert summary_of(rehearsal)["counts"]["already_sent"] == 3
+
+
+def test_an_edited_line_whose_external_id_names_a_sent_order_says_limio_holds_it_not_refused(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    """Issue 18: a batch run again after a line with an explicit external_id was edited reported the row
+    ``refused`` ("nothing was created") with no order id, while Limio held the first run's order."""
+    first = run_dag(
+        batch_dag(
+            "limio_batch_edit_1", ledger_root, orders=orders("EDIT", 2), results_path=f"file://{tmp_path}/1.jsonl"
+        )
+    )
+    assert first.state == "success", states(first)
+    (held,) = limio_emulator.orders_with_external_id("EDIT-1")
+    edited = [new_order("EDIT-0"), new_order("EDIT-1", country="IE")]
+    second = run_dag(
+        batch_dag("limio_batch_edit_2", ledger_root, orders=edited, results_path=f"file://{tmp_path}/2.jsonl")
+    )
+    assert second.state == "failed", states(second)
+    row = {row["external_id"]: row for row in results(f"file://{tmp_path}/2.jsonl")}["EDIT-1"]
+    assert (row["outcome"], row["order_id"]) == ("failed", held["id"]), row
+    assert f"Limio holds it as order {held['id']}" in row["error"] and "was not sent" in row["error"]
+    assert len(limio_emulator.orders_with_external_id("EDIT-1")) == 1
+    (invalid,) = [f for f in summary_of(second)["first_failures"]]
+    assert invalid["external_id"] == "EDIT-1"
