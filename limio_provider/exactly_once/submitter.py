@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from limio_provider.exactly_once import decisions
 from limio_provider.exactly_once.decisions import how_to_decide, ledger_ref, outcome_ref
@@ -333,6 +333,20 @@ class NotRecorded:
             log.warning("Keeping the batch's not-recorded orders failed: %s: %s", type(exc).__name__, exc)
 
 
+class Submitted(NamedTuple):
+    """What :meth:`Submitter.submit_once` got: the order, and where it came from."""
+
+    #: Limio's answer (or the order as found): an order with its ``id`` and ``status``.
+    result: dict[str, Any]
+    #: Whether this try found the order rather than sent it (an earlier try, run or person had).
+    adopted: bool
+    #: Whether this task instance created the order, in this try or an earlier one (``False``: another run or
+    #: task instance did, or another line of this try's batch, and this one adopted it).
+    by_this_task: bool
+    #: When ``result``'s status was recorded, if it was read from the ledger rather than from Limio now.
+    status_at: str | None = None
+
+
 @dataclass
 class Submitter:
     """Submits one order at a time exactly once (docs/reliability.md), with what an operator configured.
@@ -369,9 +383,8 @@ class Submitter:
     def _say(self, message: str, *args: Any) -> None:
         (self.log.debug if self.quiet else self.log.info)(message, *args)
 
-    def submit_once(self, body: dict[str, Any], context: Context) -> tuple[dict[str, Any], bool]:
-        """The order for ``body``: submitted once by this task instance, or found; and whether an earlier try
-        or run created it (``adopted``)."""
+    def submit_once(self, body: dict[str, Any], context: Context) -> Submitted:
+        """The order for ``body``: submitted once by this task instance, or found (:class:`Submitted`)."""
         external_id, partner = body["external_id"], partner_id(body.get("forPartner"))
         record = OrderRecord(context, self.state_key, external_id, self.ledger)
         stored = record.load() or (self.not_recorded.get(external_id) if self.not_recorded is not None else {})
@@ -390,7 +403,7 @@ class Submitter:
             record.repair(body, context, reconnected)
             if self.not_recorded is not None:
                 self.not_recorded.discard(external_id)
-            return reconnected, True
+            return Submitted(reconnected, adopted=True, by_this_task=True)
 
         # 2. The ledger, if any: one object read says whether this external_id is taken, across runs and workers.
         step = "send"
@@ -399,8 +412,15 @@ class Submitter:
             if step == "adopt":
                 result = record.entry["result"] or {"id": record.entry["order_id"], "external_id": external_id}
                 self._say("Order %s is in the ledger as %s: adopting it (no Limio call)", external_id, result["id"])
+                from limio_provider.exactly_once.ledger import Owner
+
+                # An earlier try of this task instance sent it; this try's own claim is another line of a batch
+                # naming the same order (its first line says submitted).
+                owner, claimed = Owner.of(context), record.entry.get("claimed_by") or {}
+                by_this_task = owner.same_task_instance(claimed) and claimed.get("try_number") != owner.try_number
+                status_at = record.entry.get("updated_at")
                 record.save("done", order_id=result["id"], result=result, adopted=True)
-                return result, True
+                return Submitted(result, adopted=True, by_this_task=by_this_task, status_at=status_at)
 
         # 3. An earlier try sent it and never learnt the outcome: only an order it could have created counts.
         earlier_try_sent = stored.get("state") in ("sent", "unknown") or step == "reconcile"
@@ -411,7 +431,7 @@ class Submitter:
             decided = decisions.read(self.hook, self.log, external_id, partner, record.ref(context))
             if isinstance(decided, dict):
                 record.save("done", order_id=decided["id"], result=decided, adopted=True)
-                return decided, True
+                return Submitted(decided, adopted=True, by_this_task=True)
             found = self._created_since(external_id, seen, partner)
             if decided == "send":
                 decisions.use_up(self.log, external_id, found)
@@ -423,7 +443,7 @@ class Submitter:
                     found.get("status"),
                 )
                 record.save("done", order_id=found["id"], result=found, adopted=True)
-                return found, True
+                return Submitted(found, adopted=True, by_this_task=True)
             why = "an earlier try sent it and its outcome is unknown"
             if decided is None and self.on_unknown_outcome != "resubmit":
                 raise self._unknown_outcome(external_id, why, record.ref(context))
@@ -438,7 +458,7 @@ class Submitter:
             earlier, seen = self._look_before_first_send(external_id, partner, record.ledger)
             if earlier is not None:
                 record.save("done", order_id=earlier["id"], result=earlier, adopted=True)
-                return earlier, True
+                return Submitted(earlier, adopted=True, by_this_task=False)
 
         if self.check is not None:
             self.check(body)
@@ -448,7 +468,7 @@ class Submitter:
             result = self._send_recorded(body, record, seen)
         if result is None:
             raise self._unknown_outcome(external_id, "the submit's outcome is unknown", record.ref(context))
-        return result, False
+        return Submitted(result, adopted=False, by_this_task=True)
 
     def _claim(self, record: OrderRecord, body: dict[str, Any], context: Context, partner: str | None) -> str:
         """:meth:`OrderRecord.claim`; a failure that is not the protocol's own (the ledger unreadable: a full or

@@ -775,7 +775,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                     preview = self._check_preview(item.body)
                     total_due = PreviewResult.model_validate(preview).total_due()
                     return self._row(item, "dry_run", total_due=str(total_due))
-                result, adopted = self._orders.submit_once(item.body, context)
+                submitted = self._orders.submit_once(item.body, context)
             except LimioExternalIdTakenError as exc:  # not sent, but Limio holds an order of that external_id
                 return self._row(item, "failed", order_id=exc.order_id, error=_one_line(str(exc))[:1000])
             except LimioOrderNotRecordedError as exc:  # created: its row says so, with the order's id
@@ -786,8 +786,15 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             except Exception as exc:
                 outcome, error = self._outcome_of(exc)
                 return self._row(item, outcome, error=error)
-        order = OrderResult.model_validate(result)
-        row = self._row(item, "adopted" if adopted else "submitted", order_id=order.id, status=order.status)
+        order = OrderResult.model_validate(submitted.result)
+        # The first outcome for this task instance: "submitted" if it created the order, in any try; what this
+        # try did instead, and how old a status read from the ledger is, in fields of their own.
+        row = self._row(item, "submitted" if submitted.by_this_task else "adopted", order_id=order.id)
+        row["status"] = order.status
+        if submitted.adopted and submitted.by_this_task:
+            row["this_try"] = "adopted"
+        if submitted.status_at is not None:
+            row["status_at"] = submitted.status_at
         if order.failed and not self.allow_failed_order:
             reason = order.reason or "no reason given"
             row.update(outcome="failed", error=f"Limio order {order.id} {order.status}: {reason}")

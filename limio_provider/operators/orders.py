@@ -352,7 +352,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         from limio_provider.exactly_once.ledger import ledger_for
 
         ledger = ledger_for(self.hook.settings, self.ledger_path)
-        result, adopted = self._submitter(ledger).submit_once(body, context)
+        result, adopted, _, _ = self._submitter(ledger).submit_once(body, context)
         self._publish(context, result, adopted=adopted)
         return self._finish(context, result, adopted=adopted)
 

@@ -98,10 +98,14 @@ def test_backfill_example_rehearsed_then_backfilled_as_the_docs_say(
         assert all(run["conf"].get("dry_run") is False for run in found), [run["conf"] for run in found]
         for earlier, later in zip(found, found[1:], strict=False):  # --max-active-runs 1: one day at a time
             assert _at(earlier["end_date"]) <= _at(later["start_date"]), (earlier, later)
-        expected = "submitted" if attempt == "backfill" else "adopted"
         for run, day in zip(found, days, strict=True):
             summary = api.xcom(dag_id, run["dag_run_id"], "submit_renewals")
-            assert {k: v for k, v in summary["counts"].items() if v} == {expected: 2}, (day, summary)
+            # The same runs both times (reprocessed): their orders stay "submitted"; the second time, each row
+            # says this try adopted it.
+            assert {k: v for k, v in summary["counts"].items() if v} == {"submitted": 2}, (day, summary)
+            rows = [json.loads(line) for line in (root / "renewals" / f"{day}.results.jsonl").read_text().splitlines()]
+            this_try = {row.get("this_try") for row in rows}
+            assert this_try == ({None} if attempt == "backfill" else {"adopted"}), (day, rows)
         if attempt == "backfill":
             # One backfill per DAG at a time: the next is refused until the scheduler marks this one complete
             # (it looks every 30 s).
@@ -288,8 +292,10 @@ def test_batch_across_two_workers_one_killed_mid_batch_every_order_once(
         assert set(outcomes.values()) <= {"submitted", "adopted"}, outcomes
         for line in lines:
             assert line["order_id"] == one_order(emulator, line["external_id"])["id"], line
-        if index == 0:
-            assert all(outcomes[external_id] == "adopted" for external_id in hung), outcomes
+        if index == 0:  # the frozen try sent them; the try that took over found them: this task's, adopted now
+            this_try = {line["external_id"]: line.get("this_try") for line in lines}
+            assert all(outcomes[external_id] == "submitted" for external_id in hung), outcomes
+            assert all(this_try[external_id] == "adopted" for external_id in hung), this_try
     # The ledger both workers shared: one record per order, every one done.
     records = [parse_record(path.read_bytes()) for path in ledger.rglob("*.json")]
     assert sorted(r["external_id"] for r in records) == sorted({*chunks[0], *chunks[1]}), records

@@ -228,6 +228,8 @@ def test_a_rerun_of_a_completed_batch_adopts_everything_without_calling_limio(
     assert summary_of(second)["counts"]["adopted"] == 12
     rows = results(f"file://{tmp_path}/orders.results.jsonl")
     assert {row["external_id"]: row["order_id"] for row in rows} == created
+    # Read from the ledger, not from Limio now: each status says when Limio gave it (issue 18).
+    assert all(row["status"] == "submitted" and row["status_at"].endswith("Z") for row in rows), rows[0]
     assert_each_order_once(limio_emulator, rows)
 
 
@@ -241,7 +243,9 @@ def test_a_retried_batch_adopts_what_is_done_and_reconciles_what_is_unknown_neve
     run = run_dag(dag)
     assert run.state == "success", states(run)
     rows = results(f"file://{tmp_path}/orders.results.jsonl")  # try 2's
-    assert Counter(row["outcome"] for row in rows) == {"adopted": 10}
+    # Try 1 sent them all: they stay "submitted" for this task instance; try 2 found them (issue 18: a re-run
+    # rewrote submitted rows as adopted).
+    assert Counter((row["outcome"], row.get("this_try")) for row in rows) == {("submitted", "adopted"): 10}
     assert_each_order_once(limio_emulator, rows)
     assert len(calls(limio_emulator, ORDER_POSTS)) == 10  # each sent once, by try 1; try 2 sent nothing
     # Try 1 could not look the three up: unknown (Limio may hold them), not refused by the look-up's 400.

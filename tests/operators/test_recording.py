@@ -138,7 +138,8 @@ def test_a_retried_batch_reconnects_by_id_to_an_order_it_failed_to_record_past_t
     assert fault["hits"] > 0, "the fault never fired: the test proves nothing"
     (order,) = limio_emulator.orders_with_external_id("EXT-REC-K-1")
     rows = {row["external_id"]: row for row in map(json.loads, results_path.read_text().splitlines())}
-    assert (rows["EXT-REC-K-1"]["outcome"], rows["EXT-REC-K-1"]["order_id"]) == ("adopted", order["id"])
+    row = rows["EXT-REC-K-1"]
+    assert (row["outcome"], row["this_try"], row["order_id"]) == ("submitted", "adopted", order["id"])
     (start,) = before_retry
     retry = [r.path for r in limio_emulator.requests[start:] if r.path != "/oauth2/token"]
     assert retry == [f"/api/objects/limio/orders/{order['id']}"]  # by its id: no list read, no send
