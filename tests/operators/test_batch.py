@@ -338,8 +338,10 @@ def test_partner_sends_every_order_to_admin_order(
 
 
 def test_dry_run_previews_each_order_and_sends_nothing(
-    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, task_log: Callable[[], str]
 ) -> None:
+    task_log()
+
     def check(preview: Any) -> bool | str:
         return True if preview.total_due() < 30 else "too dear"
 
@@ -365,6 +367,7 @@ def test_dry_run_previews_each_order_and_sends_nothing(
     assert len(calls(limio_emulator, "/api/order/preview")) == 3
     assert calls(limio_emulator, ORDER_POSTS) == []
     assert not list(Path(ledger_root.removeprefix("file://")).rglob("*.json"))  # a dry run claims nothing
+    assert "previewing them, 8 at a time, through POST /order/preview" in task_log()  # issue 18: not POST /order
 
 
 # -- throughput: concurrency, shared backoff, rate, a big batch ------------------------------------------
@@ -615,3 +618,28 @@ def test_an_edited_line_whose_external_id_names_a_sent_order_says_limio_holds_it
     assert len(limio_emulator.orders_with_external_id("EDIT-1")) == 1
     (invalid,) = [f for f in summary_of(second)["first_failures"]]
     assert invalid["external_id"] == "EDIT-1"
+
+
+def test_an_s3_results_path_naming_the_orders_object_through_another_connection_is_refused(
+    limio_emulator: LimioEmulator,
+    ledger_root: str,
+    s3_ledger_root: str,
+    limio_s3_conn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 18: ``s3://conn@b/k`` and ``s3://b/k`` (the default AWS connection) are one object."""
+    from limio_provider.exactly_once.ledger import storage_path
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", limio_s3_conn)
+    bucket = s3_ledger_root.split("@", 1)[1].split("/", 1)[0]
+    orders_uri = f"s3://limio_s3@{bucket}/in/orders.jsonl"
+    text = "".join(json.dumps(order) + "\n" for order in orders("S3SAME", 3))
+    storage_path("orders_path", orders_uri).write_text(text)
+    run = run_dag(
+        batch_dag(
+            "limio_batch_s3_same", ledger_root, orders_path=orders_uri, results_path=f"s3://{bucket}/in/orders.jsonl"
+        )
+    )
+    assert states(run) == {"submit": "failed"}
+    assert storage_path("orders_path", orders_uri).read_text() == text
+    assert [r.path for r in limio_emulator.requests if r.path != "/oauth2/token"] == []

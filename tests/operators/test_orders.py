@@ -87,7 +87,8 @@ def test_external_id_names_the_work_and_the_order() -> None:
 # -- running them ---------------------------------------------------------------------------------
 
 
-def test_preview_then_submit_chained_through_xcom(limio_emulator: LimioEmulator) -> None:
+def test_preview_then_submit_chained_through_xcom(limio_emulator: LimioEmulator, task_log: Callable[[], str]) -> None:
+    task_log()
     with DAG("limio_chain", schedule=None, start_date=START) as dag:
 
         @task
@@ -103,6 +104,7 @@ def test_preview_then_submit_chained_through_xcom(limio_emulator: LimioEmulator)
     assert run.state == "success", states(run)
     (preview_json,) = xcom(run, "preview")
     assert preview_json["preview"]["previewResult"]["invoices"]
+    assert "Previewed new order EXT-CHAIN: total due 19.99" in task_log()  # issue 18: the line names the order
     (result,) = xcom(run, "submit")
     assert result["external_id"] == "EXT-CHAIN"  # a user-provided external_id is kept
     assert result["id"] in limio_emulator.orders
