@@ -770,7 +770,13 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 if dry_run:
                     done = self._sent_before(item.external_id)
                     if done is not None:  # a real run sent it: a real run now would adopt it, not send it
-                        return self._row(item, "already_sent", order_id=done["order_id"], status=done["status"])
+                        return self._row(
+                            item,
+                            "already_sent",
+                            order_id=done["order_id"],
+                            status=done["status"],
+                            status_at=done["updated_at"],
+                        )
                     self._throttle.acquire()
                     preview = self._check_preview(item.body)
                     total_due = PreviewResult.model_validate(preview).total_due()

@@ -589,6 +589,7 @@ def test_a_dry_run_after_the_real_run_says_what_was_sent_and_leaves_its_results_
     for n in range(3):
         (order,) = limio_emulator.orders_with_external_id(f"AGAIN-{n}")
         assert (rows[f"AGAIN-{n}"]["outcome"], rows[f"AGAIN-{n}"]["order_id"]) == ("already_sent", order["id"])
+        assert rows[f"AGAIN-{n}"]["status_at"].endswith("Z")  # the ledger's status, dated
     assert rows["AGAIN-NEW"]["outcome"] == "dry_run"
     previews = [r.body["external_id"] for r in calls(limio_emulator, "/api/order/preview")]
     assert previews == ["AGAIN-NEW"]  # only what a real run would send
