@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from limio_provider.testing import LimioEmulator
-from tests.helpers import START, run_dag, states, xcom
+from tests.helpers import START, new_order, run_dag, states, xcom
 
 ROOT = Path(__file__).parent.parent
 
@@ -109,6 +109,21 @@ def test_operators_page_examples_run(limio_emulator: LimioEmulator, tmp_path: Pa
     exec(sensor, {})
 
 
+def test_production_page_duplicate_check_names_an_external_id_limio_holds_twice(
+    limio_emulator: LimioEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from limio_provider.hooks.limio import LimioHook
+
+    hook = LimioHook()
+    for external_id in ("EXT-ONCE", "EXT-TWICE", "EXT-TWICE"):  # the second EXT-TWICE: sent by another tool
+        hook.submit_order(new_order(external_id))
+    import textwrap
+
+    (block,) = python_blocks("docs/production.md")
+    exec(textwrap.dedent(block), {})  # indented: it sits in a list item
+    assert capsys.readouterr().out.strip() == "['EXT-TWICE']"
+
+
 def test_every_python_block_in_the_docs_is_run_by_a_test() -> None:
     """The tests above run each block; a new block must get a test (and this count an update)."""
     counted = {
@@ -120,6 +135,7 @@ def test_every_python_block_in_the_docs_is_run_by_a_test() -> None:
         "docs/models.md": 5,
         "docs/operators.md": 3,
         "docs/package-index.md": 1,  # the README's block (checked above)
+        "docs/production.md": 1,
         "docs/testing.md": 3,
     }
 

@@ -225,11 +225,15 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
     Each line of the results file is ``{"line": n}`` (or ``{"index": i}`` for a list), ``external_id``,
     ``outcome``, ``order_id``, ``status`` and ``error``, written as each order finishes (not in input
-    order). ``outcome`` is one of ``submitted`` (this task created the order), ``adopted`` (an earlier try
-    or run had), ``refused`` (Limio, the preview check or the ledger refused it: nothing was created),
-    ``unknown`` (Limio may hold it: check it by external_id before sending it again), ``failed`` (Limio
-    answered that the order failed, or it could not be sent: nothing was created), ``invalid`` (not sent)
-    or ``dry_run`` (previewed only; the line also has ``total_due``).
+    order), plus ``this_try`` and ``status_at`` where they apply. ``outcome`` is what became of the order for
+    this task instance, the same in every try: ``submitted`` (this task instance created the order; a later
+    try that found it adds ``"this_try": "adopted"``), ``adopted`` (another run had, or an earlier line of
+    the batch named it), ``refused`` (Limio, the preview check or the ledger refused it: nothing was
+    created), ``unknown`` (Limio may hold it: check it by external_id before sending it again), ``failed``
+    (Limio answered that the order failed, or it was not sent; ``order_id`` names an order Limio already
+    holds under its external_id, if any), ``invalid`` (not sent), and in a dry run ``dry_run`` (previewed
+    only; the line also has ``total_due``) or ``already_sent`` (the ledger holds its order). A status read
+    from the ledger rather than from Limio now carries ``status_at``, when Limio gave it.
 
     The summary is ``{"total", "counts": {outcome: n}, "failures", "max_failed", "results_path",
     "duration_seconds", "orders_per_second", "dry_run", "first_failures"}`` (under 2 KB). The task fails at
