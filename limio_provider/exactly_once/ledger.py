@@ -289,7 +289,7 @@ class OrderLedger:
         for folder in (self._folder, *self._alias_folders):
             data = _read(self.fs, f"{folder}/{name}")
             if data is not None:
-                return _checked(data, external_id, f"{self._base}/{folder.rsplit('/', 1)[-1]}/{name}")
+                return _checked(data, external_id, f"{folder}/{name}")
         return None
 
     def claim(
@@ -576,9 +576,7 @@ def _write(fs: Any, path: str, data: bytes, *, create: bool, durable: bool = Fal
     is ``exists()`` then ``open("wb")``, and ``open("wb")`` empties the file before writing it. So on a local
     disk: a temporary file, then ``link`` (fails if the name exists) or ``rename`` into place.
     """
-    from fsspec.implementations.local import LocalFileSystem
-
-    if not isinstance(fs, LocalFileSystem):  # no directories to make on an object store
+    if not _is_local(fs):  # no directories to make on an object store
         _put(fs, path, data, create=create)
         return
     tmp = _temporary(path, data, durable=durable)
@@ -611,9 +609,7 @@ def _swap(fs: Any, path: str, expected: dict[str, Any], data: bytes, *, durable:
 
     Appending, not renaming, is what keeps a record's write cheap on a local disk: a new file per write frees
     an inode per write, and allocating the next one costs more the more were freed (ext4)."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    if not isinstance(fs, LocalFileSystem):
+    if not _is_local(fs):
         _swap_object(fs, path, expected, data)
         return
     import fcntl

@@ -76,9 +76,6 @@ class _DeadlineSocket:
         finally:
             self._sock.settimeout(timeout)
 
-    def settimeout(self, value: float | None) -> None:
-        self._sock.settimeout(value)
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
