@@ -12,7 +12,8 @@ produces adjustments. This DAG turns them into Limio orders:
    ``external_id = recon-<adjustment_id>-<ds>``.
 3. ``submit_adjustments`` submits our orders (one mapped task instance each) and
    ``submit_partner_adjustments`` submits the partner ones (one each, however many partners there are)
-   through ``/admin/order`` with ``forPartner``.
+   through ``/admin/order`` with ``forPartner``, on the ``limio_admin`` connection: Limio's management
+   credentials, which only ``/admin/order`` needs (``limio_default`` holds the ordinary client).
    Both preview every order first: ``within_adjustment_limit`` refuses any order that would charge more
    than ``MAX_ADJUSTMENT_AMOUNT`` at once, and ``on_preview_reject="skip"`` marks that task instance
    skipped (the reason is in its log) so a person can review it, while the others go through.
@@ -136,7 +137,10 @@ def limio_billing_reconciliation() -> None:
         task_id="submit_adjustments", preview_check=within_adjustment_limit, on_preview_reject="skip"
     ).expand(order=build_change_orders(adjustments))
     LimioAdminSubmitOrderOperator.partial(
-        task_id="submit_partner_adjustments", preview_check=within_adjustment_limit, on_preview_reject="skip"
+        task_id="submit_partner_adjustments",
+        limio_conn_id="limio_admin",
+        preview_check=within_adjustment_limit,
+        on_preview_reject="skip",
     ).expand_kwargs(build_partner_orders(adjustments))
 
 

@@ -16,7 +16,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import AIRFLOW_VERSION, S3_PUT_FAULTS, Capture, in_use  # noqa: E402
+from tests.helpers import AIRFLOW_VERSION, LIMIO_S3_CONN_ID, S3_PUT_FAULTS, Capture, in_use  # noqa: E402
 
 
 def _one_execution_api_app() -> None:
@@ -64,9 +64,6 @@ def capture() -> Iterator[Capture]:
 
 
 # --- The order ledger's backends: a local directory and S3 (moto's server on 127.0.0.1; never real AWS) ---
-
-#: The Airflow connection the S3 ledger root names (``s3://limio_s3@bucket/...``).
-LIMIO_S3_CONN_ID = "limio_s3"
 
 
 @pytest.fixture(scope="session")

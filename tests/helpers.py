@@ -129,6 +129,7 @@ class Capture:
 # -- raw clients of the emulator (tests of the emulator itself) ---------------------------------------
 
 CLIENT_ID, SECRET = "emulator-client", "emulator-secret"
+ADMIN_CLIENT_ID, ADMIN_SECRET = "emulator-admin", "emulator-admin-secret"  # the management client
 
 
 def emulator_order(**fields: Any) -> dict[str, Any]:
@@ -146,13 +147,14 @@ def token_form(secret: str = SECRET, **fields: str) -> dict[str, str]:
 class Client:
     """A keep-alive session to an emulator; paths are relative to its URL."""
 
-    def __init__(self, emulator: LimioEmulator, authorised: bool = True) -> None:
+    def __init__(self, emulator: LimioEmulator, authorised: bool = True, admin: bool = False) -> None:
         self.emulator = emulator
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.verify = emulator.ca_path or True  # a TLS emulator's self-signed certificate
         if authorised:
-            token = self.post("/oauth2/token", data=token_form()).json()["access_token"]
+            form = token_form(ADMIN_SECRET, client_id=ADMIN_CLIENT_ID) if admin else token_form()
+            token = self.post("/oauth2/token", data=form).json()["access_token"]
             self.session.headers["Authorization"] = f"Bearer {token}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -173,6 +175,10 @@ class Client:
 Connect = Callable[..., Client]
 Start = Callable[..., LimioEmulator]
 
+
+#: The Airflow connection to the test S3 server (moto, ``tests/conftest.py``) that S3 URIs name
+#: (``s3://limio_s3@bucket/...``).
+LIMIO_S3_CONN_ID = "limio_s3"
 
 #: Faults of the test S3 server (moto, ``tests/conftest.py``): a PUT whose key contains ``key`` and whose body
 #: contains every string of ``body`` is answered ``500 InternalError`` (S3's own transient error), ``times``

@@ -35,15 +35,15 @@ def test_send_is_recorded_only_when_limio_does_not_hold_the_order(
 def test_adopt_is_recorded_only_for_an_order_with_this_external_id_and_partner(
     limio_emulator: LimioEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hook = LimioHook()
-    theirs = hook.submit_admin_order(new_order("EXT-D-P"), partner="partner-a")
-    other = hook.submit_order(new_order("EXT-D-OTHER"))
-    assert main(["EXT-D-P", REF, "adopt", theirs.id, "--partner", "partner-b"]) == 1
-    assert main(["EXT-D-P", REF, "adopt", other.id, "--partner", "partner-a"]) == 1
+    theirs = LimioHook("limio_admin").submit_admin_order(new_order("EXT-D-P"), partner="partner-org-1")
+    other = LimioHook().submit_order(new_order("EXT-D-OTHER"))
+    assert main(["EXT-D-P", REF, "adopt", theirs.id, "--partner", "partner-org-newsagents"]) == 1
+    assert main(["EXT-D-P", REF, "adopt", other.id, "--partner", "partner-org-1"]) == 1
     err = capsys.readouterr().err
-    assert "is for partner 'partner-a', not 'partner-b'" in err and "has external_id 'EXT-D-OTHER'" in err
+    assert "is for partner 'partner-org-1', not 'partner-org-newsagents'" in err
+    assert "has external_id 'EXT-D-OTHER'" in err
     assert variable("EXT-D-P") is None
-    assert main(["EXT-D-P", REF, "adopt", theirs.id, "--partner", "partner-a"]) == 0
+    assert main(["EXT-D-P", REF, "adopt", theirs.id, "--partner", "partner-org-1"]) == 0
     assert variable("EXT-D-P") == f"adopt {theirs.id} {REF}"
 
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     with LimioEmulator(processing_delay=0.0) as emulator:
-        env["AIRFLOW_CONN_LIMIO_DEFAULT"] = emulator.connection_json()
+        env.update(emulator.connection_env())  # limio_default, and limio_admin: its management client
         print(f"Limio emulator: {emulator.url}")
         print(f"Running: airflow dags test {args.dag_id} {args.logical_date} ...")
         code = _airflow(["dags", "test", args.dag_id, args.logical_date], env, log)

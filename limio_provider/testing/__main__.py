@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from limio_provider.testing.emulator import LimioEmulator
+from limio_provider.testing.emulator import PARTNERS, LimioEmulator, load_catalogue
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +20,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one (default 8080)")
     parser.add_argument("--client-id", default="emulator-client", help="OAuth client id to accept")
     parser.add_argument("--client-secret", default="emulator-secret", help="OAuth client secret to accept")
+    parser.add_argument("--admin-client-id", default="emulator-admin", help="management client id (/admin/order)")
+    parser.add_argument("--admin-client-secret", default="emulator-admin-secret", help="management client secret")
+    parser.add_argument(
+        "--catalogue", metavar="FILE", help="JSON file of the offers to know, instead of the built-in catalogue"
+    )
+    parser.add_argument(
+        "--partner",
+        action="append",
+        metavar="ID",
+        help=f"partner organisation id /admin/order may name; repeatable (default: {', '.join(PARTNERS)})",
+    )
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="accept /admin/order with any client, offers outside the catalogue and any partner",
+    )
     parser.add_argument("--token-ttl", type=float, default=3600.0, help="token lifetime in s (default 3600)")
     parser.add_argument(
         "--processing-delay", type=float, default=0.0, help="seconds async orders stay submitted (default 0)"
@@ -40,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the emulator, print the Airflow connection to use, and serve until SIGINT/SIGTERM."""
     args = _parser().parse_args(argv)
+    try:
+        catalogue = load_catalogue(args.catalogue) if args.catalogue else None
+    except (OSError, ValueError) as error:
+        print(f"limio-emulator: cannot load the catalogue: {error}", file=sys.stderr)
+        return 2
     emulator = LimioEmulator(
         host=args.host,
         port=args.port,
@@ -49,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         processing_delay=args.processing_delay,
         decline_payment_refs=args.decline_payment_ref,
         tls=args.tls,
+        admin_client_id=args.admin_client_id,
+        admin_client_secret=args.admin_client_secret,
+        catalogue=catalogue,
+        partners=args.partner or PARTNERS,
+        lenient=args.lenient,
     )
     stopped = threading.Event()
 

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -62,13 +62,17 @@ class CatalogueOffer(NamedTuple):
     period_months: int
 
 
-#: Offers the emulator prices, by ``offer.id`` (emulator behaviour: a real tenant prices its own catalogue).
+#: The emulator's default catalogue, by ``offer.id`` (emulator behaviour: a real tenant prices its own offers).
 CATALOGUE: dict[str, CatalogueOffer] = {
     "offer-digital-monthly": CatalogueOffer("Digital Monthly", Decimal("19.99"), "GBP", 1),
     "offer-digital-annual": CatalogueOffer("Digital Annual", Decimal("199.00"), "GBP", 12),
     "offer-print-digital-monthly": CatalogueOffer("Print + Digital Monthly", Decimal("29.99"), "GBP", 1),
     "offer-digital-monthly-us": CatalogueOffer("Digital Monthly (US)", Decimal("24.99"), "USD", 1),
 }
+
+#: The partner organisations the emulator knows by default (``forPartner`` on ``/admin/order``): those of the
+#: docs and examples.
+PARTNERS: tuple[str, ...] = ("partner-org-1", "partner-org-newsagents")
 
 _CENT = Decimal("0.01")
 _ADMIN_ORDER_400 = "Invalid partner organisation or malformed order payload"  # Limio's documented 400
@@ -145,6 +149,14 @@ class LimioEmulator:
     :param clock: the emulator's time source; :meth:`advance` moves it forward.
     :param tls: serve HTTPS with a self-signed certificate made on :meth:`start` (needs ``cryptography``)
         and removed on :meth:`stop`; :attr:`ca_path` is its file, which :meth:`connection_json` trusts.
+    :param admin_client_id: the management client, the only one ``/admin/order`` accepts (with its
+        ``admin_client_secret``); :meth:`connection_json` ``(admin=True)`` uses it.
+    :param catalogue: the offers it knows, by ``offer.id`` (``CatalogueOffer`` s or their fields as a dict;
+        :func:`load_catalogue` reads a JSON file); default :data:`CATALOGUE`. An order for another offer is
+        refused.
+    :param partners: the partner organisation ids ``forPartner`` may name; default :data:`PARTNERS`.
+    :param lenient: accept what Limio documents it refuses: ``/admin/order`` with any client's token, offers
+        outside the catalogue (priced from their id) and any partner (the emulator before version 0.9).
     """
 
     def __init__(
@@ -158,9 +170,22 @@ class LimioEmulator:
         decline_payment_refs: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         tls: bool = False,
+        admin_client_id: str = "emulator-admin",
+        admin_client_secret: str = "emulator-admin-secret",
+        catalogue: Mapping[str, CatalogueOffer | Mapping[str, Any]] | None = None,
+        partners: Iterable[str] = PARTNERS,
+        lenient: bool = False,
     ) -> None:
+        if admin_client_id == client_id:
+            raise ValueError("admin_client_id must differ from client_id: management credentials are their own client")
         self.host, self.port = host, port
         self.client_id, self.client_secret = client_id, client_secret
+        self.admin_client_id, self.admin_client_secret = admin_client_id, admin_client_secret
+        self.catalogue: dict[str, CatalogueOffer] = {
+            offer_id: _catalogue_offer(offer_id, offer) for offer_id, offer in (catalogue or CATALOGUE).items()
+        }
+        self.partners = frozenset(partners)
+        self.lenient = lenient
         self.token_ttl, self.processing_delay = token_ttl, processing_delay
         self.decline_payment_refs = frozenset(decline_payment_refs)
         self.tls = tls
@@ -171,7 +196,7 @@ class LimioEmulator:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._tokens: dict[str, float] = {}  # token -> expiry (emulator clock)
+        self._tokens: dict[str, tuple[float, bool]] = {}  # token -> (expiry on the emulator clock, admin client)
         self._orders: dict[str, dict[str, Any]] = {}  # oldest first
         self._pending: dict[str, tuple[float, str, str | None]] = {}  # id -> (ready at, final status, reason)
         self._requests: list[RecordedRequest] = []
@@ -239,25 +264,32 @@ class LimioEmulator:
         """The running TLS emulator's self-signed certificate (PEM), to trust as a CA bundle; else ``None``."""
         return None if self._tls_dir is None else f"{self._tls_dir}/cert.pem"
 
-    def connection_json(self) -> str:
-        """The Airflow connection to this emulator, as the JSON of an ``AIRFLOW_CONN_...`` variable (with
-        ``tls``, its ``verify`` extra trusts :attr:`ca_path`)."""
+    def connection_json(self, admin: bool = False) -> str:
+        """The Airflow connection to this emulator, as the JSON of an ``AIRFLOW_CONN_...`` variable: its client,
+        or with ``admin`` its management client (for ``/admin/order``). With ``tls``, its ``verify`` extra
+        trusts :attr:`ca_path`."""
         connection: dict[str, Any] = {
             "conn_type": "limio",
             "host": self.url,
-            "login": self.client_id,
-            "password": self.client_secret,
-            # The emulator's own order page (Limio's API URL, the default, needs a token a browser lacks).
+            "login": self.admin_client_id if admin else self.client_id,
+            "password": self.admin_client_secret if admin else self.client_secret,
+            # The emulator's own order page (Limio's API URL needs a token a browser lacks).
             "extra": {"order_link_template": f"{self.url}/_emulator/orders/{{order_id}}"},
         }
         if self.ca_path is not None:
             connection["extra"]["verify"] = self.ca_path
         return json.dumps(connection)
 
-    def connection_env(self, conn_id: str = "limio_default") -> dict[str, str]:
-        """The environment variable defining ``conn_id`` as this emulator, e.g.
-        ``{"AIRFLOW_CONN_LIMIO_DEFAULT": "{...}"}``."""
-        return {f"AIRFLOW_CONN_{conn_id.upper()}": self.connection_json()}
+    def connection_env(
+        self, conn_id: str = "limio_default", admin_conn_id: str | None = "limio_admin"
+    ) -> dict[str, str]:
+        """The environment variables defining ``conn_id`` as this emulator and ``admin_conn_id`` (unless
+        ``None``) as its management client, e.g. ``{"AIRFLOW_CONN_LIMIO_DEFAULT": "{...}",
+        "AIRFLOW_CONN_LIMIO_ADMIN": "{...}"}``."""
+        env = {f"AIRFLOW_CONN_{conn_id.upper()}": self.connection_json()}
+        if admin_conn_id is not None:
+            env[f"AIRFLOW_CONN_{admin_conn_id.upper()}"] = self.connection_json(admin=True)
+        return env
 
     # -- state, for tests --------------------------------------------------------------------------
 
@@ -360,7 +392,9 @@ class LimioEmulator:
                     raise HttpError(405, "Method not allowed", {"Allow": ", ".join(request.allowed)})
                 raise HttpError(404, "Not found")
             if request.path.startswith("/api/"):
-                self._authorise(request)
+                admin = self._authorise(request)
+                if request.route == "admin_order" and not admin and not self.lenient:
+                    raise HttpError(403, "Forbidden: /admin/order needs management credentials")
             handler: Callable[[_Request], Answer] = getattr(self, f"_on_{request.route}")
             return handler(request)
         except HttpError as error:
@@ -368,13 +402,14 @@ class LimioEmulator:
         except Exception as error:  # a bug in the emulator: say so rather than drop the connection
             return 500, {"message": f"Limio emulator error: {error!r}"}, {}
 
-    def _authorise(self, request: _Request) -> None:
-        """Accept only a current ``Bearer`` token."""
+    def _authorise(self, request: _Request) -> bool:
+        """Accept only a current ``Bearer`` token; whether it is the management client's."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         with self._lock:
-            expiry = self._tokens.get(token.strip())
+            expiry, admin = self._tokens.get(token.strip(), (None, False))
         if scheme.lower() != "bearer" or expiry is None or self._now() >= expiry:
             raise HttpError(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+        return admin
 
     def _on_token(self, request: _Request) -> Answer:
         """``POST /oauth2/token``: client credentials in the form body or as HTTP Basic."""
@@ -387,13 +422,18 @@ class LimioEmulator:
             except (binascii.Error, UnicodeDecodeError):
                 decoded = ""
             client_id, _, client_secret = (unquote_plus(part) for part in decoded.partition(":"))
-        if (client_id, client_secret) != (self.client_id, self.client_secret):
+        clients: dict[tuple[Any, Any], bool] = {
+            (self.client_id, self.client_secret): False,
+            (self.admin_client_id, self.admin_client_secret): True,  # the management client
+        }
+        admin = clients.get((client_id, client_secret))
+        if admin is None:
             raise HttpError(401, "Invalid client credentials", error="invalid_client")
         if form.get("grant_type") != "client_credentials":
             raise HttpError(400, "grant_type must be client_credentials", error="unsupported_grant_type")
         token = secrets.token_urlsafe(32)
         with self._lock:
-            self._tokens[token] = self._now() + self.token_ttl
+            self._tokens[token] = (self._now() + self.token_ttl, admin)
         return 200, {"access_token": token, "token_type": "Bearer", "expires_in": int(self.token_ttl)}, {}
 
     def _on_order(self, request: _Request) -> Answer:
@@ -449,8 +489,8 @@ class LimioEmulator:
         start = _order_date(order) or datetime.fromtimestamp(self._wall(self._now()), UTC).date()
         subscription_number = f"S-{secrets.randbelow(10**9):09d}"
         charges, refunds = _priced_lines(order)
-        lines = [_line(offer_id, quantity, start, subscription_number) for offer_id, quantity in charges]
-        credits = [_line(key, quantity, start, subscription_number, -1) for key, quantity in refunds]
+        lines = [_line(self.offer(key), key, quantity, start, subscription_number) for key, quantity in charges]
+        credits = [_line(self.offer(key), key, quantity, start, subscription_number, -1) for key, quantity in refunds]
         invoices = [_document(amount, start, "invoiceItems", item) for amount, _, item in lines]
         credit_memos = [_document(amount, start, "creditMemoItems", [item]) for amount, _, item in credits]
         total = str(sum((amount for amount, _, _ in lines), Decimal("0.00")))
@@ -577,10 +617,22 @@ class LimioEmulator:
             if admin:
                 if body.get("forPartner") is None:
                     raise ValueError("forPartner: required on /admin/order, e.g. {'id': 'partner-org-...'}")
-                parse_partner(body["forPartner"])
+                partner = parse_partner(body["forPartner"])
+                if not self.lenient and partner.id not in self.partners:
+                    known = ", ".join(sorted(self.partners)) or "none"
+                    raise ValueError(f"forPartner.id: no partner organisation {partner.id!r} (known: {known})")
+            if not self.lenient:
+                for field, offer_id in _offer_ids(order):
+                    if offer_id not in self.catalogue:
+                        raise ValueError(f"{field}: no published offer {offer_id!r} in the catalogue")
         except ValueError as error:  # LimioValidationError is a ValueError (imported lazily by the models)
             raise HttpError(400, f"{prefix}: {error}") from None
         return body, order
+
+    def offer(self, key: str) -> CatalogueOffer:
+        """The catalogue's offer ``key``; else (a subscription being renewed or cancelled, or an unknown offer
+        when ``lenient``) a made-up one, see :func:`made_up_offer`."""
+        return self.catalogue.get(key) or made_up_offer(key)
 
     def _decline_reason(self, body: dict[str, Any]) -> str | None:
         """Why the billing provider declines this order's payment, if its payment ``type`` or any
@@ -882,13 +934,47 @@ def _reference() -> str:
     return "".join(_references.choices(_REFERENCE_ALPHABET, k=12))
 
 
-def offer_for(offer_id: str) -> CatalogueOffer:
-    """The catalogue entry of ``offer_id``. Emulator behaviour: an unknown id gets a stable made-up price
-    (5.00 to 49.99 GBP a month) derived from the id, so any offer previews."""
-    if offer_id in CATALOGUE:
-        return CATALOGUE[offer_id]
-    cents = 500 + int.from_bytes(hashlib.sha256(offer_id.encode()).digest()[:4], "big") % 4500
-    return CatalogueOffer(f"Offer {offer_id}", (Decimal(cents) / 100).quantize(_CENT), "GBP", 1)
+def made_up_offer(key: str) -> CatalogueOffer:
+    """A stable made-up offer for ``key`` (5.00 to 49.99 GBP a month, derived from it): how the emulator prices
+    a subscription it never sold (``renew``, ``cancel_subscription``), and, when ``lenient``, an unknown offer
+    (emulator behaviour)."""
+    cents = 500 + int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % 4500
+    return CatalogueOffer(f"Offer {key}", (Decimal(cents) / 100).quantize(_CENT), "GBP", 1)
+
+
+def load_catalogue(path: str) -> dict[str, CatalogueOffer]:
+    """Read a catalogue for ``LimioEmulator(catalogue=...)`` from a JSON file: an object of offer ids, each
+    ``{"name": ..., "price": "19.99", "currency": "GBP", "period_months": 1}``."""
+    with open(path, encoding="utf-8") as file:
+        offers = json.load(file)
+    if not isinstance(offers, dict):
+        raise ValueError(f"{path}: a catalogue is a JSON object of offer ids, not {type(offers).__name__}")
+    return {offer_id: _catalogue_offer(offer_id, offer) for offer_id, offer in offers.items()}
+
+
+def _catalogue_offer(offer_id: str, offer: CatalogueOffer | Mapping[str, Any]) -> CatalogueOffer:
+    """``offer`` as a ``CatalogueOffer``, or a ``ValueError`` naming the offer and what is wrong."""
+    if isinstance(offer, CatalogueOffer):
+        return offer
+    try:
+        price = Decimal(str(offer["price"])).quantize(_CENT)
+        period = int(offer.get("period_months", 1))
+        if not price.is_finite() or price < 0 or period < 1:
+            raise ValueError("price must be a number of at least 0 and period_months a whole number from 1")
+        return CatalogueOffer(str(offer.get("name", offer_id)), price, str(offer.get("currency", "GBP")), period)
+    except (KeyError, TypeError, ArithmeticError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"catalogue offer {offer_id!r}: {error!r}; expected {{'name', 'price', 'currency', 'period_months'}}"
+        ) from None
+
+
+def _offer_ids(order: OrderBase) -> list[tuple[str, str]]:
+    """The offers an order names, as ``(field, offer id)`` pairs."""
+    if isinstance(order, NewOrder):
+        return [(f"orderItems[{index}].offer.id", item.offer.id) for index, item in enumerate(order.orderItems)]
+    if isinstance(order, (ChangeOfferOrder, AddOfferOrder)):
+        return [("offer.id", order.offer.id)]
+    return []
 
 
 def _priced_lines(order: OrderBase) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -905,10 +991,9 @@ def _priced_lines(order: OrderBase) -> tuple[list[tuple[str, int]], list[tuple[s
 
 
 def _line(
-    offer_id: str, quantity: int, start: date, subscription_number: str, sign: int = 1
+    offer: CatalogueOffer, offer_id: str, quantity: int, start: date, subscription_number: str, sign: int = 1
 ) -> tuple[Decimal, str, dict[str, Any]]:
-    """One priced line: its amount, currency and Zuora-style item for ``quantity`` of ``offer_id``."""
-    offer = offer_for(offer_id)
+    """One priced line: its amount, currency and Zuora-style item for ``quantity`` of ``offer`` (``offer_id``)."""
     amount = (offer.price * quantity * sign).quantize(_CENT)
     month = start.month - 1 + offer.period_months
     year, month = start.year + month // 12, month % 12 + 1

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def limio_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[LimioEmulator]:
-    """A running Limio emulator for one test, with ``AIRFLOW_CONN_LIMIO_DEFAULT`` pointing at it."""
+    """A running Limio emulator for one test, with ``AIRFLOW_CONN_LIMIO_DEFAULT`` (its client) and
+    ``AIRFLOW_CONN_LIMIO_ADMIN`` (its management client, for ``/admin/order``) pointing at it."""
     from limio_provider.testing.emulator import LimioEmulator
 
     with LimioEmulator() as emulator:

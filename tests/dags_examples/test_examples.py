@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +23,19 @@ DAG_IDS = {"limio_scheduled_renewals", "limio_billing_reconciliation", "limio_ba
 
 def day(d: int, month: int = 1, year: int = 2026) -> datetime:
     return datetime(year, month, d, tzinfo=UTC)
+
+
+@pytest.fixture
+def limio_emulator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[LimioEmulator]:
+    """The plugin's emulator, strict (as Limio is) unless a test is parametrised ``indirect`` with "lenient":
+    a DAG written against the strict emulator must run unchanged against the lenient one."""
+    with LimioEmulator(lenient=getattr(request, "param", "strict") == "lenient") as emulator:
+        for name, value in emulator.connection_env().items():
+            monkeypatch.setenv(name, value)
+        yield emulator
+
+
+STRICT_AND_LENIENT = pytest.mark.parametrize("limio_emulator", ["strict", "lenient"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +86,7 @@ def test_examples_parse_without_errors(dagbag: Any) -> None:
 # -- limio_scheduled_renewals ---------------------------------------------------------------------
 
 
+@STRICT_AND_LENIENT
 def test_renewals_previews_then_submits_the_due_renewals(
     dagbag: Any, limio_emulator: LimioEmulator, task_log: Callable[[], str]
 ) -> None:
@@ -148,6 +162,7 @@ def test_renewals_on_a_day_with_nothing_due_submits_nothing(
 # -- limio_billing_reconciliation -----------------------------------------------------------------
 
 
+@STRICT_AND_LENIENT
 def test_reconciliation_submits_adjustments_and_holds_the_expensive_one(
     dagbag: Any, limio_emulator: LimioEmulator
 ) -> None:
@@ -247,6 +262,7 @@ def order_ids(emulator: LimioEmulator, ids: list[str]) -> dict[str, str]:
     return found
 
 
+@STRICT_AND_LENIENT
 def test_backfill_submits_each_days_file_once_and_a_rerun_adopts(
     dagbag: Any, limio_emulator: LimioEmulator, renewals: Renewals
 ) -> None:

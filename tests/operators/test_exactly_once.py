@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +22,17 @@ needs_store = needs_airflow("3.3", "task_state_store tells a retry that an earli
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 FAST = {"hook_params": {"timeout": 1.5, "retry_backoff": 0.01}}  # short, yet far above a loaded CI box
+
+
+@pytest.fixture
+def limio_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[LimioEmulator]:
+    """The plugin's emulator, whose tenant also has the partner organisations partner-a and partner-b."""
+    from limio_provider.testing.emulator import PARTNERS
+
+    with LimioEmulator(partners=[*PARTNERS, "partner-a", "partner-b"]) as emulator:
+        for name, value in emulator.connection_env().items():
+            monkeypatch.setenv(name, value)
+        yield emulator
 
 
 @pytest.fixture(params=["no-ledger", "local", "s3"])
@@ -538,7 +549,10 @@ def admin_dag(dag_id: str, external_id: str, partner: str, **op_kwargs: Any) -> 
 
     with DAG(dag_id, schedule=None, start_date=START) as dag:
         LimioAdminSubmitOrderOperator(
-            task_id="submit", order=new_order(external_id), partner=partner, **{**FAST, **op_kwargs}
+            task_id="submit",
+            order=new_order(external_id),
+            partner=partner,
+            **{**FAST, "limio_conn_id": "limio_admin", **op_kwargs},
         )
     return dag
 
@@ -555,7 +569,7 @@ def test_another_partners_order_with_the_same_external_id_is_never_adopted(
     B's task, so B's order was never created and the task succeeded."""
     from limio_provider.hooks.limio import LimioHook
 
-    theirs = LimioHook().submit_admin_order(new_order("EXT-PARTNERS"), partner={"id": "partner-a"})
+    theirs = LimioHook("limio_admin").submit_admin_order(new_order("EXT-PARTNERS"), partner={"id": "partner-a"})
     run = run_dag(admin_dag("limio_partner_b", "EXT-PARTNERS", "partner-b", ledger_path=ledger))
     assert run.state == "success", states(run)
     (result,) = xcom(run, "submit")
@@ -572,7 +586,7 @@ def test_an_adopt_decision_naming_another_partners_order_is_refused_and_kept(
     """Issue 17, scenario 8: ``adopt <id>`` was accepted for an order of another partner."""
     from limio_provider.hooks.limio import LimioHook
 
-    theirs = LimioHook().submit_admin_order(new_order("EXT-ADOPT-P"), partner={"id": "partner-a"})
+    theirs = LimioHook("limio_admin").submit_admin_order(new_order("EXT-ADOPT-P"), partner={"id": "partner-a"})
     limio_emulator.add_fault(Fault(route="admin_order", action="drop", times=1))  # partner B's: outcome unknown
     key = decision_key("EXT-ADOPT-P")
     task_log()

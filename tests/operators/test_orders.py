@@ -295,14 +295,21 @@ def test_the_dry_run_argument_leaves_base_operator_dry_run_callable() -> None:
         operator.dry_run()  # renders nothing, sends nothing, raises nothing
 
 
-def test_admin_operator_posts_for_partner(limio_emulator: LimioEmulator) -> None:
+def test_admin_operator_posts_for_partner_with_the_management_connection(limio_emulator: LimioEmulator) -> None:
     with DAG("limio_admin", schedule=None, start_date=START) as dag:
-        LimioAdminSubmitOrderOperator(task_id="admin", order=new_order("EXT-ADM"), partner="{{ 'partner-7' }}")
+        partner = "{{ 'partner-org-1' }}"
+        LimioAdminSubmitOrderOperator(
+            task_id="admin", order=new_order("EXT-ADM"), partner=partner, limio_conn_id="limio_admin"
+        )
+        # The ordinary client on /admin/order: Limio refuses it (management credentials only), nothing is created.
+        LimioAdminSubmitOrderOperator(task_id="not_admin", order=new_order("EXT-NOT-ADM"), partner=partner)
     run = run_dag(dag)
-    assert run.state == "success", states(run)
-    (sent,) = [r for r in limio_emulator.requests if r.path == "/api/admin/order"]
-    assert sent.body["forPartner"] == {"id": "partner-7"}
+    assert states(run) == {"admin": "success", "not_admin": "failed"}
+    admin = [r for r in limio_emulator.requests if r.path == "/api/admin/order"]
+    assert sorted((r.body["external_id"], r.status) for r in admin) == [("EXT-ADM", 200), ("EXT-NOT-ADM", 403)]
+    assert {r.body["forPartner"]["id"] for r in admin} == {"partner-org-1"}
     assert xcom(run, "admin", "order_id")
+    assert limio_emulator.orders_with_external_id("EXT-NOT-ADM") == []
 
 
 @pytest.mark.parametrize("rendered", ["None", "null", "  ", ""])

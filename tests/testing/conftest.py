@@ -13,11 +13,12 @@ from tests.helpers import Client, Connect, Start
 
 @pytest.fixture
 def connect() -> Iterator[Connect]:
-    """``connect(emulator, authorised=True)``: a :class:`Client`, closed after the test."""
+    """``connect(emulator, authorised=True, admin=False)``: a :class:`Client` (``admin``: with the management
+    client's token), closed after the test."""
     clients: list[Client] = []
 
-    def _connect(emulator: LimioEmulator, authorised: bool = True) -> Client:
-        clients.append(Client(emulator, authorised))
+    def _connect(emulator: LimioEmulator, authorised: bool = True, admin: bool = False) -> Client:
+        clients.append(Client(emulator, authorised, admin))
         return clients[-1]
 
     yield _connect
@@ -49,3 +50,9 @@ def emu(limio_emulator: LimioEmulator) -> LimioEmulator:
 def api(emu: LimioEmulator, connect: Connect) -> Client:
     """An authorised client of ``emu``."""
     return connect(emu)
+
+
+@pytest.fixture
+def admin_api(emu: LimioEmulator, connect: Connect) -> Client:
+    """A client of ``emu`` with the management client's token (for ``/admin/order``)."""
+    return connect(emu, admin=True)

@@ -20,7 +20,8 @@ import requests
 
 from limio_provider.models import OrderPage, OrderResult, PreviewResult
 from limio_provider.testing import Fault, LimioEmulator
-from tests.helpers import CLIENT_ID, SECRET, Client, Connect, Start, token_form
+from limio_provider.testing.emulator import load_catalogue
+from tests.helpers import ADMIN_CLIENT_ID, ADMIN_SECRET, CLIENT_ID, SECRET, Client, Connect, Start, token_form
 from tests.helpers import emulator_order as new_order
 
 # -- OAuth ---------------------------------------------------------------------------------------------
@@ -139,18 +140,76 @@ def test_subscription_order_reuses_the_subscription_name(api: Client) -> None:
     assert answer.status_code == 200 and answer.json()["subscriptionReference"] == "3V053CN9SFIG"
 
 
-def test_admin_order_needs_a_valid_for_partner(api: Client, emu: LimioEmulator) -> None:
-    for partner in ({}, {"forPartner": {}}, {"forPartner": None}):
-        answer = api.post("/api/admin/order", json={**new_order(), **partner})
+def test_admin_order_needs_a_valid_for_partner(admin_api: Client, emu: LimioEmulator) -> None:
+    for partner in ({}, {"forPartner": {}}, {"forPartner": None}, {"forPartner": {"id": "partner-org-nobody"}}):
+        answer = admin_api.post("/api/admin/order", json={**new_order(), **partner})
         assert answer.status_code == 400
         message = answer.json()["message"]
         assert message.startswith("Invalid partner organisation or malformed order payload: ")
         assert "forPartner" in message
-    created = api.order("/api/admin/order", forPartner={"id": "partner-org-1"})
+    assert "no partner organisation 'partner-org-nobody'" in message  # the last: a partner Limio does not know
+    created = admin_api.order("/api/admin/order", forPartner={"id": "partner-org-1"})
     assert created.status_code == 200
     assert emu.orders[created.json()["id"]]["forPartner"] == {"id": "partner-org-1"}
-    plain = api.order(forPartner={"any": "thing"})
+    plain = admin_api.order(forPartner={"any": "thing"})
     assert emu.orders[plain.json()["id"]]["forPartner"] == {"any": "thing"}  # passed through on /order
+
+
+def test_admin_order_needs_the_management_client(emu: LimioEmulator, api: Client, admin_api: Client) -> None:
+    order = new_order(external_id="EXT-ADMIN", forPartner={"id": "partner-org-1"})
+    refused = api.post("/api/admin/order", json=order)  # the ordinary client's token
+    assert refused.status_code == 403 and "management credentials" in refused.json()["message"]
+    assert emu.orders == {}
+    assert admin_api.post("/api/admin/order", json=order).status_code == 200
+    for path in ("/api/order", "/api/order/preview"):  # management credentials open the rest of the API too
+        assert admin_api.order(path).status_code == 200
+
+
+def test_lenient_accepts_what_limio_refuses(emulators: Start, connect: Connect) -> None:
+    emulator = emulators(lenient=True)
+    client = connect(emulator)  # the ordinary client
+    unknown = {"orderItems": [{"offer": {"id": "offer-nobody-sells"}, "quantity": 1}]}
+    answer = client.order("/api/admin/order", forPartner={"id": "partner-org-nobody"}, **unknown)
+    assert answer.status_code == 200
+    assert client.order("/api/order", **unknown).status_code == 200
+    assert client.post("/api/admin/order", json=new_order()).status_code == 400  # malformed is still malformed
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (new_order(orderItems=[{"offer": {"id": "offer-gone"}, "quantity": 1}]), "orderItems[0].offer.id"),
+        ({"order_type": "change_offer", "forSubscription": {"id": "sub-1"}, "offer": {"id": "offer-gone"}}, "offer.id"),
+        ({"order_type": "add_offer", "forSubscription": {"id": "sub-1"}, "offer": {"id": "offer-gone"}}, "offer.id"),
+    ],
+    ids=["new", "change_offer", "add_offer"],
+)
+def test_an_offer_outside_the_catalogue_is_refused(
+    admin_api: Client, emu: LimioEmulator, body: dict[str, Any], named: str
+) -> None:
+    for path in ("/api/order", "/api/order/preview", "/api/admin/order"):
+        answer = admin_api.post(path, json={**body, "forPartner": {"id": "partner-org-1"}})
+        assert answer.status_code == 400, path
+        assert f"{named}: no published offer 'offer-gone' in the catalogue" in answer.json()["message"], path
+    assert emu.orders == {}
+
+
+def test_a_loaded_catalogue_prices_previews_and_replaces_the_default(
+    emulators: Start, connect: Connect, tmp_path: Any
+) -> None:
+    path = tmp_path / "catalogue.json"
+    pro = {"name": "Pro", "price": "120", "currency": "EUR", "period_months": 12}
+    path.write_text(json.dumps({"offer-pro-yearly": pro}))
+    emulator = emulators(catalogue=load_catalogue(str(path)))
+    client = connect(emulator)
+    items = {"orderItems": [{"offer": {"id": "offer-pro-yearly"}, "quantity": 2}]}
+    priced = PreviewResult.model_validate(preview(client, new_order(**items)))
+    assert (priced.total_due(), priced.schedule[0]["currency"]) == (Decimal("240.00"), "EUR")
+    assert client.order(**items).status_code == 200
+    assert client.order().status_code == 400  # offer-digital-monthly: not in this tenant's catalogue
+    path.write_text(json.dumps({"offer-x": {"price": "free"}}))
+    with pytest.raises(ValueError, match="catalogue offer 'offer-x'"):
+        load_catalogue(str(path))
 
 
 @pytest.mark.parametrize(
@@ -163,9 +222,9 @@ def test_admin_order_needs_a_valid_for_partner(api: Client, emu: LimioEmulator) 
     ],
     ids=["missing-offer-id", "missing-checkout", "unknown-order-type", "not-an-object"],
 )
-def test_malformed_order_gets_400_naming_it(api: Client, emu: LimioEmulator, body: Any, named: str) -> None:
+def test_malformed_order_gets_400_naming_it(admin_api: Client, emu: LimioEmulator, body: Any, named: str) -> None:
     for path in ("/api/order", "/api/admin/order", "/api/order/preview"):
-        answer = api.post(path, json=body)
+        answer = admin_api.post(path, json=body)
         assert answer.status_code == 400 and named in answer.json()["message"]
     assert emu.orders == {}
 
@@ -219,9 +278,10 @@ def test_preview_of_other_order_types(api: Client) -> None:
     assert PreviewResult.model_validate(update).total_due() == 0
 
 
-def test_preview_of_an_unknown_offer_has_a_stable_price(api: Client) -> None:
+def test_preview_of_an_unknown_offer_has_a_stable_price_when_lenient(emulators: Start, connect: Connect) -> None:
+    client = connect(emulators(lenient=True))
     order = new_order(orderItems=[{"offer": {"id": "4f0c1e5b7d9a"}, "quantity": 1}])
-    first, again = (PreviewResult.model_validate(preview(api, order)).total_due() for _ in range(2))
+    first, again = (PreviewResult.model_validate(preview(client, order)).total_due() for _ in range(2))
     assert first == again and Decimal("5.00") <= first < Decimal("50.00")
 
 
@@ -315,7 +375,7 @@ def test_process_then_status_creates_the_order_but_answers_502(api: Client, emu:
 
 def test_process_then_hang_creates_the_order_and_never_answers(emulators: Start, connect: Connect) -> None:
     emulator = emulators()
-    client = connect(emulator)
+    client = connect(emulator, admin=True)
     emulator.add_fault(Fault(route="admin_order", action="process_then_hang"))  # holds 30 s by default
     with pytest.raises(requests.ReadTimeout):
         order = new_order(external_id="EXT-HUNG", forPartner="partner-org-1")
@@ -402,16 +462,26 @@ def test_admin_http_routes(api: Client, emu: LimioEmulator, connect: Connect) ->
 
 def test_cli_prints_the_connection_and_serves_until_sigterm() -> None:
     command = [sys.executable, "-m", "limio_provider.testing", "--port", "0", "--client-secret", "s3cret"]
+    command += ["--partner", "partner-org-7"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
-        lines = [process.stdout.readline() for _ in range(3)]
-        export = next(line for line in lines if line.startswith("export AIRFLOW_CONN_LIMIO_DEFAULT="))
-        connection = json.loads(shlex.split(export.split("=", 1)[1])[0])
+        lines = [process.stdout.readline() for _ in range(4)]
+        exports = dict(line.split(" ", 1)[1].split("=", 1) for line in lines if line.startswith("export "))
+        connection = json.loads(shlex.split(exports["AIRFLOW_CONN_LIMIO_DEFAULT"])[0])
+        admin = json.loads(shlex.split(exports["AIRFLOW_CONN_LIMIO_ADMIN"])[0])
         assert connection["conn_type"] == "limio" and connection["password"] == "s3cret"
+        assert (admin["login"], admin["password"]) == (ADMIN_CLIENT_ID, ADMIN_SECRET)
         assert connection["host"] in lines[0]
         url = f"{connection['host']}/oauth2/token"
         assert requests.post(url, data=token_form(secret="s3cret"), timeout=5).status_code == 200
+        form = token_form(ADMIN_SECRET, client_id=ADMIN_CLIENT_ID)
+        token = requests.post(url, data=form, timeout=5).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        for partner, status in (("partner-org-7", 200), ("partner-org-1", 400)):  # --partner replaces the default
+            order = new_order(forPartner={"id": partner})
+            answer = requests.post(f"{connection['host']}/api/admin/order", json=order, headers=headers, timeout=5)
+            assert answer.status_code == status, partner
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=5) == 0
     finally:
@@ -429,6 +499,8 @@ def test_limio_emulator_fixture_sets_the_airflow_connection(limio_emulator: Limi
         "extra": {"order_link_template": f"{limio_emulator.url}/_emulator/orders/{{order_id}}"},
     }
     assert connection == expected
+    admin = json.loads(os.environ["AIRFLOW_CONN_LIMIO_ADMIN"])  # the management client, for /admin/order
+    assert admin == {**expected, "login": ADMIN_CLIENT_ID, "password": ADMIN_SECRET}
     url = f"{connection['host']}/oauth2/token"
     assert requests.post(url, data=token_form(), timeout=5).status_code == 200
 
