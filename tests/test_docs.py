@@ -147,3 +147,23 @@ def test_the_errors_page_names_every_exception() -> None:
     text = (ROOT / "docs/errors-and-retries.md").read_text()
     assert len(names) >= 14
     assert [name for name in names if not re.search(rf"\b{name}\b", text)] == []
+
+
+def test_the_connection_pages_examples_are_connections_the_hook_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``export AIRFLOW_CONN_...='...'`` of docs/connection.md (JSON or URI) reads as a Limio connection with
+    the extras the page says; the order link template among them."""
+    import shlex
+
+    from limio_provider.hooks.limio import LimioHook
+
+    text = (ROOT / "docs/connection.md").read_text()
+    exports = re.findall(r"^export (AIRFLOW_CONN_\w+)=('.*?')$", text, flags=re.S | re.M)
+    assert len(exports) == 4, exports  # JSON: default and admin; URI: a tenant and the emulator
+    links = []
+    for name, quoted in exports:
+        monkeypatch.setenv(name, shlex.split(quoted)[0])
+        hook = LimioHook(name.removeprefix("AIRFLOW_CONN_").lower())
+        assert hook.settings.client_id, name
+        links.append(hook.order_url("order-1"))
+    link = "https://crm.example.com/limio/orders/order-1"
+    assert links == [link, link, link, None]  # the emulator's URI sets none: no link

@@ -91,9 +91,12 @@ DEFAULT_TOKEN_LIFETIME = 3600.0
 
 
 def _check_link_template(template: str | None) -> str | None:
-    """``order_link_template`` may use ``{order_id}`` and nothing else: checked before any network call."""
+    """``order_link_template`` is a web address (Airflow's UI opens only ``http(s)`` links) that may use
+    ``{order_id}`` and nothing else: checked before any network call."""
     if template is None:
         return None
+    if not template.strip().lower().startswith(("https://", "http://")):
+        raise ValueError("must be a web page's address, starting https:// (Airflow's UI shows no other link)")
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
@@ -135,8 +138,7 @@ class LimioConnectionOptions(BaseModel):
     )
     order_link_template: str | None = Field(
         None,
-        description="URL of an order for the 'Limio order' link, with {order_id}; "
-        "default: the order in the Objects API.",
+        description="URL of an order's page for the 'Limio order' link, with {order_id}; none: no link.",
     )
     ledger_path: str | None = Field(
         None,
@@ -443,12 +445,11 @@ class LimioHook(BaseHook):
         session.verify = env_bundle if options.verify is True and env_bundle else options.verify
         return session
 
-    def order_url(self, order_id: str) -> str:
-        """Where a person finds the order: ``order_link_template`` or the order's Objects API URL."""
+    def order_url(self, order_id: str) -> str | None:
+        """Where a person's browser shows the order: ``order_link_template`` with its id; ``None`` without
+        one (Limio documents no web page for an order, and its API URL needs a token a browser lacks)."""
         template = self.settings.options.order_link_template
-        if template:
-            return template.format(order_id=quote(order_id, safe=""))
-        return f"{self.settings.api_url}/objects/limio/orders/{quote(order_id, safe='')}"
+        return template.format(order_id=quote(order_id, safe="")) if template else None
 
     def close(self) -> None:
         """Close the HTTP session (its pooled connections)."""

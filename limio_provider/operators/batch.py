@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from limio_provider.exactly_once.identity import work_of
+from limio_provider.links.limio import LimioResultsFileLink, browser_url
 from limio_provider.operators.orders import (
     PreviewCheck,
     _admin_body,
@@ -28,7 +29,7 @@ from limio_provider.operators.orders import (
 )
 
 if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Context, ObjectStoragePath
+    from airflow.providers.common.compat.sdk import BaseOperatorLink, Context, ObjectStoragePath
 
     from limio_provider.hooks.limio import LimioHook
 
@@ -304,6 +305,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         "partner",
     )
     template_fields_renderers = {"orders": "json"}
+    operator_extra_links: tuple[BaseOperatorLink, ...] = (LimioResultsFileLink(),)
 
     def __init__(
         self,
@@ -350,6 +352,8 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         self.max_failed = max_failed
         self.partner = partner
         self.progress_interval = progress_interval
+        #: This try's results file, as a browser shows it (:class:`LimioResultsFileLink` reads it).
+        self.limio_results_url: str | None = None
 
     @cached_property
     def _throttle(self) -> _Throttle:
@@ -389,6 +393,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         from limio_provider.exceptions import LimioBatchFailedError, LimioClaimLostError, LimioConfigError
 
         started = time.monotonic()
+        self.limio_results_url = None  # a runner may reuse the operator for the next try
         dry_run = _as_bool("dry_run", self.preview_only)
         self.hook.settings  # noqa: B018 - a bad connection fails before any call
         ledger = ledger_for(self.hook.settings, self.ledger_path)
@@ -400,6 +405,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 "argument (file:///var/lib/limio-ledger on a single machine)"
             )
         results_uri, results_file = self._results_uri(dry_run)
+        self._link_results(context, results_uri)
 
         # 1. Validation pass: every order, before the first request.
         total = self._validation_pass(context, dry_run, results_uri)
@@ -584,6 +590,12 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     def on_kill(self) -> None:
         """Start no more orders; those in flight end and are recorded."""
         self._batch_stopped = "the task was killed"
+
+    def _link_results(self, context: Context, results_uri: str) -> None:
+        """Give this try's task instance its "Limio results file" link, where a browser can show the file."""
+        self.limio_results_url = browser_url(results_uri)
+        if self.limio_results_url:
+            LimioResultsFileLink.persist(context, url=self.limio_results_url)
 
     def _results_uri(self, dry_run: bool) -> tuple[str, ObjectStoragePath]:
         from limio_provider.exceptions import LimioConfigError

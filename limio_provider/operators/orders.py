@@ -370,7 +370,8 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         ti.xcom_push(key="adopted", value=adopted)
         ti.xcom_push(key="order_id", value=result["id"])
         self.limio_order_url = self.hook.order_url(result["id"])
-        LimioOrderLink.persist(context, url=self.limio_order_url)
+        if self.limio_order_url:
+            LimioOrderLink.persist(context, url=self.limio_order_url)
 
     def _finish(self, context: Context, result: dict[str, Any], *, adopted: bool) -> dict[str, Any]:
         """Fail on a failed order; wait for a final status if asked; the full result."""

@@ -403,13 +403,21 @@ def test_unknown_fields_are_sent_untouched(hook: LimioHook, limio_emulator: Limi
     assert sent.headers["User-Agent"].startswith("airflow-provider-limio/")
 
 
-def test_admin_order_sends_for_partner(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
-    result = hook.submit_admin_order(new_order("EXT-P"), partner="partner-42")
+def test_admin_order_sends_for_partner(limio_emulator: LimioEmulator) -> None:
+    hook = LimioHook("limio_admin")  # management credentials
+    result = hook.submit_admin_order(new_order("EXT-P"), partner="partner-org-1")
     (sent,) = calls(limio_emulator, "/api/admin/order")
-    assert sent.body["forPartner"] == {"id": "partner-42"}
+    assert sent.body["forPartner"] == {"id": "partner-org-1"}
     assert result.external_id == "EXT-P"
     with pytest.raises(LimioValidationError, match="forPartner"):
         hook.submit_admin_order(new_order("EXT-Q"))
+
+
+def test_admin_order_with_the_ordinary_client_is_refused_and_creates_nothing(limio_emulator: LimioEmulator) -> None:
+    with pytest.raises(LimioAuthError, match="HTTP 403: Forbidden: /admin/order needs management credentials") as info:
+        LimioHook().submit_admin_order(new_order("EXT-NOT-ADMIN"), partner="partner-org-1")
+    assert info.value.status == 403 and not info.value.retryable
+    assert limio_emulator.orders_with_external_id("EXT-NOT-ADMIN") == []  # refused: nothing was created
 
 
 def test_process_immediately_returns_the_final_status(hook: LimioHook) -> None:
@@ -597,11 +605,10 @@ def test_a_secret_echoed_by_limio_is_scrubbed_from_the_error(hook: LimioHook, li
     assert "bad client ***" in str(excinfo.value)
 
 
-def test_the_order_link_is_the_api_url_unless_a_template_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_order_link_is_the_template_and_nothing_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Limio's API URL for the order would answer a browser 401: no link rather than one that cannot open.
     set_connection(monkeypatch, "limio_link", host="acme.prod.limio.com", login="id", password="pw")
-    assert (
-        LimioHook("limio_link").order_url("order-1") == "https://acme.prod.limio.com/api/objects/limio/orders/order-1"
-    )
+    assert LimioHook("limio_link").order_url("order-1") is None
     set_connection(
         monkeypatch,
         "limio_link",

@@ -351,7 +351,7 @@ def test_bad_hosts_are_config_errors_that_never_echo_credentials(monkeypatch: py
     assert "PW-123" not in str(excinfo.value)
 
 
-def test_an_unknown_link_placeholder_fails_with_the_connection_before_any_call(
+def test_a_bad_order_link_template_fails_with_the_connection_before_any_call(
     limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_connection(
@@ -363,6 +363,16 @@ def test_an_unknown_link_placeholder_fails_with_the_connection_before_any_call(
         extra={"order_link_template": "https://app.example/orders/{orderid}"},
     )
     with pytest.raises(LimioConfigError, match=r"order_link_template: unknown placeholder \{orderid\}"):
+        LimioHook("limio_link").submit_order(new_order())
+    set_connection(
+        monkeypatch,
+        "limio_link",
+        host=limio_emulator.url,
+        login="emulator-client",
+        password="emulator-secret",
+        extra={"order_link_template": "file:///orders/{order_id}"},  # Airflow's UI would show no such link
+    )
+    with pytest.raises(LimioConfigError, match=r"order_link_template: must be a web page's address"):
         LimioHook("limio_link").submit_order(new_order())
     assert limio_emulator.requests == []
 

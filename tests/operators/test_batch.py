@@ -15,6 +15,7 @@ import pytest
 from airflow.providers.common.compat.sdk import DAG, task
 
 from limio_provider.exactly_once.ledger import parse_record
+from limio_provider.links.limio import LimioResultsFileLink
 from limio_provider.operators import LimioSubmitOrdersOperator
 from limio_provider.testing import Fault, LimioEmulator
 from tests.helpers import START, calls, in_use, limio_tenant, new_order, run_dag, states, xcom
@@ -90,6 +91,7 @@ def test_a_list_of_orders_from_an_upstream_task(
     summary = summary_of(run)
     assert summary["counts"]["submitted"] == 5 and summary["failures"] == 0
     assert summary["results_path"] == results_uri
+    assert xcom(run, "submit", LimioResultsFileLink.key) == []  # a local file: no link a browser would follow
     rows = results(results_uri)
     assert sorted(row["index"] for row in rows) == [0, 1, 2, 3, 4]
     assert {row["outcome"] for row in rows} == {"submitted"}
@@ -327,6 +329,7 @@ def test_partner_sends_every_order_to_admin_order(
             ledger_root,
             orders=orders("ADM", 3),
             partner="partner-org-1",
+            limio_conn_id="limio_admin",  # management credentials: only they may use /admin/order
             results_path=f"file://{tmp_path}/admin.results.jsonl",
         )
     )
@@ -335,6 +338,17 @@ def test_partner_sends_every_order_to_admin_order(
     assert sorted(r.body["external_id"] for r in admin) == ["ADM-0", "ADM-1", "ADM-2"]
     assert {json.dumps(r.body["forPartner"]) for r in admin} == {'{"id": "partner-org-1"}'}
     assert calls(limio_emulator, ORDER_POSTS) == []
+
+
+def test_a_batch_with_its_results_on_s3_links_to_them_in_the_s3_console(
+    limio_emulator: LimioEmulator, s3_ledger_root: str
+) -> None:
+    results_uri = s3_ledger_root.removesuffix("/ledger") + "/out/day 1.results.jsonl"
+    run = run_dag(batch_dag("limio_batch_s3_link", s3_ledger_root, orders=orders("S3L", 2), results_path=results_uri))
+    assert run.state == "success", states(run)
+    bucket = results_uri.split("@", 1)[1].split("/", 1)[0]
+    console = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix=out%2Fday%201.results.jsonl"
+    assert xcom(run, "submit", LimioResultsFileLink.key) == [console]
 
 
 def test_dry_run_previews_each_order_and_sends_nothing(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers import free_port, tail
+from tests.helpers import LIMIO_S3_CONN_ID, free_port, tail
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "ui"
 DAGS_FOLDER = Path(__file__).resolve().parent / "dags"
 DAG_ID, TASK_ID, EXTERNAL_ID = "limio_ui_order", "submit_order", "ui-order-1"
+BATCH_TASK_ID = "submit_batch"
 CHROMIUM = os.environ.get("LIMIO_UI_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("LIMIO_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
 #: How long a page may take to show what a test waits for (the first page load compiles nothing: it is fast).
@@ -54,6 +55,22 @@ def emulator() -> Iterator[LimioEmulator]:
 
     with LimioEmulator() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def results_bucket(moto_s3: str) -> str:
+    """A bucket in moto for the UI batch's results: ``s3://limio_s3@<bucket>``."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_s3,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="limio-ui-results")
+    return f"s3://{LIMIO_S3_CONN_ID}@limio-ui-results"
 
 
 @dataclass
@@ -90,7 +107,13 @@ class Airflow:
 
 
 @pytest.fixture(scope="session")
-def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, artifacts: Path) -> Iterator[Airflow]:
+def airflow(
+    tmp_path_factory: pytest.TempPathFactory,
+    emulator: LimioEmulator,
+    artifacts: Path,
+    results_bucket: str,
+    limio_s3_conn: str,
+) -> Iterator[Airflow]:
     """A scratch Airflow home on SQLite, migrated; then ``airflow api-server`` and ``airflow dags test`` of the
     UI DAG (an order submitted to the emulator) started together. Yields once the api-server answers."""
     home = tmp_path_factory.mktemp("airflow-ui-home")
@@ -120,7 +143,12 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, a
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, stopped as one below
         )
-        dag_env = env | emulator.connection_env()  # limio_default: the emulator
+        batch = {  # the batch's ledger on disk, its results on S3 (moto's): where its link leads
+            "LIMIO_UI_LEDGER": f"file://{tmp_path_factory.mktemp('limio-ui-ledger')}",
+            "LIMIO_UI_RESULTS": f"{results_bucket}/batch.results.jsonl",
+            f"AIRFLOW_CONN_{LIMIO_S3_CONN_ID.upper()}": limio_s3_conn,
+        }
+        dag_env = env | emulator.connection_env() | batch  # limio_default: the emulator
         dag_test = subprocess.Popen(
             [*airflow_cli, "dags", "test", DAG_ID, "2026-01-01"], env=dag_env, stdout=dag_out, stderr=subprocess.STDOUT
         )

@@ -1,7 +1,8 @@
-"""The task's "Limio order" extra link in a real browser, after a DAG run that submitted an order to the emulator."""
+"""The tasks' extra links in a real browser: "Limio order" after a submit, "Limio results file" after a batch."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -9,7 +10,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from tests.ui import pages
-from tests.ui.conftest import DAG_ID, EXTERNAL_ID, TASK_ID
+from tests.ui.conftest import BATCH_TASK_ID, DAG_ID, EXTERNAL_ID, TASK_ID
 from tests.ui.pages import click, text_is
 
 if TYPE_CHECKING:
@@ -27,9 +28,9 @@ def the_order(emulator: LimioEmulator) -> dict:
     return orders[0]
 
 
-def open_task_details(driver: WebDriver, airflow: Airflow) -> None:
+def open_task_details(driver: WebDriver, airflow: Airflow, task_id: str = TASK_ID) -> None:
     run_id = airflow.dag_run_id()
-    driver.get(f"{airflow.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/{TASK_ID}")
+    driver.get(f"{airflow.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/{task_id}")
     click(driver, f"//*[self::a or self::button or @role='tab'][{text_is('Details')}]")
 
 
@@ -54,3 +55,27 @@ def test_order_link_leads_to_the_emulators_order(browser: WebDriver, airflow: Ai
     finally:
         browser.close()
         browser.switch_to.window(home)
+
+
+def test_the_batch_links_to_its_results_file(
+    browser: WebDriver, airflow: Airflow, emulator: LimioEmulator, moto_s3: str
+) -> None:
+    import boto3
+
+    open_task_details(browser, airflow, BATCH_TASK_ID)
+    link = pages.visible(browser, f"//a[{text_is('Limio results file')}]")
+    pages.screenshot(browser, "09-batch-results-link")
+    # Results on S3: the link opens the file in the AWS console (not followed here: that is AWS, not moto).
+    console = "https://s3.console.aws.amazon.com/s3/object/limio-ui-results?prefix=batch.results.jsonl"
+    assert link.get_attribute("href") == console
+    assert link.get_attribute("target") == "_blank"
+    # What is at the other end: the batch's results, one line per order, each the one order Limio holds.
+    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    body = s3.get_object(Bucket="limio-ui-results", Key="batch.results.jsonl")["Body"].read().decode()
+    rows = [json.loads(line) for line in body.splitlines()]
+    assert sorted((row["external_id"], row["outcome"]) for row in rows) == [
+        ("ui-batch-1", "submitted"),
+        ("ui-batch-2", "submitted"),
+    ]
+    for row in rows:
+        assert [order["id"] for order in emulator.orders_with_external_id(row["external_id"])] == [row["order_id"]]
