@@ -9,7 +9,7 @@ from typing import Any
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["schema"],  # the port is shown: it is used, and overrides a port written in the host
-    "relabeling": {"host": "Tenant host", "login": "Client ID", "password": "Client secret"},
+    "relabeling": {"host": "Tenant Host", "login": "Client ID", "password": "Client Secret"},
     "placeholders": {
         "host": "acme.prod.limio.com",
         "port": "443 (optional)",
@@ -32,50 +32,66 @@ def _optional(kind: str | list[str], **schema: Any) -> dict[str, Any]:
 CONN_FIELDS: dict[str, Any] = {
     "scheme": _field(
         "Scheme",
-        _optional("string", enum=["https", "http", None]),
+        _optional(
+            "string",
+            enum=["https", "http", None],
+            values_display={"https": "https", "http": "http (loopback emulator only)", "null": "default (https)"},
+        ),
         "https (default). http only for a loopback emulator (127.0.0.1, localhost).",
     ),
-    "base_path": _field("API base path", _optional("string"), "Path of the API on the tenant host (default /api)."),
+    "base_path": _field("API Base Path", _optional("string"), "Path of the API on the tenant host (default /api)."),
     "token_path": _field(
-        "Token path", _optional("string"), "OAuth2 token endpoint on the tenant root (default /oauth2/token)."
+        "Token Path", _optional("string"), "OAuth2 token endpoint on the tenant root (default /oauth2/token)."
     ),
     "token_auth": _field(
-        "Token auth style",
-        _optional("string", enum=["body", "basic", None]),
+        "Token Auth",
+        _optional(
+            "string",
+            enum=["body", "basic", None],
+            values_display={"body": "body", "basic": "basic (HTTP Basic)", "null": "default (body)"},
+        ),
         "Send client credentials in the form body (default, as Limio documents) or as HTTP Basic.",
     ),
     "timeout": _field(
-        "Answer timeout (s)", _optional("number", exclusiveMinimum=0), "The whole answer, once a request is sent (30)."
+        "Answer Timeout (s)", _optional("number", exclusiveMinimum=0), "The whole answer, once a request is sent (30)."
     ),
     "max_answer_bytes": _field(
-        "Max answer size (bytes)", _optional("integer", minimum=1024), "Largest answer read, decoded (32 MiB)."
+        "Max Answer Size (bytes)", _optional("integer", minimum=1024), "Largest answer read, decoded (32 MiB)."
     ),
-    "connect_timeout": _field("Connect timeout (s)", _optional("number", exclusiveMinimum=0), "Default 10."),
+    "connect_timeout": _field("Connect Timeout (s)", _optional("number", exclusiveMinimum=0), "Default 10."),
     "retry_limit": _field(
-        "Retry limit", _optional("integer", minimum=0, maximum=20), "Retries where safe, after the first try (4)."
+        "Retry Limit", _optional("integer", minimum=0, maximum=20), "Retries where safe, after the first try (4)."
     ),
-    "retry_backoff": _field("Retry backoff (s)", _optional("number", minimum=0), "First backoff, doubling (1)."),
-    "retry_max_backoff": _field("Max backoff (s)", _optional("number", minimum=0), "Longest backoff (30)."),
+    "retry_backoff": _field("Retry Backoff (s)", _optional("number", minimum=0), "First backoff, doubling (1)."),
+    "retry_max_backoff": _field("Max Backoff (s)", _optional("number", minimum=0), "Longest backoff (30)."),
     "retry_after_max": _field(
         "Max Retry-After (s)", _optional("number", minimum=0), "Longest Retry-After honoured (60)."
     ),
     "verify": _field(
-        "TLS verification", _optional(["boolean", "string"]), "true (default), false, or a CA bundle path."
+        "TLS Verification",
+        _optional("string", examples=["true", "false"]),  # a text field offering both flags: a path is text too
+        "true (default), false, or a CA bundle path.",
     ),
-    "proxies": _field("Proxies", _optional("object"), 'requests-style proxies, e.g. {"https": "http://proxy:3128"}.'),
+    "proxies": _field(
+        "Proxies",
+        _optional("object"),
+        'requests-style proxies, e.g. {"https": "http://proxy:3128"}; empty: the HTTPS_PROXY, HTTP_PROXY and '
+        "NO_PROXY environment variables apply.",
+    ),
     "order_link_template": _field(
-        "Order link template",
+        "Order Link Template",
         _optional("string"),
-        "URL for the 'Limio order' link with {order_id}; default: the order in the Objects API.",
+        "Your order page's URL with {order_id}, e.g. https://crm.example.com/limio/orders/{order_id}, for the "
+        "task's 'Limio order' link (Limio documents no page for an order; without it there is no link).",
     ),
     "ledger_path": _field(
-        "Order ledger path",
+        "Order Ledger Path",
         _optional("string"),
         "Where every order sent is remembered, across runs and workers: file:///... on one machine, "
         "s3://aws_conn_id@bucket/prefix when workers are many.",
     ),
     "tenant": _field(
-        "Tenant name (ledger)",
+        "Tenant Name (Ledger)",
         _optional("string"),
         "Names this tenant in the order ledger; default: the host, lower-case, without a default port. Set it "
         "when the tenant is reached through more than one host name.",
@@ -117,5 +133,8 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [{"integration-name": "Limio", "python-modules": ["limio_provider.sensors.limio"]}],
         "triggers": [{"integration-name": "Limio", "python-modules": ["limio_provider.triggers.limio"]}],
-        "extra-links": ["limio_provider.links.limio.LimioOrderLink"],
+        "extra-links": [
+            "limio_provider.links.limio.LimioOrderLink",
+            "limio_provider.links.limio.LimioResultsFileLink",
+        ],
     }

@@ -35,9 +35,9 @@ def test_provider_info_matches_the_code() -> None:
     assert conn["hook-class-name"] == f"{LimioHook.__module__}.{LimioHook.__qualname__}"
     assert list(CONN_FIELDS) == list(OPTION_NAMES)  # every extra the hook accepts is in the form, and no other
     assert conn["ui-field-behaviour"]["relabeling"] == {
-        "host": "Tenant host",
+        "host": "Tenant Host",
         "login": "Client ID",
-        "password": "Client secret",
+        "password": "Client Secret",
     }
     assert "port" not in conn["ui-field-behaviour"]["hidden-fields"]  # the hook uses conn.port
 
@@ -167,7 +167,7 @@ def test_the_connection_form_shows_each_extra_and_the_relabelled_fields_on_this_
         fields = {key.split("__")[-1] for key in manager.connection_form_widgets if key.startswith("extra__limio__")}
         assert expected <= fields
         behaviour = manager.field_behaviours["limio"]
-        assert behaviour["relabeling"]["host"] == "Tenant host"
+        assert behaviour["relabeling"]["host"] == "Tenant Host"
         assert behaviour["hidden_fields"] == ["schema"]
         return
     HookMetaService.hook_meta_data.cache_clear()
@@ -175,7 +175,7 @@ def test_the_connection_form_shows_each_extra_and_the_relabelled_fields_on_this_
     assert expected <= set(meta.extra_fields or {})
     assert meta.standard_fields is not None
     fields = meta.standard_fields.model_dump()
-    assert fields["host"]["title"] == "Tenant host"
+    assert fields["host"]["title"] == "Tenant Host"
     assert fields["login"]["title"] == "Client ID"
     assert fields["port"]["hidden"] is False  # used: it overrides a port written in the host
     assert fields["url_schema"]["hidden"] is True

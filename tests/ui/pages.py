@@ -32,6 +32,13 @@ def visible(driver: WebDriver, xpath: str) -> WebElement:
     return wait(driver).until(EC.visibility_of_element_located((By.XPATH, xpath)), f"nothing visible at {xpath}")
 
 
+def visible_all(driver: WebDriver, xpath: str, *, at_least_one: bool = True) -> list[WebElement]:
+    """The visible elements at ``xpath``: once there is one (``at_least_one``), else as they are now."""
+    if at_least_one:
+        visible(driver, xpath)
+    return [element for element in driver.find_elements(By.XPATH, xpath) if element.is_displayed()]
+
+
 #: True when nothing else (a notification sliding away, a closing dialog's backdrop) is on top of the element's
 #: centre, where a click lands.
 _UNCOVERED = """

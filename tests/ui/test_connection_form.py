@@ -44,6 +44,17 @@ def emulator_token_calls(emulator: LimioEmulator) -> list[int | None]:
     return [request.status for request in emulator.requests if request.path == "/oauth2/token"]
 
 
+def dropdown(name: str) -> str:
+    """The dropdown (a combobox) of the extra ``name`` in the dialog."""
+    return f"//*[@role='dialog']//*[@id='element_{name}']//input[@role='combobox']"
+
+
+def option(name: str, text: str | None = None) -> str:
+    """The options of the extra ``name``'s open dropdown, or the one showing ``text``."""
+    shown = f"[{text_is(text)}]" if text is not None else ""
+    return f"//*[@role='dialog']//*[@id='element_{name}']//*[@role='option']{shown}"
+
+
 def row_button(connection_id: str, name: str) -> str:
     """A row action (Test Connection, Edit Connection...) of the connection list."""
     return f"//tr[.//td[{text_is(connection_id)}]]//button[@aria-label='{name}']"
@@ -67,6 +78,10 @@ def test_the_form_shows_the_limio_fields(browser: WebDriver, airflow: Airflow) -
     assert pages.field_by_label(browser, RELABELED["password"]).get_attribute("type") == "password"
     pages.screenshot(browser, "01-connection-form-standard-fields")
 
+    # Labels capitalised as Airflow's own are ("Connection Type", "Extra Fields"): every word but a unit.
+    for label in [*RELABELED.values(), *(field["label"] for field in CONN_FIELDS.values())]:
+        assert all(word[0].isupper() for word in label.split() if word[0].isalpha()), label
+
     # Every extra is a field of its own, with its label and description.
     click(browser, button("Extra Fields"))
     pages.visible(browser, f"//*[@role='dialog']//label[{text_is(CONN_FIELDS['base_path']['label'])}]")
@@ -83,6 +98,19 @@ def test_the_form_shows_the_limio_fields(browser: WebDriver, airflow: Airflow) -
         assert field["description"] in text, name
         if "object" not in field["schema"]["type"]:  # the proxies object gets a JSON editor, not an input
             assert browser.find_elements(By.CSS_SELECTOR, f"[role=dialog] [name=element_{name}]"), name
+    # A fixed choice is a dropdown offering exactly its choices, named for a person, and the default.
+    for name in ("scheme", "token_auth"):
+        schema = CONN_FIELDS[name]["schema"]
+        shown = [schema["values_display"]["null" if choice is None else choice] for choice in schema["enum"]]
+        click(browser, dropdown(name))
+        offered = [element.text.strip() for element in pages.visible_all(browser, option(name))]
+        assert offered == shown, (name, offered)
+        pages.screenshot(browser, f"02-connection-form-{name}-dropdown")
+        click(browser, option(name, schema["values_display"]["null"]))  # keep the default; the list closes
+        options = option(name)
+        pages.wait(browser).until(lambda d, options=options: not pages.visible_all(d, options, at_least_one=False))
+    # The proxies extra is a JSON editor whose description says what an empty one means.
+    assert "environment variables apply" in CONN_FIELDS["proxies"]["description"]
     link_template = browser.find_element(By.NAME, "element_order_link_template")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", link_template)
     pages.screenshot(browser, "02-connection-form-extra-fields")
@@ -93,8 +121,9 @@ def test_the_form_shows_the_limio_fields(browser: WebDriver, airflow: Airflow) -
 def test_add_a_connection_then_test_it_and_a_wrong_secret(
     browser: WebDriver, airflow: Airflow, emulator: LimioEmulator
 ) -> None:
-    # Added through the form: the emulator's address, its port in the Port field, its credentials, an extra.
-    host, port = emulator.url.rsplit(":", 1)
+    # Added through the form: the emulator's address without its scheme, its port in the Port field, its
+    # credentials, and extras: a timeout typed in, and the scheme chosen from its dropdown (http: the emulator).
+    host, port = emulator.url.removeprefix("http://").rsplit(":", 1)
     open_add_connection_form(browser, airflow)
     browser.find_element(By.NAME, "connection_id").send_keys("limio_ui")
     pages.field_by_label(browser, RELABELED["host"]).send_keys(host)
@@ -103,6 +132,8 @@ def test_add_a_connection_then_test_it_and_a_wrong_secret(
     pages.field_by_label(browser, RELABELED["password"]).send_keys(emulator.client_secret)
     click(browser, button("Extra Fields"))
     browser.find_element(By.NAME, "element_timeout").send_keys("12")
+    click(browser, dropdown("scheme"))
+    click(browser, option("scheme", CONN_FIELDS["scheme"]["schema"]["values_display"]["http"]))
     click(browser, button("Save"))
     pages.dialog_closed(browser)
     pages.visible(browser, row_button("limio_ui", "Test Connection"))
@@ -115,7 +146,8 @@ def test_add_a_connection_then_test_it_and_a_wrong_secret(
         emulator.client_id,
     )
     assert stored["password"] == "***"  # stored, and never shown again
-    assert float(json.loads(stored["extra"])["timeout"]) == 12
+    extra = json.loads(stored["extra"])
+    assert float(extra["timeout"]) == 12 and extra["scheme"] == "http"  # the dropdown's choice, which Test uses
     pages.screenshot(browser, "03-connection-saved")
 
     # Test: the api-server's hook gets a token from the emulator and reads its orders.
