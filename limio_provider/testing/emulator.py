@@ -156,7 +156,7 @@ class LimioEmulator:
         refused.
     :param partners: the partner organisation ids ``forPartner`` may name; default :data:`PARTNERS`.
     :param lenient: accept what Limio documents it refuses: ``/admin/order`` with any client's token, offers
-        outside the catalogue (priced from their id) and any partner (the emulator before version 0.9).
+        outside the catalogue (priced from their id) and any partner: the emulator as it was before it was strict.
     """
 
     def __init__(
@@ -182,7 +182,8 @@ class LimioEmulator:
         self.client_id, self.client_secret = client_id, client_secret
         self.admin_client_id, self.admin_client_secret = admin_client_id, admin_client_secret
         self.catalogue: dict[str, CatalogueOffer] = {
-            offer_id: _catalogue_offer(offer_id, offer) for offer_id, offer in (catalogue or CATALOGUE).items()
+            offer_id: _catalogue_offer(offer_id, offer)
+            for offer_id, offer in (CATALOGUE if catalogue is None else catalogue).items()
         }
         self.partners = frozenset(partners)
         self.lenient = lenient
