@@ -72,7 +72,7 @@ test-deploy: $(DEPLOY_STAMP) .venv-compat-airflow-3.1/.installed .venv-compat-ai
 # 118 s on 2.11 and 253 s on 3.1 (tests/conftest.py builds 3.1's in-process Execution API app once), plus
 # building the three venvs.
 COMPAT_LINES := airflow-2.11 airflow-3.1
-COMPAT_TESTS := tests/test_get_provider_info.py tests/tools/test_demo.py tests/hooks tests/models tests/triggers tests/sensors \
+COMPAT_TESTS := tests/test_get_provider_info.py tests/tools/test_demo.py tests/hooks tests/models tests/triggers tests/sensors tests/assets \
 	tests/testing/test_emulator.py tests/testing/test_emulator_faults.py \
 	tests/operators/test_orders.py tests/operators/test_exactly_once.py tests/operators/test_ledger_submit.py \
 	tests/test_docs.py::test_testing_page_script_runs_a_dag_in_a_fresh_airflow_home

@@ -99,6 +99,14 @@ CONN_FIELDS: dict[str, Any] = {
 }
 
 
+#: The ``limio://<tenant>/orders`` assets the submit operators produce (:mod:`limio_provider.assets.limio`).
+_LIMIO_URIS: dict[str, Any] = {
+    "schemes": ["limio"],
+    "handler": "limio_provider.assets.limio.sanitize_uri",
+    "factory": "limio_provider.assets.limio.create_asset",
+}
+
+
 def get_provider_info() -> dict[str, Any]:
     """What ``airflow providers list`` and the connection form know about this provider."""
     from limio_provider import __version__
@@ -133,6 +141,8 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [{"integration-name": "Limio", "python-modules": ["limio_provider.sensors.limio"]}],
         "triggers": [{"integration-name": "Limio", "python-modules": ["limio_provider.triggers.limio"]}],
+        "asset-uris": [_LIMIO_URIS],
+        "dataset-uris": [_LIMIO_URIS],  # Airflow 2.x's name for the same
         "extra-links": [
             "limio_provider.links.limio.LimioOrderLink",
             "limio_provider.links.limio.LimioResultsFileLink",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import difflib
-import ipaddress
 import json
 import os
 import random
@@ -24,6 +23,7 @@ from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from limio_provider import __version__
+from limio_provider.assets.limio import canonical_tenant, is_loopback
 from limio_provider.exceptions import (
     LimioAuthError,
     LimioConfigError,
@@ -189,35 +189,10 @@ class _Settings:
     tenant: str
 
 
-_DEFAULT_PORTS = {"https": 443, "http": 80}
-
-
-def canonical_tenant(scheme: str, hostname: str, port: int | None) -> str:
-    """One name for one tenant, however its connection spells the host: lower-case, without a trailing dot,
-    without the scheme's default port (``Acme.limio.com:443`` and ``acme.limio.com`` are one tenant); every
-    loopback name (``127.0.0.1``, ``::1``) is ``localhost``. A second host name of the same tenant (a DNS
-    alias) cannot be known from here: the ``tenant`` extra names it."""
-    host = hostname.lower().rstrip(".")
-    if _is_loopback(host):
-        host = "localhost"
-    elif ":" in host:
-        host = f"[{host}]"
-    return host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
-
-
 @dataclass
 class _Token:
     value: str
     expires_at: float
-
-
-def _is_loopback(hostname: str) -> bool:
-    if hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        return False
 
 
 class LimioHook(BaseHook):
@@ -411,7 +386,7 @@ class LimioHook(BaseHook):
                 f"{where}: host must be the tenant host only (no path); set the 'base_path' extra to change the "
                 "API path"
             )
-        loopback = _is_loopback(hostname)
+        loopback = is_loopback(hostname)
         if parts.scheme == "http" and not loopback:
             raise LimioConfigError(
                 f"{where}: refusing to send credentials over plain http:// to {hostname}; use https:// "

@@ -285,6 +285,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         ``ledger_path`` extra; one of them is required. (templated)
     :param ledger_wait_timeout: seconds to wait for another task instance that holds the ledger's claim on
         one of the orders to finish, before that order's outcome is ``unknown``.
+    :param orders_asset: the asset this task updates when it succeeds, with a small extra (see the docs'
+        "Chaining DAGs on orders"): ``True`` (default) the tenant's ``limio://<tenant>/orders``, a URI or an
+        ``Asset`` instead, ``False`` none.
     :param limio_conn_id: the Limio connection. (templated)
     :param hook_params: keyword arguments for :class:`~limio_provider.hooks.limio.LimioHook`, e.g.
         ``{"timeout": 60, "retry_limit": 2}``.
@@ -394,6 +397,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
         started = time.monotonic()
         self.limio_results_url = None  # a runner may reuse the operator for the next try
+        self._start_try()
         dry_run = _as_bool("dry_run", self.preview_only)
         self.hook.settings  # noqa: B018 - a bad connection fails before any call
         ledger = ledger_for(self.hook.settings, self.ledger_path)
@@ -490,6 +494,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             summary["not_recorded"] = len(not_recorded)
         summary = _small(summary)
         self.log.info("Batch done: %s", json.dumps(summary))
+        self._emit_batch_event(context, counts, results_uri, dry_run)
         if self._file_changed:
             context["ti"].xcom_push(key="return_value", value=summary)
             raise LimioBatchFailedError(
@@ -590,6 +595,18 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     def on_kill(self) -> None:
         """Start no more orders; those in flight end and are recorded."""
         self._batch_stopped = "the task was killed"
+
+    def _emit_batch_event(self, context: Context, counts: dict[str, int], results_uri: str, dry_run: bool) -> None:
+        """The orders asset's event for this batch (none for a dry run): how many orders, by outcome, and where
+        their results are. Airflow records it only if the task succeeds."""
+        if dry_run:
+            return
+        extra = {
+            "orders": sum(counts.values()),
+            "counts": {outcome: n for outcome, n in counts.items() if n},
+            "results_path": results_uri[:500],
+        }
+        self._emit_orders_event(context, extra)
 
     def _link_results(self, context: Context, results_uri: str) -> None:
         """Give this try's task instance its "Limio results file" link, where a browser can show the file."""

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from tests.helpers import run_dag, states, xcom
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "dags_examples"
-DAG_IDS = {"limio_scheduled_renewals", "limio_billing_reconciliation", "limio_backfill_orders"}
+DAG_IDS = {"limio_scheduled_renewals", "limio_billing_reconciliation", "limio_backfill_orders", "limio_orders_check"}
 
 
 def day(d: int, month: int = 1, year: int = 2026) -> datetime:
@@ -348,3 +349,48 @@ def test_backfill_without_a_logical_date_reads_the_run_after_day(
     assert sorted(external_ids(limio_emulator)) == sorted(day4 + day3)
     assert [row["outcome"] for row in renewals.results("2026-01-03")] == ["submitted"]
     assert not [key for key in renewals.keys("limio/") if "None" in key]
+
+
+# -- limio_orders_check ------------------------------------------------------------------------------
+
+
+def triggering(uri: str, before: int = 0) -> dict[str, list[Any]]:
+    """``triggering_asset_events`` as a run of limio_orders_check gets it: the events Airflow recorded on
+    ``uri`` (after the first ``before``), each with its ``extra``."""
+    from tests.assets.test_limio import events
+
+    return {uri: [SimpleNamespace(extra=extra) for extra in events(uri)[before:]]}
+
+
+def test_orders_check_reads_back_the_orders_a_mapped_submit_and_a_batch_recorded(
+    dagbag: Any, limio_emulator: LimioEmulator, renewals: Renewals
+) -> None:
+    from tests.assets.test_limio import events
+
+    uri = f"limio://localhost:{limio_emulator.url.rsplit(':', 1)[1]}/orders"  # the emulator, as the tenant
+    before = len(events(uri))
+    assert run_dag(example(dagbag, "limio_scheduled_renewals"), logical_date=day(1)).state == "success"
+    renewals.write("2026-01-01", 2)
+    assert run_dag(example(dagbag, "limio_backfill_orders"), logical_date=day(1)).state == "success"
+    reads = len([r for r in limio_emulator.requests if r.method == "GET"])
+
+    check = dagbag.get_dag("limio_orders_check").get_task("check_orders").python_callable
+    statuses = check(triggering_asset_events=triggering(uri, before))
+    assert statuses == {"complete": 4 + 2}  # four renewals (one event each), two backfill orders (one event)
+    got = [r.path for r in limio_emulator.requests if r.method == "GET"][reads:]
+    assert sorted(got) == sorted(f"/api/objects/limio/orders/{order_id}" for order_id in limio_emulator.orders)
+
+
+def test_orders_check_fails_naming_an_order_limio_failed(dagbag: Any, limio_emulator: LimioEmulator) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from limio_provider.hooks.limio import LimioHook
+
+    limio_emulator.decline_payment_refs = frozenset({"pm-1"})  # sample orders pay with pm-1
+    failed = LimioHook().submit_order(sample_order("EXT-CHECK-DECLINED"))
+    check = dagbag.get_dag("limio_orders_check").get_task("check_orders").python_callable
+    events = {"limio://tenant/orders": [SimpleNamespace(extra={"order_id": failed.id})]}
+    with pytest.raises(AirflowFailException) as info:
+        check(triggering_asset_events=events)
+    assert f"1 order(s) failed in Limio: {failed.id} (EXT-CHECK-DECLINED): " in str(info.value)
+    assert "pm-1 was declined" in str(info.value)  # Limio's reason
