@@ -255,7 +255,9 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         due = getattr(self, "_previewed_due", None)  # none after a deferral: the previews were another process's
         if due is not None:
             extra = {**extra, "total_due": str(due)}
-        events = context["outlet_events"]
+        events = context.get("outlet_events")
+        if events is None:  # execute() called outside Airflow's task runner (a script, a test's stub context)
+            return
         from airflow.sdk import AssetAlias
 
         if isinstance(outlet, AssetAlias):
