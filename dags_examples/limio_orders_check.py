@@ -9,7 +9,7 @@ fails, naming them and Limio's reasons, if any order ``failed``; an order still 
 finished processing it) is counted, not failed. It returns the counts by status as XCom.
 
 ``TENANT`` is your tenant's host as the Limio connection names it (lower case, no default port): the asset's
-URI. It reads ``LIMIO_TENANT`` from the environment when set (the deployment tests point it at the emulator);
+URI. It reads ``LIMIO_TENANT`` from the environment when set (e.g. ``localhost:8765`` for a local emulator);
 edit the default to your own host. An order a batch sent is read back one request at a time: thousands of
 orders make thousands of reads.
 """
