@@ -95,6 +95,7 @@ def start_deployment(
     executor: str,
     backing: Callable[[Processes], dict[str, str]] | None = None,
     workers: int = 0,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
     """Start ``backing`` services (they return the environment that points Airflow at them), migrate a scratch
     home, start the four Airflow services and ``workers`` Celery workers, wait until they are healthy and every
@@ -103,7 +104,8 @@ def start_deployment(
     logs.mkdir(parents=True)
     home = tmp_path_factory.mktemp(f"airflow-deploy-{name}")
     api_port = free_port()
-    env = airflow_env(home, api_port=api_port, logs=logs, executor=executor, extra=emulator.connection_env())
+    extra = emulator.connection_env() | (extra_env or {})
+    env = airflow_env(home, api_port=api_port, logs=logs, executor=executor, extra=extra)
     processes = Processes(env=env, logs=logs)
     try:
         if backing is not None:
@@ -153,8 +155,12 @@ def start_deployment(
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, artifacts: Path) -> Iterator[Deployment]:
     """Airflow with the LocalExecutor on SQLite: api-server, scheduler, dag-processor, triggerer (for the
-    tests of one module: it is stopped before the next deployment starts)."""
-    yield from start_deployment("local", tmp_path_factory, emulator, artifacts, executor="LocalExecutor")
+    tests of one module: it is stopped before the next deployment starts). The example limio_orders_check is
+    scheduled on the emulator's orders asset (``LIMIO_TENANT``)."""
+    tenant = {"LIMIO_TENANT": "localhost:" + emulator.url.rsplit(":", 1)[1]}
+    yield from start_deployment(
+        "local", tmp_path_factory, emulator, artifacts, executor="LocalExecutor", extra_env=tenant
+    )
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ from __future__ import annotations
 import csv
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pytest
 
 from limio_provider.testing.faults import Fault
-from tests.deploy.harness import EXAMPLE_DAGS, RUN_SECONDS, wait_until
+from tests.deploy.harness import AIRFLOW, EXAMPLE_DAGS, RUN_SECONDS, wait_until
 from tests.deploy.scenarios import (
     deferrable_wait,
     mapped_submit,
@@ -200,3 +201,51 @@ def test_backfill_example_from_the_trigger_button(
         one_order(emulator, f"deploy-backfill-{day}-{n}")
     summary = local.api.xcom("limio_backfill_orders", run_id, "submit_renewals")
     assert summary["counts"]["submitted"] == 2 and summary["results_path"].endswith(f"/renewals/{day}.results.jsonl")
+
+
+def test_the_renewals_orders_asset_starts_limio_orders_check_under_the_scheduler(
+    local: Deployment, emulator: LimioEmulator
+) -> None:
+    """Last in this module: the scheduler is restarted with its own scheduling on (the deployment runs it off,
+    and Airflow creates asset-triggered runs only when it is on), every DAG but the renewals and the check
+    paused. The renewals' asset events start limio_orders_check, which reads back the orders they name."""
+    api = local.api
+    for dag in api.get("dags", limit=100)["dags"]:
+        if dag["dag_id"] not in ("limio_scheduled_renewals", "limio_orders_check"):
+            api.send("PATCH", f"dags/{dag['dag_id']}", {"is_paused": True})
+    scheduler = next(service for service in local.processes.services if service.name == "scheduler")
+    scheduler.killed = True  # stopped on purpose
+    scheduler.stop()
+    scheduling = {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True"}
+    local.processes.start("scheduler-scheduling", [*AIRFLOW, "scheduler"], env=scheduling)
+
+    dag_id = "limio_scheduled_renewals"
+    run_id = api.trigger(dag_id)
+    assert api.wait_run(dag_id, run_id) == "success", api.diagnose(dag_id, run_id)
+    tis = api.task_instances("limio_scheduled_renewals", run_id)
+    count = sum(1 for ti in tis if ti["task_id"] == "submit_renewals")
+    renewal_ids = {
+        api.xcom("limio_scheduled_renewals", run_id, "submit_renewals", "order_id", map_index=i) for i in range(count)
+    } - {None}
+    assert renewal_ids, "the renewals run sent no order: the test would prove nothing"
+
+    def finished_runs_naming_the_renewals() -> list[dict] | None:
+        runs = api.get("dags/limio_orders_check/dagRuns", limit=100)["dag_runs"]
+        finished = [run for run in runs if run["state"] in ("success", "failed")]
+        named: set[str] = set()
+        for run in finished:
+            path = f"dags/limio_orders_check/dagRuns/{quote(run['dag_run_id'], safe='')}/upstreamAssetEvents"
+            named |= {(event["extra"] or {}).get("order_id") for event in api.get(path)["asset_events"]}
+        return finished if renewal_ids <= named else None
+
+    finished = wait_until(
+        "limio_orders_check to run on the renewals' events", finished_runs_naming_the_renewals, RUN_SECONDS, 1.0
+    )
+    assert {run["run_type"] for run in finished} == {"asset_triggered"}, finished
+    assert {run["state"] for run in finished} == {"success"}, [
+        api.diagnose("limio_orders_check", run["dag_run_id"]) for run in finished
+    ]
+    statuses = [api.xcom("limio_orders_check", run["dag_run_id"], "check_orders") for run in finished]
+    assert sum(sum(counts.values()) for counts in statuses) >= len(renewal_ids), statuses
+    read = {r.path.rsplit("/", 1)[1] for r in emulator.requests if r.method == "GET" and "/orders/" in r.path}
+    assert renewal_ids <= read
