@@ -104,6 +104,7 @@ _LIMIO_URIS: dict[str, Any] = {
     "schemes": ["limio"],
     "handler": "limio_provider.assets.limio.sanitize_uri",
     "factory": "limio_provider.assets.limio.create_asset",
+    "to_openlineage_converter": "limio_provider.assets.limio.convert_asset_to_openlineage",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -124,6 +125,21 @@ def test_production_page_duplicate_check_names_an_external_id_limio_holds_twice(
     assert capsys.readouterr().out.strip() == "['EXT-TWICE']"
 
 
+def test_chaining_page_recomputes_a_batchs_external_ids_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recipe gives what the OpenLineage facet says (``ExternalIdsDigest``), from a results file."""
+    from limio_provider.exactly_once.identity import ExternalIdsDigest
+
+    ids = ["renew-1", "renew-2", "renew-3"]
+    monkeypatch.chdir(tmp_path)
+    rows = [json.dumps({"external_id": i, "outcome": "submitted"}) + "\n" for i in reversed(ids)]
+    (tmp_path / "2026-12-01.results.jsonl").write_text("".join(rows))
+    (block,) = python_blocks("docs/chaining.md")
+    exec(block, {})
+    assert capsys.readouterr().out.strip() == ExternalIdsDigest(ids).hexdigest()
+
+
 def test_every_python_block_in_the_docs_is_run_by_a_test() -> None:
     """The tests above run each block; a new block must get a test (and this count an update)."""
     counted = {
@@ -132,6 +148,7 @@ def test_every_python_block_in_the_docs_is_run_by_a_test() -> None:
     }
     assert {path: n for path, n in counted.items() if n} == {
         "README.md": 1,
+        "docs/chaining.md": 1,
         "docs/models.md": 5,
         "docs/operators.md": 3,
         "docs/package-index.md": 1,  # the README's block (checked above)

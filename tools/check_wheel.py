@@ -16,6 +16,7 @@ import zipfile
 
 PUBLIC_MODULES = (
     "limio_provider",
+    "limio_provider.assets.limio",
     "limio_provider.exceptions",
     "limio_provider.get_provider_info",
     "limio_provider.hooks.limio",
@@ -57,6 +58,13 @@ def main(wheel: str) -> int:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - every failure is reported
             problems.append(f"import {module}: {type(exc).__name__}: {exc}")
+    # Optional: OpenLineage is an extra, and its module says how to install it.
+    try:
+        importlib.import_module("limio_provider.lineage")
+        problems.append("limio_provider.lineage imported without the openlineage extra: is it a dependency now?")
+    except ImportError as exc:
+        if "airflow-provider-limio[openlineage]" not in str(exc):
+            problems.append(f"import limio_provider.lineage without the extra: {exc}")
     # (a bare "tools" or "tests" may be some dependency's namespace package: look for ours by name)
     for module in ("tests.helpers", "tools.demo", "benchmarks.campaign", "dags_examples"):
         try:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from urllib.parse import SplitResult
 
     from airflow.providers.common.compat.assets import Asset
+    from openlineage.client.event_v2 import Dataset
 
 #: What a ``limio://`` asset may hold: the objects the Objects API names (the submit operators produce
 #: ``orders``).
@@ -74,3 +75,14 @@ def create_asset(*, tenant: str, objects: str = "orders", extra: dict[str, Any] 
     from airflow.providers.common.compat.assets import Asset
 
     return Asset(uri=f"limio://{tenant}/{objects}", extra=extra)
+
+
+def convert_asset_to_openlineage(asset: Asset, lineage_context: Any) -> Dataset:
+    """Airflow's ``to_openlineage_converter`` for ``limio://`` assets (with OpenLineage installed):
+    ``limio://<tenant>/<objects>`` is the dataset of namespace ``limio://<tenant>``, name ``<objects>``."""
+    from urllib.parse import urlsplit
+
+    from openlineage.client.event_v2 import Dataset
+
+    parts = urlsplit(asset.uri)
+    return Dataset(namespace=f"limio://{parts.netloc}", name=parts.path.strip("/"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -45,3 +46,23 @@ def work_of(context: Context) -> str:
     if logical_date is not None:
         return f"date:{logical_date.isoformat()}"
     return f"run:{context['run_id']}"
+
+
+class ExternalIdsDigest:
+    """A digest of a set of external ids that any order of arrival gives alike: the sum, modulo 2**256, of
+    each id's SHA-256, as 64 hex digits. Constant memory for a batch of any size; recompute it from a results
+    file with ``sum(int(sha256(i.encode()).hexdigest(), 16) for i in ids) % 2**256``."""
+
+    def __init__(self, external_ids: Iterable[str] = ()) -> None:
+        self._sum = 0
+        for external_id in external_ids:
+            self.add(external_id)
+
+    def add(self, external_id: Any) -> None:
+        """Count ``external_id`` in (anything but text, e.g. an invalid order's ``None``, is left out)."""
+        if not isinstance(external_id, str):
+            return
+        self._sum = (self._sum + int(hashlib.sha256(external_id.encode()).hexdigest(), 16)) % 2**256
+
+    def hexdigest(self) -> str:
+        return f"{self._sum:064x}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from limio_provider.exactly_once.identity import work_of
+from limio_provider.exactly_once.identity import ExternalIdsDigest, work_of
 from limio_provider.links.limio import LimioResultsFileLink, browser_url
 from limio_provider.operators.orders import (
     PreviewCheck,
@@ -26,6 +26,7 @@ from limio_provider.operators.orders import (
     _as_bool,
     _LimioSubmitOperator,
     _rendered,
+    keeps_failure,
 )
 
 if TYPE_CHECKING:
@@ -390,6 +391,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
     # -- execute -------------------------------------------------------------------------------------------
 
+    @keeps_failure
     def execute(self, context: Context) -> dict[str, Any]:
         from limio_provider.exactly_once.ledger import Owner, ledger_for
         from limio_provider.exactly_once.submitter import NotRecorded
@@ -416,6 +418,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
         # 2. Sending pass.
         counts = dict.fromkeys(OUTCOMES, 0)
+        external_ids = ExternalIdsDigest()  # of every order with an id, whatever its outcome (OpenLineage)
         first_failures: list[dict[str, Any]] = []
         not_recorded: list[str] = []  # order ids Limio holds whose recording failed
         self._batch_lock = threading.Lock()
@@ -446,6 +449,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 if len(lines) >= RESULTS_CHUNK:
                     write_lines()
                 counts[row["outcome"]] += 1
+                external_ids.add(row.get("external_id"))
                 if row["outcome"] in ("submitted", "adopted") and row.get("error"):
                     not_recorded.append(str(row["order_id"]))
                 if row["outcome"] in FAILURES and len(first_failures) < 3:
@@ -494,7 +498,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             summary["not_recorded"] = len(not_recorded)
         summary = _small(summary)
         self.log.info("Batch done: %s", json.dumps(summary))
-        self._emit_batch_event(context, counts, results_uri, dry_run)
+        self._emit_batch_event(context, counts, results_uri, dry_run, external_ids)
         if self._file_changed:
             context["ti"].xcom_push(key="return_value", value=summary)
             raise LimioBatchFailedError(
@@ -596,17 +600,27 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         """Start no more orders; those in flight end and are recorded."""
         self._batch_stopped = "the task was killed"
 
-    def _emit_batch_event(self, context: Context, counts: dict[str, int], results_uri: str, dry_run: bool) -> None:
+    def _emit_batch_event(
+        self, context: Context, counts: dict[str, int], results_uri: str, dry_run: bool, digest: ExternalIdsDigest
+    ) -> None:
         """The orders asset's event for this batch (none for a dry run): how many orders, by outcome, and where
         their results are. Airflow records it only if the task succeeds."""
-        if dry_run:
-            return
         extra = {
             "orders": sum(counts.values()),
             "counts": {outcome: n for outcome, n in counts.items() if n},
             "results_path": results_uri[:500],
         }
-        self._emit_orders_event(context, extra)
+        if dry_run:
+            self._record_lineage(extra, digest)
+        else:
+            self._emit_orders_event(context, extra, digest)
+
+    def _lineage_inputs(self) -> list[Any]:
+        """The task's inlets and its orders file."""
+        from limio_provider.lineage import file_dataset
+
+        inputs = super()._lineage_inputs()
+        return inputs if self.orders_path is None else [*inputs, file_dataset(str(self.orders_path))]
 
     def _link_results(self, context: Context, results_uri: str) -> None:
         """Give this try's task instance its "Limio results file" link, where a browser can show the file."""

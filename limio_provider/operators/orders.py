@@ -7,6 +7,7 @@ order models are imported when a task runs.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import threading
 import time
@@ -16,19 +17,38 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
-from limio_provider.exactly_once.identity import external_id_for, work_of
+from limio_provider.exactly_once.identity import ExternalIdsDigest, external_id_for, work_of
 from limio_provider.links.limio import LimioOrderLink
 
 if TYPE_CHECKING:
     from decimal import Decimal
 
     from airflow.providers.common.compat.sdk import BaseOperatorLink, Context
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Asset, AssetAlias
 
     from limio_provider.exactly_once.ledger import OrderLedger
     from limio_provider.exactly_once.submitter import Submitter
     from limio_provider.hooks.limio import LimioHook
     from limio_provider.models.results import PreviewResult
+
+_Method = Callable[..., Any]
+
+
+def keeps_failure(method: _Method) -> _Method:
+    """Keep the exception a try of ``method`` failed with (``_lineage_error``), for the OpenLineage failure
+    event: Airflow does not hand it to :meth:`get_openlineage_facets_on_failure`. A deferral is no failure."""
+
+    @functools.wraps(method)
+    def kept(self: _LimioSubmitOperator, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            self._lineage_error = error
+            raise
+
+    return kept
+
 
 #: A preview check returns True to let the order through; False, or a string giving the reason, to stop it.
 PreviewCheck = Callable[["PreviewResult"], "bool | str"]
@@ -245,8 +265,13 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         """Forget the previous try's previews (a runner may reuse the operator)."""
         self._previewed_due: Decimal | None = None
         self._due_lock = threading.Lock()
+        #: What this try did, for OpenLineage (:meth:`get_openlineage_facets_on_complete`).
+        self._lineage_record: dict[str, Any] | None = None
+        self._lineage_error: Exception | None = None
 
-    def _emit_orders_event(self, context: Context, extra: dict[str, Any]) -> None:
+    def _emit_orders_event(
+        self, context: Context, extra: dict[str, Any], digest: ExternalIdsDigest | None = None
+    ) -> None:
         """Give this task's event on the orders asset its ``extra`` (to the tenant's orders asset, through the
         alias, by default); Airflow records it when the task succeeds."""
         outlet = self.orders_outlet
@@ -255,6 +280,7 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         due = getattr(self, "_previewed_due", None)  # none after a deferral: the previews were another process's
         if due is not None:
             extra = {**extra, "total_due": str(due)}
+        self._record_lineage(extra, digest)
         events = context.get("outlet_events")
         if events is None:  # execute() called outside Airflow's task runner (a script, a test's stub context)
             return
@@ -266,6 +292,55 @@ class _LimioSubmitOperator(_LimioOrderOperator):
             events[outlet].add(create_asset(tenant=self.hook.settings.tenant), extra=extra)
         else:
             events[outlet].extra.update(extra)
+
+    def _record_lineage(self, extra: dict[str, Any], digest: ExternalIdsDigest | None = None) -> None:
+        """Keep what this try did (an asset event's ``extra``) for its OpenLineage event."""
+        if digest is None:
+            digest = ExternalIdsDigest([extra["external_id"]] if extra.get("external_id") else [])
+        self._lineage_record = {
+            "orders": extra.get("orders", 0),
+            "counts": dict(extra.get("counts") or {}),
+            "externalIdsDigest": digest.hexdigest(),
+            "totalDue": extra.get("total_due"),
+            "resultsPath": extra.get("results_path"),
+        }
+
+    # -- OpenLineage: Airflow's OpenLineage provider calls these when it is installed and enabled ---------
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """Inputs (the task's inlets; a batch's orders file) and outputs (the tenant's orders)."""
+        from limio_provider.lineage import operator_lineage
+
+        return operator_lineage(inputs=self._lineage_inputs(), outputs=self._lineage_outputs())
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """As on start, with the ``limio`` run facet: orders, counts by outcome, the external ids' digest."""
+        from limio_provider.lineage import operator_lineage
+
+        record = getattr(self, "_lineage_record", None)
+        return operator_lineage(inputs=self._lineage_inputs(), outputs=self._lineage_outputs(), record=record)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        """As on complete, with the error: its class in the ``limio`` facet, its message in ``errorMessage``."""
+        from limio_provider.lineage import operator_lineage
+
+        record, error = getattr(self, "_lineage_record", None), getattr(self, "_lineage_error", None)
+        outputs = self._lineage_outputs()
+        return operator_lineage(inputs=self._lineage_inputs(), outputs=outputs, record=record, error=error)
+
+    def _lineage_inputs(self) -> list[Any]:
+        from limio_provider.lineage import asset_datasets
+
+        return asset_datasets(self.inlets)
+
+    def _lineage_outputs(self) -> list[Any]:
+        """The tenant's orders (whatever ``orders_asset`` says: the task writes them), the task's other
+        outlets, and a batch's results file once it has one."""
+        from limio_provider.lineage import asset_datasets, file_dataset, orders_dataset
+
+        outputs = [orders_dataset(self.hook.settings.tenant), *asset_datasets(self.outlets)]
+        results = (getattr(self, "_lineage_record", None) or {}).get("resultsPath")
+        return [*outputs, file_dataset(results)] if results else outputs
 
     def _prepared_body(self, order: Any, context: Context, *, log: bool = True) -> dict[str, Any]:
         """``order`` validated (:meth:`_body_of`), with its external_id: :func:`external_id_for` if it has none."""
@@ -401,10 +476,12 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
 
     # -- execute ----------------------------------------------------------------------------------------
 
+    @keeps_failure
     def execute(self, context: Context) -> dict[str, Any]:
         self.limio_order_url = None  # a runner may reuse the operator for the next try
         self._start_try()
         body = self._prepared_order(context)
+        self._lineage_record = {"orders": 1, "externalIdsDigest": ExternalIdsDigest([body["external_id"]]).hexdigest()}
         self._name_map_index(context, body["external_id"])
         if _as_bool("dry_run", self.preview_only):
             preview = self._check_preview(body)
@@ -471,6 +548,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         raise_for_event(event)
         return {**result, "status": event["order_status"]}
 
+    @keeps_failure
     def execute_complete(
         self, context: Context, event: dict[str, Any], result: dict[str, Any] | None = None, adopted: bool = False
     ) -> dict[str, Any]:
@@ -489,6 +567,8 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
             stored = OrderRecord.stored(context, self.state_key, event["order_id"])
             result = stored.get("result") or result_of(self.hook.get_order(event["order_id"]))
             adopted = bool(stored.get("adopted", adopted))
+        ids = [result["external_id"]] if result.get("external_id") else []
+        self._lineage_record = {"orders": 1, "externalIdsDigest": ExternalIdsDigest(ids).hexdigest()}
         self._publish(context, result, adopted=adopted)
         raise_for_event(event)
         self._emit_order_event(context, result, adopted=adopted)

@@ -108,3 +108,14 @@ def test_on_airflow_2_the_operators_declare_no_asset_and_still_check_the_argumen
     assert (outlet is None) == (AIRFLOW_VERSION.major < 3)
     with pytest.raises(ValueError, match="orders_asset must be True, False, a limio:// URI or an Asset"):
         LimioSubmitOrderOperator(task_id="bad", order=new_order("EXT-BAD-ASSET"), orders_asset=3)
+
+
+def test_openlineage_names_a_limio_asset_through_the_registered_converter() -> None:
+    """OpenLineage's provider finds the converter in the provider info: one tenant, however it is spelt."""
+    pytest.importorskip("airflow.providers.openlineage", reason="the test extra installs the OpenLineage provider")
+    from airflow.providers.openlineage.utils.utils import translate_airflow_asset
+
+    for uri in ("limio://Acme.prod.limio.com:443/orders", "limio://acme.prod.limio.com/orders"):
+        dataset = translate_airflow_asset(Asset(uri), None)
+        assert dataset is not None, f"no converter registered for {uri}"
+        assert (dataset.namespace, dataset.name) == ("limio://acme.prod.limio.com", "orders")
