@@ -22,9 +22,10 @@ class _XComLink(BaseOperatorLink):
     attribute: ClassVar[str]
 
     @classmethod
-    def persist(cls, context: Context, *, url: str) -> None:
-        """Push the URL to XCom for this task instance."""
-        context["ti"].xcom_push(key=cls.key, value=url)
+    def persist(cls, context: Context, *, url: str | None) -> None:
+        """Push the URL to XCom for this task instance; nothing when there is none (no link is shown)."""
+        if url:
+            context["ti"].xcom_push(key=cls.key, value=url)
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         # Airflow 3 computes each link in the worker as the task ends: the operator that ran knows whether it

@@ -625,8 +625,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     def _link_results(self, context: Context, results_uri: str) -> None:
         """Give this try's task instance its "Limio results file" link, where a browser can show the file."""
         self.limio_results_url = browser_url(results_uri)
-        if self.limio_results_url:
-            LimioResultsFileLink.persist(context, url=self.limio_results_url)
+        LimioResultsFileLink.persist(context, url=self.limio_results_url)
 
     def _results_uri(self, dry_run: bool) -> tuple[str, ObjectStoragePath]:
         from limio_provider.exceptions import LimioConfigError
