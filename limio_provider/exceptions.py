@@ -143,3 +143,21 @@ class LimioBatchFailedError(LimioError):
     def __init__(self, message: str, *, summary: dict) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class LimioReconciliationError(LimioError):
+    """A reconciliation found more problems (orders missing, failed, failed downstream or unexpected) than its
+    ``max_problems`` allows; :attr:`summary` is its summary (also its XCom ``return_value``)."""
+
+    def __init__(self, message: str, *, summary: dict) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class LimioProcessingFailedError(LimioOrderFailedError):
+    """Limio's order reads ``complete``, but one of its process events says a plugin failed (billing, for
+    example): the order exists and was not fully processed. Carries the plugins' :attr:`errors`."""
+
+    def __init__(self, message: str, *, order_id: str | None, status: str | None, errors: list[str]) -> None:
+        super().__init__(message, order_id=order_id, status=status)
+        self.errors = errors

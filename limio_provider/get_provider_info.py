@@ -137,7 +137,12 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Limio",
-                "python-modules": ["limio_provider.operators.orders", "limio_provider.operators.batch"],
+                "python-modules": [
+                    "limio_provider.operators.orders",
+                    "limio_provider.operators.batch",
+                    "limio_provider.operators.export",
+                    "limio_provider.operators.reconcile",
+                ],
             }
         ],
         "sensors": [{"integration-name": "Limio", "python-modules": ["limio_provider.sensors.limio"]}],

@@ -30,6 +30,8 @@ PUBLIC_MODULES = (
     "limio_provider.models",
     "limio_provider.operators",
     "limio_provider.operators.batch",
+    "limio_provider.operators.export",
+    "limio_provider.operators.reconcile",
     "limio_provider.operators.orders",
     "limio_provider.sensors.limio",
     "limio_provider.testing",

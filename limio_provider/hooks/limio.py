@@ -32,6 +32,7 @@ from limio_provider.exceptions import (
     LimioNotFoundError,
     LimioOrderRejectedError,
     LimioOutcomeUnknownError,
+    LimioProcessingFailedError,
     LimioRateLimitedError,
     LimioResponseError,
     LimioServerError,
@@ -46,7 +47,14 @@ from limio_provider.hooks.transport import (
     wire,
 )
 from limio_provider.models.orders import OrderBase, admin_order_body, order_body
-from limio_provider.models.results import OrderObject, OrderPage, OrderResult, PreviewResult
+from limio_provider.models.results import (
+    OBJECT_PATH_TYPES,
+    OrderObject,
+    OrderPage,
+    OrderResult,
+    PreviewResult,
+    ProcessEvent,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
@@ -826,18 +834,85 @@ class LimioHook(BaseHook):
         :param page_size: orders asked for per page (``limit``).
         :param max_pages: stop after this many pages (``None``: until the cursor runs out).
         """
+        for items, _ in self.object_pages("orders", page_size=page_size, max_pages=max_pages):
+            yield from OrderPage.model_validate({"items": items}).items
+
+    def object_pages(
+        self, object_type: str, *, page_size: int = 100, max_pages: int | None = None, cursor: str | None = None
+    ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """Yield each page of ``GET /objects/limio/{object_type}``: its objects, as Limio sent them, and the
+        ``queryMore`` cursor of the page after it (``None`` after the last).
+
+        :param object_type: one of :data:`~limio_provider.models.results.OBJECT_PATH_TYPES` (``orders``,
+            ``subscriptions``, ``customers``, ``events``, ``process``, ...).
+        :param page_size: objects asked for per page (``limit``).
+        :param max_pages: stop after this many pages (``None``: until the cursor runs out).
+        :param cursor: start at this ``queryMore`` cursor (one this method yielded) instead of the first page.
+        """
+        path = self._objects_path(object_type)
         if not isinstance(page_size, int) or page_size < 1:
             raise LimioValidationError(f"invalid page_size: expected a positive integer, got {page_size!r}")
-        params: dict[str, Any] = {"limit": page_size}
+        params: dict[str, Any] = {"limit": page_size} | ({"queryMore": cursor} if cursor else {})
         pages = 0
         while max_pages is None or pages < max_pages:
-            answer = self.request("GET", "/objects/limio/orders", "read", params=params)
-            page = OrderPage.model_validate(answer if isinstance(answer, dict) else {})
+            answer = self.request("GET", path, "read", params=params)
+            answer = answer if isinstance(answer, dict) else {}
+            items = answer.get("items")
+            following = answer.get("queryMore")
             pages += 1
-            yield from page.items
-            if not page.queryMore:
+            following = following if isinstance(following, str) and following else None
+            yield [item for item in items if isinstance(item, dict)] if isinstance(items, list) else [], following
+            if following is None:
                 return
-            params = {"limit": page_size, "queryMore": page.queryMore}
+            params = {"limit": page_size, "queryMore": following}
+
+    def get_object(self, object_type: str, object_id: str) -> dict[str, Any]:
+        """One object as Limio sent it (``GET /objects/limio/{object_type}/{id}``)."""
+        answer = self.request("GET", self._objects_path(object_type, object_id), "read")
+        return answer if isinstance(answer, dict) else {}
+
+    def get_related(self, object_type: str, object_id: str) -> list[dict[str, Any]]:
+        """The objects related to one (``GET /objects/limio/{object_type}/{id}/related``): its events,
+        process events, subscriptions, ..., each with its ``record_type``."""
+        answer = self.request("GET", self._objects_path(object_type, object_id) + "/related", "read")
+        items = answer.get("items") if isinstance(answer, dict) else None
+        return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+    def processing_errors(self, order_id: str) -> list[str]:
+        """What an order's process events say failed, each as ``plugin: message`` (from ``/related``). Empty:
+        none failed, or Limio has recorded none yet (its docs do not say when they appear)."""
+        related = self.get_related("orders", order_id)
+        events = [ProcessEvent.model_validate(item) for item in related if ProcessEvent.is_one(item)]
+        return [error for event in events for error in event.errors()]
+
+    def raise_for_processing(self, order_id: str, status: str | None = None) -> None:
+        """Fail if the order's process events say a plugin failed (Limio marks an order complete even when its
+        billing plugin failed).
+
+        :raises LimioProcessingFailedError: naming each failed plugin and its message.
+        """
+        errors = self.processing_errors(order_id)
+        if errors:
+            raise LimioProcessingFailedError(
+                f"Limio order {order_id} is {status or 'complete'}, but its processing failed: "
+                f"{'; '.join(errors)[:1000]}. The order exists: do not submit it again; see to it in Limio or "
+                "the system the plugin calls",
+                order_id=order_id,
+                status=status,
+                errors=errors,
+            )
+
+    @staticmethod
+    def _objects_path(object_type: str, object_id: str | None = None) -> str:
+        if object_type not in OBJECT_PATH_TYPES:
+            kinds = ", ".join(sorted(OBJECT_PATH_TYPES))
+            raise LimioValidationError(f"invalid object_type: {object_type!r} is not one of {kinds}")
+        path = f"/objects/limio/{object_type}"
+        if object_id is None:
+            return path
+        if not isinstance(object_id, str) or not object_id.strip() or object_id.strip() == "None":
+            raise LimioValidationError(f"invalid object id: expected a Limio {object_type} id, got {object_id!r}")
+        return f"{path}/{quote(object_id, safe='')}"
 
     def find_orders(self, external_id: str, *, page_size: int = 100, max_pages: int = 5) -> list[OrderObject]:
         """Every order carrying ``external_id`` among the ``page_size * max_pages`` newest, newest first.

@@ -119,8 +119,53 @@ class OrderObject(_OrderFields):
     message: Text = None
 
 
+#: The object types of the Objects API (``GET /objects/limio/{path_type}``), as its docs enumerate them.
+OBJECT_PATH_TYPES = frozenset(
+    {
+        "orders",
+        "customers",
+        "subscriptions",
+        "identities",
+        "address",
+        "schedules",
+        "payment_methods",
+        "subscription_offers",
+        "user_entitlements",
+        "gift_code",
+        "promo_codes_v2",
+        "events",
+        "process",
+    }
+)
+
+
 class OrderPage(LimioModel):
     """One page of ``GET /objects/limio/orders``: ``items`` and the ``queryMore`` cursor (shape inferred)."""
 
     items: Annotated[list[OrderObject], BeforeValidator(_orders_only)] = []
     queryMore: Text = None
+
+
+class ProcessEvent(LimioModel):
+    """A process event (``GET /objects/limio/process/{id}``, or an item of an order's ``/related``): one
+    execution of the order's processing pipeline, with what its plugins reported. Limio documents the error
+    webhook's ``pluginErrorOutput: [{name, message}]`` and says a failed critical plugin fails the order and a
+    non-critical one may fail without stopping it; the event's own schema is not published (``status`` is read
+    as a plain string)."""
+
+    id: Text = None
+    status: Text = None
+    pluginErrorOutput: Annotated[list[dict[str, Any]], BeforeValidator(_orders_only)] = []
+
+    @staticmethod
+    def is_one(item: dict[str, Any]) -> bool:
+        """Whether a ``/related`` item is a process event (its ``record_type``, or its ``process_event-`` id)."""
+        kind = str(item.get("record_type") or "").lower()
+        return kind in ("process", "process_event") or str(item.get("id") or "").startswith("process_event-")
+
+    def errors(self) -> list[str]:
+        """Each plugin error as ``name: message``; a failed event without any says so."""
+        found = [f"{e.get('name') or 'plugin'}: {e.get('message') or 'failed'}" for e in self.pluginErrorOutput]
+        if not found and (self.status or "").strip().lower() in FAILURE_STATUSES:
+            found = [f"process event {self.id} {self.status}"]
+        return found

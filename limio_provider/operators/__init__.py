@@ -9,16 +9,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from limio_provider.exactly_once.identity import external_id_for
     from limio_provider.operators.batch import LimioSubmitOrdersOperator
+    from limio_provider.operators.export import LimioExportObjectsOperator
     from limio_provider.operators.orders import (
         LimioAdminSubmitOrderOperator,
         LimioPreviewOrderOperator,
         LimioSubmitOrderOperator,
     )
+    from limio_provider.operators.reconcile import LimioReconcileOrdersOperator
 
 #: Where each public name lives.
 _MODULES = {
     "LimioAdminSubmitOrderOperator": "limio_provider.operators.orders",
+    "LimioExportObjectsOperator": "limio_provider.operators.export",
     "LimioPreviewOrderOperator": "limio_provider.operators.orders",
+    "LimioReconcileOrdersOperator": "limio_provider.operators.reconcile",
     "LimioSubmitOrderOperator": "limio_provider.operators.orders",
     "LimioSubmitOrdersOperator": "limio_provider.operators.batch",
     "external_id_for": "limio_provider.exactly_once.identity",
@@ -26,7 +30,9 @@ _MODULES = {
 
 __all__ = [
     "LimioAdminSubmitOrderOperator",
+    "LimioExportObjectsOperator",
     "LimioPreviewOrderOperator",
+    "LimioReconcileOrdersOperator",
     "LimioSubmitOrderOperator",
     "LimioSubmitOrdersOperator",
     "external_id_for",

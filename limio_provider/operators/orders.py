@@ -446,6 +446,9 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         ``Asset`` instead, ``False`` none.
     :param wait_for_completion: after submitting, wait until Limio finishes processing the order; a failed
         order fails the task with Limio's reason.
+    :param check_processing: with ``wait_for_completion``: once the order is complete, read its process events
+        and fail (:class:`~limio_provider.exceptions.LimioProcessingFailedError`, with the plugins' messages)
+        if one says a plugin failed: Limio marks an order complete even when its billing plugin failed.
     :param poll_interval: seconds between two reads of the order while waiting.
     :param wait_timeout: seconds to wait for a final status before failing.
     :param deferrable: wait in the triggerer instead of a worker slot. Default: ``[operators]
@@ -460,6 +463,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         *,
         adopt_existing: bool = True,
         wait_for_completion: bool = False,
+        check_processing: bool = False,
         poll_interval: float = 30.0,
         wait_timeout: float = 3600.0,
         deferrable: bool | None = None,
@@ -468,6 +472,12 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         super().__init__(**kwargs)
         self.adopt_existing = adopt_existing
         self.wait_for_completion = wait_for_completion
+        if check_processing and not wait_for_completion:
+            raise ValueError(
+                f"{type(self).__name__} {self.task_id!r}: check_processing reads the process events of a finished "
+                "order: it needs wait_for_completion=True"
+            )
+        self.check_processing = check_processing
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
         self.deferrable = deferrable
@@ -516,8 +526,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         ti.xcom_push(key="adopted", value=adopted)
         ti.xcom_push(key="order_id", value=result["id"])
         self.limio_order_url = self.hook.order_url(result["id"])
-        if self.limio_order_url:
-            LimioOrderLink.persist(context, url=self.limio_order_url)
+        LimioOrderLink.persist(context, url=self.limio_order_url)
 
     def _finish(self, context: Context, result: dict[str, Any], *, adopted: bool) -> dict[str, Any]:
         """Fail on a failed order; wait for a final status if asked; the full result."""
@@ -546,6 +555,8 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
             time.sleep(self.poll_interval)
             event = order_event(self.hook, result["id"], end_time)
         raise_for_event(event)
+        if self.check_processing:
+            self.hook.raise_for_processing(result["id"], event["order_status"])
         return {**result, "status": event["order_status"]}
 
     @keeps_failure
@@ -571,6 +582,8 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         self._lineage_record = {"orders": 1, "externalIdsDigest": ExternalIdsDigest(ids).hexdigest()}
         self._publish(context, result, adopted=adopted)
         raise_for_event(event)
+        if self.check_processing:
+            self.hook.raise_for_processing(event["order_id"], event["order_status"])
         self._emit_order_event(context, result, adopted=adopted)
         return {**result, "status": event["order_status"]}
 

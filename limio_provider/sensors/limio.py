@@ -26,6 +26,9 @@ class LimioOrderSensor(BaseSensorOperator):
         (templated)
     :param limio_conn_id: the Limio connection. (templated)
     :param hook_params: keyword arguments for :class:`~limio_provider.hooks.limio.LimioHook`.
+    :param check_processing: once the order is complete, read its process events and fail
+        (:class:`~limio_provider.exceptions.LimioProcessingFailedError`, with the plugins' messages) if one
+        says a plugin failed: Limio marks an order complete even when its billing plugin failed.
     :param deferrable: wait in the triggerer. Default: ``[operators] default_deferrable``.
     """
 
@@ -37,10 +40,12 @@ class LimioOrderSensor(BaseSensorOperator):
         order_id: str,
         limio_conn_id: str = "limio_default",
         hook_params: dict[str, Any] | None = None,
+        check_processing: bool = False,
         deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.check_processing = check_processing
         self.order_id = order_id
         self._order_id_as_given = order_id  # not templated: names the upstream XCom if it renders to nothing
         self.limio_conn_id = limio_conn_id
@@ -61,6 +66,8 @@ class LimioOrderSensor(BaseSensorOperator):
             self.log.info("Limio order %s is still processing", self.order_id)
             return False
         raise_for_event(event)
+        if self.check_processing:
+            self.hook.raise_for_processing(self.order_id, event["order_status"])
         return True
 
     def execute(self, context: Context) -> Any:
@@ -105,4 +112,6 @@ class LimioOrderSensor(BaseSensorOperator):
         from limio_provider.triggers.limio import raise_for_event
 
         raise_for_event(event)
+        if self.check_processing:
+            self.hook.raise_for_processing(event["order_id"], event["order_status"])
         self.log.info("Limio order %s is %s", event["order_id"], event["order_status"])

@@ -351,7 +351,8 @@ def test_operators_module_imports_nothing_heavy() -> None:
 
     probe = (
         "import sys, airflow.providers.common.compat.sdk; before = set(sys.modules); "
-        "import limio_provider.operators; "
+        "import limio_provider.operators.orders, limio_provider.operators.batch, limio_provider.operators.export, "
+        "limio_provider.operators.reconcile; "
         "print(sorted(m for m in ('requests', 'limio_provider.hooks.limio', "
         "'limio_provider.models.orders') if m in sys.modules and m not in before))"
     )

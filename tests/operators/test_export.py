@@ -1,0 +1,94 @@
+"""The export of Limio objects to JSON Lines, against the emulator: every page, the run's window, bad input."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import DAG
+
+from limio_provider.hooks.limio import LimioHook
+from limio_provider.operators.export import LimioExportObjectsOperator
+from limio_provider.testing import LimioEmulator
+from tests.helpers import START, new_order, run_dag, states, xcom
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+LIST = "/api/objects/limio/orders"
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def list_reads(emulator: LimioEmulator) -> list[Any]:
+    return [request for request in emulator.requests if request.path == LIST]
+
+
+def test_every_order_through_every_page_once(limio_emulator: LimioEmulator, tmp_path: Path) -> None:
+    hook = LimioHook()
+    ids = {hook.submit_order(new_order(f"exp-{n}")).id for n in range(7)}
+    target = tmp_path / "out" / "orders.jsonl"
+    with DAG("limio_export_all", schedule=None, start_date=START) as dag:
+        LimioExportObjectsOperator(task_id="export", object_type="orders", path=target.as_uri(), page_size=3)
+    run = run_dag(dag)
+    assert states(run) == {"export": "success"}
+    exported = lines(target)
+    assert sorted(order["id"] for order in exported) == sorted(ids)  # each once
+    assert {order["external_id"] for order in exported} == {f"exp-{n}" for n in range(7)}
+    (summary,) = xcom(run, "export")
+    assert summary == {
+        "object_type": "orders",
+        "path": target.as_uri(),
+        "exported": 7,
+        "undated": 0,
+        "outside_window": 0,
+        "pages": 3,
+        "window": None,  # a manual run's interval is a point: everything
+        "resumed": False,
+    }
+    assert not (tmp_path / "out" / "orders.jsonl.parts").exists()  # the parts are joined and removed
+
+
+def test_the_runs_window_and_stopping_at_its_start(limio_emulator: LimioEmulator, tmp_path: Path) -> None:
+    """Orders made two days apart (the emulator's clock moved on): a window around the second day keeps only
+    its orders; with ``stop_at_window_start`` (the emulator lists newest first) the older pages are not read."""
+    hook = LimioHook()
+    old = {hook.submit_order(new_order(f"old-{n}")).id for n in range(6)}
+    limio_emulator.advance(2 * 86400)
+    new = {hook.submit_order(new_order(f"new-{n}")).id for n in range(2)}
+    now = datetime.now(UTC) + timedelta(days=2)
+    context: dict[str, Any] = {
+        "data_interval_start": now - timedelta(hours=1),
+        "data_interval_end": now + timedelta(hours=1),
+    }
+    for stop in (False, True):
+        target = tmp_path / f"window-{stop}.jsonl"
+        export = LimioExportObjectsOperator(
+            task_id=f"window_{stop}",
+            object_type="orders",
+            path=target.as_uri(),
+            page_size=2,
+            stop_at_window_start=stop,
+        )
+        before = len(list_reads(limio_emulator))
+        summary = export.execute(context)  # type: ignore[arg-type]
+        assert {order["id"] for order in lines(target)} == new
+        assert summary["exported"] == 2 and summary["window"] == [
+            context["data_interval_start"].isoformat(),
+            context["data_interval_end"].isoformat(),
+        ]
+        reads = len(list_reads(limio_emulator)) - before
+        assert (reads, summary["outside_window"]) == ((2, 2) if stop else (4, len(old))), (stop, summary)
+
+
+def test_a_bad_object_type_fails_before_any_call(limio_emulator: LimioEmulator, tmp_path: Path) -> None:
+    with DAG("limio_export_bad", schedule=None, start_date=START) as dag:
+        LimioExportObjectsOperator(task_id="export", object_type="order", path=(tmp_path / "x.jsonl").as_uri())
+    run = run_dag(dag)
+    assert states(run) == {"export": "failed"}
+    assert limio_emulator.requests == []
+    with pytest.raises(ValueError, match="page_size must be an integer from 1 to 1000"):
+        LimioExportObjectsOperator(task_id="big", object_type="orders", path="file:///x", page_size=5000)
