@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,11 @@ TMPFS = "/dev/shm"
 
 def run_worker(args: argparse.Namespace) -> int:
     """One batch task: ``execute()`` with a stub context, its RSS sampled; what happened to ``--status``."""
-    import psutil
     from airflow.sdk.bases.operator import ExecutorSafeguard
 
     from benchmarks.campaign import TaskInstanceStub, TaskStateStoreStub
     from limio_provider.operators.batch import LimioSubmitOrdersOperator
 
-    process = psutil.Process()
     operator = LimioSubmitOrdersOperator(
         task_id="submit",
         orders_path=args.orders_path,
@@ -67,7 +66,19 @@ def run_worker(args: argparse.Namespace) -> int:
     ti = TaskInstanceStub("bench_batch_memory", "submit", -1)
     context: Any = {"ti": ti, "run_id": "bench", "task_state_store": TaskStateStoreStub()}
     as_task_runner = {f"{type(operator).__name__}__sentinel": ExecutorSafeguard.sentinel_value}
+    status = measure(lambda: operator.execute(context, **as_task_runner))
+    status["xcom"] = ti.xcoms.get("return_value", status["summary"])
+    error = status["error"]
+    Path(args.status).write_text(json.dumps(status, default=str))
+    return 0 if error is None else 1
 
+
+def measure(call: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``call`` in this process with its RSS sampled every 10 ms from a thread, ``ru_maxrss`` read before
+    and after; what it returned (``summary``, or the ``summary`` of what it raised) and the figures."""
+    import psutil
+
+    process = psutil.Process()
     peak = [0]
     stop = threading.Event()
 
@@ -86,7 +97,7 @@ def run_worker(args: argparse.Namespace) -> int:
     error: str | None = None
     summary: Any = None
     try:
-        summary = operator.execute(context, **as_task_runner)
+        summary = call()
     except Exception as exc:  # noqa: BLE001 - reported, the benchmark fails
         summary, error = getattr(exc, "summary", None), f"{type(exc).__name__}: {str(exc)[:1000]}"
     seconds = time.perf_counter() - started
@@ -95,8 +106,8 @@ def run_worker(args: argparse.Namespace) -> int:
     sampler.join()
     rss_after = process.memory_info().rss
     maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    exact = maxrss_after > maxrss_before  # the lifetime peak was reached during execute()
-    status = {
+    exact = maxrss_after > maxrss_before  # the lifetime peak was reached during the call
+    return {
         "seconds": seconds,
         "cpu_seconds": (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system),
         "rss_before": rss_before,
@@ -105,11 +116,8 @@ def run_worker(args: argparse.Namespace) -> int:
         "peak_sampled": peak[0],
         "peak_from": "ru_maxrss and the samples, the higher" if exact else "sampled every 10 ms",
         "summary": summary,
-        "xcom": ti.xcoms.get("return_value", summary),
         "error": error,
     }
-    Path(args.status).write_text(json.dumps(status, default=str))
-    return 0 if error is None else 1
 
 
 def run_ledger_probe(args: argparse.Namespace) -> int:

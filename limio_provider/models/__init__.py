@@ -29,9 +29,18 @@ from limio_provider.models.orders import (
     parse_order,
     parse_partner,
 )
-from limio_provider.models.results import OrderObject, OrderPage, OrderResult, PreviewResult, to_amount
+from limio_provider.models.results import (
+    OBJECT_PATH_TYPES,
+    OrderObject,
+    OrderPage,
+    OrderResult,
+    PreviewResult,
+    ProcessEvent,
+    to_amount,
+)
 
 __all__ = [
+    "OBJECT_PATH_TYPES",
     "ORDER_TYPES",
     "AddOfferOrder",
     "Address",
@@ -53,6 +62,7 @@ __all__ = [
     "OrderResult",
     "Payment",
     "PreviewResult",
+    "ProcessEvent",
     "RenewOrder",
     "SubscriptionOrder",
     "UnmodelledOrder",

@@ -287,7 +287,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     :param ledger_wait_timeout: seconds to wait for another task instance that holds the ledger's claim on
         one of the orders to finish, before that order's outcome is ``unknown``.
     :param orders_asset: the asset this task updates when it succeeds, with a small extra (see the docs'
-        "Chaining DAGs on orders"): ``True`` (default) the tenant's ``limio://<tenant>/orders``, a URI or an
+        "Chaining and reconciling"): ``True`` (default) the tenant's ``limio://<tenant>/orders``, a URI or an
         ``Asset`` instead, ``False`` none.
     :param limio_conn_id: the Limio connection. (templated)
     :param hook_params: keyword arguments for :class:`~limio_provider.hooks.limio.LimioHook`, e.g.

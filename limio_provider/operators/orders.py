@@ -442,7 +442,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
     :param ledger_wait_timeout: seconds to wait for another task instance that holds the ledger's claim on
         the same external_id to finish, before failing naming it.
     :param orders_asset: the asset this task updates when it succeeds, with a small extra (see the docs'
-        "Chaining DAGs on orders"): ``True`` (default) the tenant's ``limio://<tenant>/orders``, a URI or an
+        "Chaining and reconciling"): ``True`` (default) the tenant's ``limio://<tenant>/orders``, a URI or an
         ``Asset`` instead, ``False`` none.
     :param wait_for_completion: after submitting, wait until Limio finishes processing the order; a failed
         order fails the task with Limio's reason.
