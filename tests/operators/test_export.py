@@ -12,8 +12,8 @@ from airflow.providers.common.compat.sdk import DAG
 
 from limio_provider.hooks.limio import LimioHook
 from limio_provider.operators.export import LimioExportObjectsOperator
-from limio_provider.testing import LimioEmulator
-from tests.helpers import START, new_order, run_dag, states, xcom
+from limio_provider.testing import Fault, LimioEmulator
+from tests.helpers import START, needs_airflow, new_order, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 LIST = "/api/objects/limio/orders"
@@ -92,3 +92,39 @@ def test_a_bad_object_type_fails_before_any_call(limio_emulator: LimioEmulator, 
     assert limio_emulator.requests == []
     with pytest.raises(ValueError, match="page_size must be an integer from 1 to 1000"):
         LimioExportObjectsOperator(task_id="big", object_type="orders", path="file:///x", page_size=5000)
+
+
+@needs_airflow("3.3", "task_state_store, where the export records its progress, is Airflow 3.3's")
+def test_a_retry_resumes_after_the_last_recorded_part(
+    limio_emulator: LimioEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third page read fails (a 500, no read retries): the retry starts at the cursor the first try recorded
+    after its second part, not at the first page, and the file has every order once."""
+    import limio_provider.operators.export as export_module
+
+    monkeypatch.setattr(export_module, "PART_OBJECTS", 2)
+    hook = LimioHook()
+    ids = {hook.submit_order(new_order(f"resume-{n}")).id for n in range(9)}
+    # Seeded: the first two list reads pass, the third fails (once).
+    limio_emulator.add_fault(Fault(route="list_orders", status=500, times=1, probability=0.5, seed=0))
+    target = tmp_path / "resumed.jsonl"
+    with DAG("limio_export_resume", schedule=None, start_date=START) as dag:
+        LimioExportObjectsOperator(
+            task_id="export",
+            object_type="orders",
+            path=target.as_uri(),
+            page_size=2,
+            hook_params={"retry_limit": 0},
+            retries=1,
+            retry_delay=timedelta(0),
+        )
+    run = run_dag(dag)
+    assert states(run) == {"export": "success"}
+    reads = list_reads(limio_emulator)
+    assert [read.status for read in reads][:3] == [200, 200, 500]
+    assert sum("queryMore" not in read.query for read in reads) == 1  # the first page was read once
+    assert reads[3].query["queryMore"] == reads[2].query["queryMore"]  # the retry re-reads the failed page
+    assert sorted(order["id"] for order in lines(target)) == sorted(ids)
+    (summary,) = xcom(run, "export")
+    assert summary["resumed"] is True and summary["exported"] == 9 and summary["pages"] == 5, summary
+    assert not (tmp_path / "resumed.jsonl.parts").exists()
