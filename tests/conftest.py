@@ -16,7 +16,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.helpers import AIRFLOW_VERSION, LIMIO_S3_CONN_ID, S3_PUT_FAULTS, Capture, in_use  # noqa: E402
+from tests.helpers import AIRFLOW_VERSION, LIMIO_S3_CONN_ID, S3_PUT_FAULTS, Capture, in_use, moto_client  # noqa: E402
 
 
 def _one_execution_api_app() -> None:
@@ -151,16 +151,8 @@ def s3_ledger_root(moto_s3: str, limio_s3_conn: str, monkeypatch: pytest.MonkeyP
     """A fresh bucket in moto and the ``limio_s3`` connection set: ``s3://limio_s3@<bucket>/ledger``."""
     import uuid
 
-    import boto3
-
     bucket = f"limio-ledger-{uuid.uuid4().hex[:16]}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = moto_client(moto_s3)
     client.create_bucket(Bucket=bucket)
     monkeypatch.setenv(f"AIRFLOW_CONN_{LIMIO_S3_CONN_ID.upper()}", limio_s3_conn)
     return in_use(f"s3://{LIMIO_S3_CONN_ID}@{bucket}/ledger")

@@ -235,3 +235,16 @@ def _fail_local_ledger_writes() -> None:
 
     swap.faulty = True  # type: ignore[attr-defined]
     ledger._swap, ledger._write = swap, write
+
+
+def moto_client(endpoint: str) -> Any:
+    """A boto3 S3 client on moto's server at ``endpoint`` (dummy credentials: never real AWS)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )

@@ -26,6 +26,7 @@ from limio_provider.exactly_once import ledger as ledger_module
 from limio_provider.exactly_once.identity import fingerprint
 from limio_provider.exactly_once.ledger import OrderLedger, Owner, next_step, parse_record
 from limio_provider.exceptions import LimioClaimLostError, LimioError, LimioValidationError
+from tests.helpers import moto_client
 
 TENANT = "acme.prod.limio.com"
 FIELDS = {
@@ -85,15 +86,7 @@ def other_writer(ledger: OrderLedger, moto_endpoint: str | None):
 
         return write
 
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = moto_client(moto_endpoint)
 
     def write(external_id: str, record: dict[str, Any]) -> None:
         bucket, _, key = ledger.path(external_id).path.partition("/")
@@ -551,15 +544,8 @@ def test_external_ids_with_any_printable_ascii_map_to_distinct_records(ledger: O
 
 
 def test_a_missing_bucket_is_an_error_and_is_not_created(moto_s3: str, s3_ledger_root: str) -> None:
-    import boto3
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = moto_client(moto_s3)
     bucket = s3_ledger_root.split("@", 1)[1].split("/", 1)[0] + "-missing"
     ledger = OrderLedger(f"s3://limio_s3@{bucket}/ledger", TENANT)
     assert ledger.read("renewal-42") is None
@@ -652,16 +638,8 @@ def test_s3_goes_through_the_airflow_connection_to_moto_only(moto_s3: str, s3_le
     hosts = {c[0] if isinstance(c, tuple) else c for c in contacted}
     assert hosts <= {"127.0.0.1"}, contacted
 
-    import boto3
-
     bucket, _, key = ledger.path("renewal-42").path.partition("/")
-    body = (
-        boto3.client(
-            "s3", endpoint_url=moto_s3, aws_access_key_id="x", aws_secret_access_key="x", region_name="us-east-1"
-        )
-        .get_object(Bucket=bucket, Key=key)["Body"]
-        .read()
-    )
+    body = moto_client(moto_s3).get_object(Bucket=bucket, Key=key)["Body"].read()
     assert json.loads(body)["external_id"] == "renewal-42"
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.helpers import LIMIO_S3_CONN_ID, free_port, tail
+from tests.helpers import LIMIO_S3_CONN_ID, free_port, moto_client, tail
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -60,15 +60,8 @@ def emulator() -> Iterator[LimioEmulator]:
 @pytest.fixture(scope="session")
 def results_bucket(moto_s3: str) -> str:
     """A bucket in moto for the UI batch's results: ``s3://limio_s3@<bucket>``."""
-    import boto3
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_s3,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
+    client = moto_client(moto_s3)
     client.create_bucket(Bucket="limio-ui-results")
     return f"s3://{LIMIO_S3_CONN_ID}@limio-ui-results"
 

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import pytest
 from selenium.webdriver.common.by import By
 
+from tests.helpers import moto_client
 from tests.ui import pages
 from tests.ui.conftest import BATCH_TASK_ID, DAG_ID, EXTERNAL_ID, TASK_ID
 from tests.ui.pages import click, text_is
@@ -60,7 +61,6 @@ def test_order_link_leads_to_the_emulators_order(browser: WebDriver, airflow: Ai
 def test_the_batch_links_to_its_results_file(
     browser: WebDriver, airflow: Airflow, emulator: LimioEmulator, moto_s3: str
 ) -> None:
-    import boto3
 
     open_task_details(browser, airflow, BATCH_TASK_ID)
     link = pages.visible(browser, f"//a[{text_is('Limio results file')}]")
@@ -70,7 +70,7 @@ def test_the_batch_links_to_its_results_file(
     assert link.get_attribute("href") == console
     assert link.get_attribute("target") == "_blank"
     # What is at the other end: the batch's results, one line per order, each the one order Limio holds.
-    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+    s3 = moto_client(moto_s3)
     body = s3.get_object(Bucket="limio-ui-results", Key="batch.results.jsonl")["Body"].read().decode()
     rows = [json.loads(line) for line in body.splitlines()]
     assert sorted((row["external_id"], row["outcome"]) for row in rows) == [
