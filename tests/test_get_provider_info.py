@@ -59,7 +59,9 @@ def test_the_hooks_form_behaviour_passes_airflows_hook_schema() -> None:
 def test_provider_info_lists_each_module_of_each_kind() -> None:
     from limio_provider.operators import (
         LimioAdminSubmitOrderOperator,
+        LimioExportObjectsOperator,
         LimioPreviewOrderOperator,
+        LimioReconcileOrdersOperator,
         LimioSubmitOrderOperator,
         LimioSubmitOrdersOperator,
     )
@@ -73,6 +75,8 @@ def test_provider_info_lists_each_module_of_each_kind() -> None:
         LimioSubmitOrderOperator,
         LimioAdminSubmitOrderOperator,
         LimioSubmitOrdersOperator,
+        LimioExportObjectsOperator,
+        LimioReconcileOrdersOperator,
     ]
     kinds = {
         "hooks": [LimioHook],
