@@ -849,7 +849,7 @@ class LimioHook(BaseHook):
         :param max_pages: stop after this many pages (``None``: until the cursor runs out).
         :param cursor: start at this ``queryMore`` cursor (one this method yielded) instead of the first page.
         """
-        path = self._objects_path(object_type)
+        path = self.objects_path(object_type)
         if not isinstance(page_size, int) or page_size < 1:
             raise LimioValidationError(f"invalid page_size: expected a positive integer, got {page_size!r}")
         params: dict[str, Any] = {"limit": page_size} | ({"queryMore": cursor} if cursor else {})
@@ -868,13 +868,13 @@ class LimioHook(BaseHook):
 
     def get_object(self, object_type: str, object_id: str) -> dict[str, Any]:
         """One object as Limio sent it (``GET /objects/limio/{object_type}/{id}``)."""
-        answer = self.request("GET", self._objects_path(object_type, object_id), "read")
+        answer = self.request("GET", self._object_path(object_type, object_id), "read")
         return answer if isinstance(answer, dict) else {}
 
     def get_related(self, object_type: str, object_id: str) -> list[dict[str, Any]]:
         """The objects related to one (``GET /objects/limio/{object_type}/{id}/related``): its events,
         process events, subscriptions, ..., each with its ``record_type``."""
-        answer = self.request("GET", self._objects_path(object_type, object_id) + "/related", "read")
+        answer = self.request("GET", self._object_path(object_type, object_id) + "/related", "read")
         items = answer.get("items") if isinstance(answer, dict) else None
         return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
@@ -903,13 +903,16 @@ class LimioHook(BaseHook):
             )
 
     @staticmethod
-    def _objects_path(object_type: str, object_id: str | None = None) -> str:
+    def objects_path(object_type: str) -> str:
+        """``/objects/limio/{object_type}``; :class:`LimioValidationError` for a type the Objects API does not have."""
         if object_type not in OBJECT_PATH_TYPES:
             kinds = ", ".join(sorted(OBJECT_PATH_TYPES))
             raise LimioValidationError(f"invalid object_type: {object_type!r} is not one of {kinds}")
-        path = f"/objects/limio/{object_type}"
-        if object_id is None:
-            return path
+        return f"/objects/limio/{object_type}"
+
+    def _object_path(self, object_type: str, object_id: str) -> str:
+        """``/objects/limio/{object_type}/{id}``."""
+        path = self.objects_path(object_type)
         if not isinstance(object_id, str) or not object_id.strip() or object_id.strip() == "None":
             raise LimioValidationError(f"invalid object id: expected a Limio {object_type} id, got {object_id!r}")
         return f"{path}/{quote(object_id, safe='')}"

@@ -97,7 +97,7 @@ class LimioExportObjectsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from limio_provider.exactly_once.ledger import storage_path
 
-        self.hook._objects_path(self.object_type)  # a bad object_type fails before any call
+        self.hook.objects_path(self.object_type)  # a bad object_type fails before any call
         target = storage_path("path", self.path)
         parts_dir = storage_path("path", str(self.path).rstrip("/") + ".parts")
         window = self._window(context)
