@@ -48,6 +48,7 @@ from limio_provider.models.orders import (
 )
 from limio_provider.models.results import OrderResult
 from limio_provider.testing.faults import NOT_TLS, Fault, take_fault
+from limio_provider.testing.objects import BILLING_FAILURE, RECORD_TYPES, ObjectStore
 
 #: An HTTP answer: status, JSON body (or bytes, sent as they are, with the JSON content type) and extra headers.
 Answer = tuple[int, dict[str, Any] | bytes, dict[str, str]]
@@ -80,6 +81,7 @@ _REFERENCE_ALPHABET = string.ascii_uppercase + string.digits
 _references = random.Random()
 _RESULT_FIELDS = tuple(OrderResult.model_fields)
 _SUMMARY_FIELDS = ("id", "status", "order_type", "external_id", "created", "updated", "order_reference")
+_OBJECTS = "|".join(RECORD_TYPES)  # the object types besides orders (testing/objects.py)
 _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
     (method, re.compile(pattern), name)
     for method, pattern, name in (
@@ -89,6 +91,9 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("POST", r"/api/order/preview", "preview"),
         ("GET", r"/api/objects/limio/orders", "list_orders"),
         ("GET", r"/api/objects/limio/orders/(?P<order_id>[^/]+)", "get_order"),
+        ("GET", rf"/api/objects/limio/(?P<object_type>{_OBJECTS})", "list_objects"),
+        ("GET", rf"/api/objects/limio/(?P<object_type>{_OBJECTS})/(?P<object_id>[^/]+)", "get_object"),
+        ("GET", rf"/api/objects/limio/(?P<object_type>orders|{_OBJECTS})/(?P<object_id>[^/]+)/related", "related"),
         ("POST", r"/_emulator/faults", "add_fault"),
         ("DELETE", r"/_emulator/faults", "clear_faults"),
         ("POST", r"/_emulator/revoke-tokens", "revoke_tokens"),
@@ -126,6 +131,7 @@ class _Request:
     route: str | None
     params: dict[str, str]
     allowed: list[str]
+    billing_failure: str | None = None  # a "billing_fails" fault's message: the order's billing plugin fails
 
 
 class HttpError(Exception):
@@ -199,7 +205,9 @@ class LimioEmulator:
         self._thread: threading.Thread | None = None
         self._tokens: dict[str, tuple[float, bool]] = {}  # token -> (expiry on the emulator clock, admin client)
         self._orders: dict[str, dict[str, Any]] = {}  # oldest first
-        self._pending: dict[str, tuple[float, str, str | None]] = {}  # id -> (ready at, final status, reason)
+        # id -> (ready at, final status, reason, billing plugin failure)
+        self._pending: dict[str, tuple[float, str, str | None, str | None]] = {}
+        self._objects = ObjectStore()  # the events, process events, customers and subscriptions orders make
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
 
@@ -343,7 +351,7 @@ class LimioEmulator:
     def reset(self) -> None:
         """Forget every order, request, fault and token."""
         with self._lock:
-            for state in (self._orders, self._pending, self._requests, self._faults, self._tokens):
+            for state in (self._orders, self._pending, self._requests, self._faults, self._tokens, self._objects):
                 state.clear()
 
     # -- request handling --------------------------------------------------------------------------
@@ -369,6 +377,8 @@ class LimioEmulator:
             fault = take_fault(self._faults, route, body) if route else None
         if fault is not None and fault.action == "revoke_tokens":
             self.revoke_tokens()
+        if fault is not None and fault.action == "billing_fails":
+            request.billing_failure = fault.message or BILLING_FAILURE
         answer: Answer | None = self._process(request) if fault is None or fault.processes else None
         how = "normal" if fault is None else fault.reply
         if fault is not None:
@@ -462,9 +472,10 @@ class LimioEmulator:
             "created": (created := self._timestamp(now)),
             "updated": created,
         }
-        outcome = ("failed" if reason else "complete", reason)
+        outcome = ("failed" if reason else "complete", reason, request.billing_failure)
         with self._lock:
             self._orders[stored["id"]] = stored
+            self._objects.received(stored, created)
             if order.process_immediately:
                 self._finish(stored, *outcome, now)
             else:
@@ -543,18 +554,49 @@ class LimioEmulator:
         Emulator behaviour: the ``queryMore`` cursor marks where the page ended, so orders created while
         paging never shift the pages.
         """
-        limit = request.query.get("limit", "50")
-        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-            raise HttpError(400, "limit must be an integer from 1 to 1000")
         with self._lock:
             self._settle()
-            ids = list(self._orders)
-            end = len(ids) if "queryMore" not in request.query else _read_cursor(request.query["queryMore"])
-            start = max(0, min(end, len(ids)) - int(limit))
-            page = [self._orders[order_id] for order_id in reversed(ids[start:end])]
-            items = [{key: order.get(key) for key in _SUMMARY_FIELDS} for order in page]
-        cursor = base64.urlsafe_b64encode(f"before:{start}".encode()).decode() if start else None
+            page, cursor = _page(list(self._orders), request.query)
+            items = [{key: self._orders[order_id].get(key) for key in _SUMMARY_FIELDS} for order_id in page]
         return 200, {"items": items, "queryMore": cursor}, {}
+
+    def _on_list_objects(self, request: _Request) -> Answer:
+        """``GET /api/objects/limio/{subscriptions|customers|events|process}?limit=&queryMore=``: whole objects,
+        newest first, paged as orders are (emulator behaviour)."""
+        kind = request.params["object_type"]
+        with self._lock:
+            self._settle()
+            page, cursor = _page(self._objects.ids(kind), request.query)
+            items = [self._objects.get(kind, object_id) for object_id in page]
+        return 200, {"items": items, "queryMore": cursor}, {}
+
+    def _on_get_object(self, request: _Request) -> Answer:
+        """``GET /api/objects/limio/{type}/{id}``: one object."""
+        with self._lock:
+            self._settle()
+            found = self._objects.get(request.params["object_type"], request.params["object_id"])
+        if found is None:
+            raise HttpError(404, "Not found")
+        return 200, found, {}
+
+    def _on_related(self, request: _Request) -> Answer:
+        """``GET /api/objects/limio/{type}/{id}/related``: ``{"items": [...]}``, each with its ``record_type``.
+        An order's are the objects it made (its events, process events, customer and subscription); another
+        object's are its order and that order's other objects (emulator behaviour)."""
+        kind, object_id = request.params["object_type"], request.params["object_id"]
+        with self._lock:
+            self._settle()
+            if kind == "orders":
+                order_id = object_id if object_id in self._orders else None
+            else:
+                found = self._objects.get(kind, object_id)
+                order_id = found["order"] if found is not None else None
+            if order_id is None:
+                raise HttpError(404, "Not found")
+            items = [obj for obj in self._objects.of_order(order_id) if obj["id"] != object_id]
+            if kind != "orders":
+                items.insert(0, {**copy.deepcopy(self._orders[order_id]), "record_type": "order"})
+        return 200, {"items": items}, {}
 
     def _on_add_fault(self, request: _Request) -> Answer:
         """``POST /_emulator/faults``: add the fault whose spec is the JSON body."""
@@ -648,16 +690,20 @@ class LimioEmulator:
     def _settle(self) -> None:
         """Finish the orders whose processing delay has passed. Call under the lock."""
         now = self._now()
-        for order_id, (ready_at, status, reason) in list(self._pending.items()):
+        for order_id, (ready_at, status, reason, billing_failure) in list(self._pending.items()):
             if now >= ready_at:
-                self._finish(self._orders[order_id], status, reason, ready_at)
+                self._finish(self._orders[order_id], status, reason, billing_failure, ready_at)
                 del self._pending[order_id]
 
-    def _finish(self, order: dict[str, Any], status: str, reason: str | None, at: float) -> None:
-        """Give ``order`` its final status (and failure ``message``). Call under the lock."""
+    def _finish(
+        self, order: dict[str, Any], status: str, reason: str | None, billing_failure: str | None, at: float
+    ) -> None:
+        """Give ``order`` its final status (and failure ``message``) and its process event (whose billing plugin
+        failed with ``billing_failure``, if given: the order stays complete). Call under the lock."""
         order.update(status=status, updated=self._timestamp(at))
         if reason:
             order["message"] = reason
+        self._objects.finished(order, reason, billing_failure, order["updated"])
 
     def _now(self) -> float:
         """The emulator clock: the ``clock`` given, plus every :meth:`advance`."""
@@ -917,6 +963,18 @@ def _redacted(body: Any) -> Any:
     if isinstance(body, dict) and "client_secret" in body:
         return {**body, "client_secret": "REDACTED"}
     return body
+
+
+def _page(ids: list[str], query: dict[str, str]) -> tuple[list[str], str | None]:
+    """One page of ``ids`` (oldest first), newest first, and the ``queryMore`` cursor of the next: it marks
+    where the page ended, so objects created while paging never shift the pages (emulator behaviour)."""
+    limit = query.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise HttpError(400, "limit must be an integer from 1 to 1000")
+    end = len(ids) if "queryMore" not in query else _read_cursor(query["queryMore"])
+    start = max(0, min(end, len(ids)) - int(limit))
+    cursor = base64.urlsafe_b64encode(f"before:{start}".encode()).decode() if start else None
+    return list(reversed(ids[start:end])), cursor
 
 
 def _read_cursor(cursor: str) -> int:

@@ -9,7 +9,10 @@ from http import HTTPStatus
 from typing import Any
 
 #: Route names a fault can target; ``"*"`` targets them all.
-ROUTES = frozenset({"token", "order", "admin_order", "preview", "get_order", "list_orders", "*"})
+ROUTES = frozenset(
+    {"token", "order", "admin_order", "preview", "get_order", "list_orders"}
+    | {"list_objects", "get_object", "related", "*"}
+)
 
 #: What each action does: (process the request first?, how to reply). The replies: ``normal`` (the normal
 #: answer), ``status`` (this fault's error answer), ``none`` (close the connection without answering),
@@ -22,7 +25,9 @@ ROUTES = frozenset({"token", "order", "admin_order", "preview", "get_order", "li
 #: status and headers as ``Transfer-Encoding: chunked``, then a chunk-size line that is not hex, then close),
 #: ``reset`` (a TCP RST, no answer) and ``tls_error`` (:data:`NOT_TLS` written on the raw TCP socket, under
 #: any TLS, then close).
-#: ``revoke_tokens`` also revokes every token first.
+#: ``revoke_tokens`` also revokes every token first. ``billing_fails`` ("processed, billing failed") answers an
+#: order normally, and the order completes as usual, but its process event says the billing plugin failed (with
+#: the fault's ``message``): the failure only the process events show.
 ACTIONS: dict[str, tuple[bool, str]] = {
     "status": (False, "status"),
     "drop": (False, "none"),
@@ -39,6 +44,7 @@ ACTIONS: dict[str, tuple[bool, str]] = {
     "process_then_bad_chunked": (True, "bad_chunked"),
     "latency_only": (True, "normal"),
     "revoke_tokens": (True, "normal"),
+    "billing_fails": (True, "normal"),
 }
 
 #: What ``process_then_tls_error`` writes: neither a TLS record nor an HTTP status line.
@@ -61,7 +67,7 @@ class Fault:
     """A failure to inject into the emulator's answers.
 
     :param route: the route to hit (``token``, ``order``, ``admin_order``, ``preview``, ``get_order``,
-        ``list_orders``) or ``"*"`` for all of them.
+        ``list_orders``, ``list_objects``, ``get_object``, ``related``) or ``"*"`` for all of them.
     :param action: ``status`` (answer ``status`` without processing), ``drop`` (close the connection
         without answering, nothing processed), ``process_then_status`` (process, e.g. create the order,
         then answer ``status``), ``process_then_hang`` (process, then hold the connection for ``latency``
@@ -78,8 +84,9 @@ class Fault:
         then the body), ``process_then_gzip_bomb`` (process, then answer 200 with ``Content-Encoding: gzip``
         and a body of a few hundred KB that decodes to the order followed by ``size`` bytes of whitespace,
         256 MiB by default: valid JSON, for a client that reads it all), ``latency_only`` (answer
-        normally, late) or ``revoke_tokens`` (revoke every token, then answer normally: 401 on ``/api``
-        routes).
+        normally, late), ``revoke_tokens`` (revoke every token, then answer normally: 401 on ``/api``
+        routes) or ``billing_fails`` (on ``order``/``admin_order``: processed and answered normally, the
+        order completes, but its process event says the billing plugin failed with ``message``).
     :param status: the HTTP status of ``status``/``process_then_status`` answers (default 502), 3xx too.
     :param retry_after: sent as the ``Retry-After`` header of those answers.
     :param latency: seconds waited (really) after processing and before answering (with
