@@ -13,13 +13,18 @@ from typing import Any
 
 import pytest
 
-from limio_provider.testing import LimioEmulator, sample_order
-from tests.helpers import run_dag, states, xcom
+from limio_provider.testing import Fault, LimioEmulator, sample_order
+from tests.helpers import moto_client, run_dag, states, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "dags_examples"
-DAG_IDS = {"limio_scheduled_renewals", "limio_billing_reconciliation", "limio_backfill_orders", "limio_orders_check"}
+DAG_IDS = {
+    "limio_scheduled_renewals",
+    "limio_billing_reconciliation",
+    "limio_backfill_orders",
+    "limio_orders_reconciliation",
+}
 
 
 def day(d: int, month: int = 1, year: int = 2026) -> datetime:
@@ -214,18 +219,11 @@ class Renewals:
     code under test)."""
 
     def __init__(self, moto_s3: str, ledger_root: str) -> None:
-        import boto3
 
         self.bucket = ledger_root.split("@", 1)[1].split("/", 1)[0]
         self.ledger_root = ledger_root  # s3://limio_s3@<bucket>/ledger: limio_ledger_path
         self.root = ledger_root.removesuffix("/ledger") + "/limio"  # limio_renewals_root, in the same bucket
-        self.s3 = boto3.client(
-            "s3",
-            endpoint_url=moto_s3,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
+        self.s3 = moto_client(moto_s3)
 
     def write(self, ds: str, count: int) -> list[str]:
         """``<root>/renewals/<ds>.jsonl`` with ``count`` orders; their external_ids in file order."""
@@ -351,19 +349,31 @@ def test_backfill_without_a_logical_date_reads_the_run_after_day(
     assert not [key for key in renewals.keys("limio/") if "None" in key]
 
 
-# -- limio_orders_check ------------------------------------------------------------------------------
+# -- limio_orders_reconciliation ------------------------------------------------------------------------
 
 
 def triggering(uri: str, before: int = 0) -> dict[str, list[Any]]:
-    """``triggering_asset_events`` as a run of limio_orders_check gets it: the events Airflow recorded on
-    ``uri`` (after the first ``before``), each with its ``extra``."""
+    """``triggering_asset_events`` as a run of limio_orders_reconciliation gets it: the events Airflow recorded
+    on ``uri`` (after the first ``before``), each with its ``extra``."""
     from tests.assets.test_limio import events
 
     return {uri: [SimpleNamespace(extra=extra) for extra in events(uri)[before:]]}
 
 
-def test_orders_check_reads_back_the_orders_a_mapped_submit_and_a_batch_recorded(
-    dagbag: Any, limio_emulator: LimioEmulator, renewals: Renewals
+def reconcile(dagbag: Any, ids: list[str], report: Path) -> tuple[dict[str, Any] | None, Exception | None]:
+    """The example's ``reconcile`` task, run on ``ids`` (what ``intended_orders`` returned) as its run would."""
+    task = copy.copy(dagbag.get_dag("limio_orders_reconciliation").get_task("reconcile"))
+    task.external_ids, task.report_path = ids, report.as_uri()
+    pushed: dict[str, Any] = {}
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))
+    try:
+        return task.execute({"ti": ti}), None
+    except Exception as error:  # the summary was pushed before the task failed
+        return pushed.get("return_value"), error
+
+
+def test_orders_reconciliation_reconciles_what_a_mapped_submit_and_a_batch_recorded(
+    dagbag: Any, limio_emulator: LimioEmulator, renewals: Renewals, tmp_path: Path
 ) -> None:
     from tests.assets.test_limio import events
 
@@ -372,25 +382,30 @@ def test_orders_check_reads_back_the_orders_a_mapped_submit_and_a_batch_recorded
     assert run_dag(example(dagbag, "limio_scheduled_renewals"), logical_date=day(1)).state == "success"
     renewals.write("2026-01-01", 2)
     assert run_dag(example(dagbag, "limio_backfill_orders"), logical_date=day(1)).state == "success"
-    reads = len([r for r in limio_emulator.requests if r.method == "GET"])
 
-    check = dagbag.get_dag("limio_orders_check").get_task("check_orders").python_callable
-    statuses = check(triggering_asset_events=triggering(uri, before))
-    assert statuses == {"complete": 4 + 2}  # four renewals (one event each), two backfill orders (one event)
-    got = [r.path for r in limio_emulator.requests if r.method == "GET"][reads:]
-    assert sorted(got) == sorted(f"/api/objects/limio/orders/{order_id}" for order_id in limio_emulator.orders)
+    intended = dagbag.get_dag("limio_orders_reconciliation").get_task("intended_orders").python_callable
+    ids = intended(triggering_asset_events=triggering(uri, before))
+    assert sorted(ids) == sorted(external_ids(limio_emulator))  # four renewals (an event each), two backfill orders
+    summary, error = reconcile(dagbag, ids, tmp_path / "report.jsonl")
+    assert error is None and summary is not None
+    assert summary["counts"] == {"created": 6} and summary["problems"] == 0, summary
+    related = {r.path for r in limio_emulator.requests if r.path.endswith("/related")}
+    assert related == {f"/api/objects/limio/orders/{order_id}/related" for order_id in limio_emulator.orders}
 
 
-def test_orders_check_fails_naming_an_order_limio_failed(dagbag: Any, limio_emulator: LimioEmulator) -> None:
-    from airflow.providers.common.compat.sdk import AirflowFailException
-
+def test_orders_reconciliation_fails_naming_an_order_whose_billing_failed(
+    dagbag: Any, limio_emulator: LimioEmulator, tmp_path: Path
+) -> None:
+    """Limio completes the order, but its billing plugin fails (the emulator's fault): only its process event
+    says so, and the reconciliation names it with the plugin's message."""
     from limio_provider.hooks.limio import LimioHook
 
-    limio_emulator.decline_payment_refs = frozenset({"pm-1"})  # sample orders pay with pm-1
-    failed = LimioHook().submit_order(sample_order("EXT-CHECK-DECLINED"))
-    check = dagbag.get_dag("limio_orders_check").get_task("check_orders").python_callable
-    events = {"limio://tenant/orders": [SimpleNamespace(extra={"order_id": failed.id})]}
-    with pytest.raises(AirflowFailException) as info:
-        check(triggering_asset_events=events)
-    assert f"1 order(s) failed in Limio: {failed.id} (EXT-CHECK-DECLINED): " in str(info.value)
-    assert "pm-1 was declined" in str(info.value)  # Limio's reason
+    limio_emulator.add_fault(Fault(route="order", action="billing_fails", external_id="EXT-BILLING-FAILS"))
+    hook = LimioHook()
+    hook.submit_order(sample_order("EXT-BILLED", process_immediately=True))
+    failed = hook.submit_order(sample_order("EXT-BILLING-FAILS", process_immediately=True))
+    assert failed.status == "complete"  # the order itself looks fine
+    summary, error = reconcile(dagbag, ["EXT-BILLED", "EXT-BILLING-FAILS"], tmp_path / "report.jsonl")
+    assert error is not None and summary is not None
+    assert summary["counts"] == {"created": 1, "failed_downstream": 1}, summary
+    assert "EXT-BILLING-FAILS failed_downstream (zuora: " in str(error)

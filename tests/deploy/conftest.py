@@ -155,7 +155,7 @@ def start_deployment(
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory, emulator: LimioEmulator, artifacts: Path) -> Iterator[Deployment]:
     """Airflow with the LocalExecutor on SQLite: api-server, scheduler, dag-processor, triggerer (for the
-    tests of one module: it is stopped before the next deployment starts). The example limio_orders_check is
+    tests of one module: it is stopped before the next deployment starts). The example limio_orders_reconciliation is
     scheduled on the emulator's orders asset (``LIMIO_TENANT``)."""
     tenant = {"LIMIO_TENANT": "localhost:" + emulator.url.rsplit(":", 1)[1]}
     yield from start_deployment(

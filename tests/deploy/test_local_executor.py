@@ -203,15 +203,16 @@ def test_backfill_example_from_the_trigger_button(
     assert summary["counts"]["submitted"] == 2 and summary["results_path"].endswith(f"/renewals/{day}.results.jsonl")
 
 
-def test_the_renewals_orders_asset_starts_limio_orders_check_under_the_scheduler(
+def test_the_renewals_orders_asset_starts_limio_orders_reconciliation_under_the_scheduler(
     local: Deployment, emulator: LimioEmulator
 ) -> None:
     """Last in this module: the scheduler is restarted with its own scheduling on (the deployment runs it off,
     and Airflow creates asset-triggered runs only when it is on), every DAG but the renewals and the check
-    paused. The renewals' asset events start limio_orders_check, which reads back the orders they name."""
+    paused. The renewals' asset events start limio_orders_reconciliation, which reconciles the orders they name
+    with Limio's (their process events too)."""
     api = local.api
     for dag in api.get("dags", limit=100)["dags"]:
-        if dag["dag_id"] not in ("limio_scheduled_renewals", "limio_orders_check"):
+        if dag["dag_id"] not in ("limio_scheduled_renewals", "limio_orders_reconciliation"):
             api.send("PATCH", f"dags/{dag['dag_id']}", {"is_paused": True})
     scheduler = next(service for service in local.processes.services if service.name == "scheduler")
     scheduler.killed = True  # stopped on purpose
@@ -230,22 +231,22 @@ def test_the_renewals_orders_asset_starts_limio_orders_check_under_the_scheduler
     assert renewal_ids, "the renewals run sent no order: the test would prove nothing"
 
     def finished_runs_naming_the_renewals() -> list[dict] | None:
-        runs = api.get("dags/limio_orders_check/dagRuns", limit=100)["dag_runs"]
+        runs = api.get("dags/limio_orders_reconciliation/dagRuns", limit=100)["dag_runs"]
         finished = [run for run in runs if run["state"] in ("success", "failed")]
         named: set[str] = set()
         for run in finished:
-            path = f"dags/limio_orders_check/dagRuns/{quote(run['dag_run_id'], safe='')}/upstreamAssetEvents"
+            path = f"dags/limio_orders_reconciliation/dagRuns/{quote(run['dag_run_id'], safe='')}/upstreamAssetEvents"
             named |= {(event["extra"] or {}).get("order_id") for event in api.get(path)["asset_events"]}
         return finished if renewal_ids <= named else None
 
-    finished = wait_until(
-        "limio_orders_check to run on the renewals' events", finished_runs_naming_the_renewals, RUN_SECONDS, 1.0
-    )
+    what = "limio_orders_reconciliation to run on the renewals' events"
+    finished = wait_until(what, finished_runs_naming_the_renewals, RUN_SECONDS, 1.0)
     assert {run["run_type"] for run in finished} == {"asset_triggered"}, finished
     assert {run["state"] for run in finished} == {"success"}, [
-        api.diagnose("limio_orders_check", run["dag_run_id"]) for run in finished
+        api.diagnose("limio_orders_reconciliation", run["dag_run_id"]) for run in finished
     ]
-    statuses = [api.xcom("limio_orders_check", run["dag_run_id"], "check_orders") for run in finished]
-    assert sum(sum(counts.values()) for counts in statuses) >= len(renewal_ids), statuses
-    read = {r.path.rsplit("/", 1)[1] for r in emulator.requests if r.method == "GET" and "/orders/" in r.path}
-    assert renewal_ids <= read
+    summaries = [api.xcom("limio_orders_reconciliation", run["dag_run_id"], "reconcile") for run in finished]
+    assert all(summary["problems"] == 0 for summary in summaries), summaries
+    assert sum(summary["counts"].get("created", 0) for summary in summaries) >= len(renewal_ids), summaries
+    related = {r.path for r in emulator.requests if r.method == "GET" and r.path.endswith("/related")}
+    assert {f"/api/objects/limio/orders/{order_id}/related" for order_id in renewal_ids} <= related

@@ -432,6 +432,42 @@ def test_list_orders_follows_the_cursor(hook: LimioHook, limio_emulator: LimioEm
     assert [o.id for o in hook.list_orders(page_size=3, max_pages=1)] == listed[:3]
 
 
+def test_object_pages_resume_at_a_cursor_and_read_one_object(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    ids = [hook.submit_order(new_order(f"EXT-P{i}")).id for i in range(5)]
+    (first, cursor), *_ = hook.object_pages("orders", page_size=2, max_pages=1)
+    assert [item["id"] for item in first] == ids[::-1][:2] and cursor
+    rest = [item["id"] for items, _ in hook.object_pages("orders", page_size=2, cursor=cursor) for item in items]
+    assert rest == ids[::-1][2:]  # from the cursor on: nothing read twice, nothing skipped
+    assert hook.get_object("orders", ids[0])["external_id"] == "EXT-P0"
+
+
+def test_objects_calls_refuse_a_type_or_id_limio_does_not_have(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    with pytest.raises(LimioValidationError, match="invalid object_type: 'order' is not one of address, customers"):
+        next(hook.object_pages("order"))
+    for bad in ("", "None", None):
+        with pytest.raises(LimioValidationError, match="invalid object id"):
+            hook.get_related("orders", bad)  # type: ignore[arg-type]
+    assert limio_emulator.requests == []
+
+
+def test_processing_errors_name_each_failed_plugin(hook: LimioHook, limio_emulator: LimioEmulator) -> None:
+    """The emulator's "processed, billing failed": the order completes, its process event says billing failed."""
+    from limio_provider.exceptions import LimioProcessingFailedError
+
+    limio_emulator.add_fault(Fault(route="order", action="billing_fails", external_id="EXT-PE-BF"))
+    failed = hook.submit_order(new_order("EXT-PE-BF", process_immediately=True))
+    billed = hook.submit_order(new_order("EXT-PE-OK", process_immediately=True))
+    assert failed.status == billed.status == "complete"
+    (error,) = hook.processing_errors(str(failed.id))
+    assert error.startswith("zuora: ")
+    assert hook.processing_errors(str(billed.id)) == []
+    hook.raise_for_processing(str(billed.id))
+    with pytest.raises(LimioProcessingFailedError) as info:
+        hook.raise_for_processing(str(failed.id), "complete")
+    assert info.value.errors == [error] and info.value.order_id == failed.id
+    assert "do not submit it again" in str(info.value)
+
+
 def test_connection_test_reports_success_and_failure(
     limio_emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -358,3 +358,39 @@ def test_operators_module_imports_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# -- check_processing: complete, but billing failed ------------------------------------------------------
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "triggerer"])
+def test_check_processing_fails_an_order_whose_billing_failed_and_passes_a_billed_one(
+    limio_emulator: LimioEmulator, task_log: Callable[[], str], deferrable: bool
+) -> None:
+    """Limio completes both orders; the billing plugin fails for one (the emulator's fault): only its process
+    event says so. With check_processing that task fails with the plugin's message, the other succeeds."""
+    limio_emulator.processing_delay = 0.3
+    limio_emulator.add_fault(Fault(route="order", action="billing_fails", external_id=f"EXT-BF-{deferrable}"))
+    with DAG(f"limio_check_processing_{deferrable}", schedule=None, start_date=START) as dag:
+        for name in ("BF", "OK"):
+            LimioSubmitOrderOperator(
+                task_id=f"submit_{name.lower()}",
+                order=new_order(f"EXT-{name}-{deferrable}"),
+                wait_for_completion=True,
+                check_processing=True,
+                poll_interval=0.05,
+                deferrable=deferrable,
+            )
+    task_log()
+    run = run_dag(dag)
+    assert states(run) == {"submit_bf": "failed", "submit_ok": "success"}
+    (failed,) = limio_emulator.orders_with_external_id(f"EXT-BF-{deferrable}")
+    assert failed["status"] == "complete"  # the order itself looks fine
+    log = task_log()
+    assert f"Limio order {failed['id']} is complete, but its processing failed: zuora: " in log
+    assert xcom(run, "submit_bf", "order_id") == [failed["id"]]  # the order exists: its id is pushed
+
+
+def test_check_processing_needs_wait_for_completion() -> None:
+    with pytest.raises(ValueError, match="check_processing reads the process events of a finished order"):
+        LimioSubmitOrderOperator(task_id="submit", order=new_order("EXT-CP"), check_processing=True)
