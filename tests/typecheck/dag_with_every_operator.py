@@ -11,7 +11,9 @@ from airflow.providers.common.compat.sdk import dag, task
 from limio_provider.models import NewOrder
 from limio_provider.operators import (
     LimioAdminSubmitOrderOperator,
+    LimioExportObjectsOperator,
     LimioPreviewOrderOperator,
+    LimioReconcileOrdersOperator,
     LimioSubmitOrderOperator,
     LimioSubmitOrdersOperator,
 )
@@ -37,6 +39,7 @@ def every_operator() -> None:
         preview_check=accept_cheap,
         dry_run="{{ params.dry_run }}",
         wait_for_completion=True,
+        check_processing=True,
         deferrable=True,
         hook_params={"timeout": 60},
     )
@@ -46,9 +49,18 @@ def every_operator() -> None:
         task_id="batch", orders=built, results_path="s3://aws_default@bucket/results.jsonl", max_in_flight=16
     )
     files = LimioSubmitOrdersOperator(task_id="files", orders_path="file:///data/renewals.jsonl", partner={"id": "p"})
-    wait = LimioOrderSensor(task_id="wait", order_id="{{ ti.xcom_pull('submit', key='order_id') }}", mode="reschedule")
+    order_id = "{{ ti.xcom_pull('submit', key='order_id') }}"
+    wait = LimioOrderSensor(task_id="wait", order_id=order_id, mode="reschedule", check_processing=True)
+    export = LimioExportObjectsOperator(task_id="export", object_type="orders", path="s3://aws_default@b/{{ ds }}")
+    reconcile = LimioReconcileOrdersOperator(
+        task_id="reconcile", intended_path="{{ ti.xcom_pull('batch')['results_path'] }}", check_processing=True
+    )
+    by_ids = LimioReconcileOrdersOperator(
+        task_id="by_ids", external_ids=built, report_path="file:///tmp/report.jsonl", max_problems=2
+    )
     preview >> submit >> wait
     mapped >> [admin, batch, files]
+    batch >> [export, reconcile, by_ids]
 
 
 every_operator()
