@@ -128,3 +128,21 @@ def test_a_retry_resumes_after_the_last_recorded_part(
     (summary,) = xcom(run, "export")
     assert summary["resumed"] is True and summary["exported"] == 9 and summary["pages"] == 5, summary
     assert not (tmp_path / "resumed.jsonl.parts").exists()
+
+
+def test_process_events_exported_as_limio_sent_them(limio_emulator: LimioEmulator, tmp_path: Path) -> None:
+    """Any Objects API type, not only orders: the process events, whole (plugin errors included)."""
+    limio_emulator.add_fault(Fault(route="order", action="billing_fails", external_id="exp-bf"))
+    hook = LimioHook()
+    for external_id in ("exp-ok", "exp-bf"):
+        hook.submit_order(new_order(external_id, process_immediately=True))
+    target = tmp_path / "process.jsonl"
+    with DAG("limio_export_process", schedule=None, start_date=START) as dag:
+        LimioExportObjectsOperator(task_id="export", object_type="process", path=target.as_uri(), window="all")
+    run = run_dag(dag)
+    assert states(run) == {"export": "success"}
+    exported = {event["external_id"]: event for event in lines(target)}
+    assert sorted(exported) == ["exp-bf", "exp-ok"]
+    assert exported["exp-ok"]["pluginErrorOutput"] == []
+    assert exported["exp-bf"]["pluginErrorOutput"][0]["name"] == "zuora"
+    assert [r.path for r in limio_emulator.requests if "/objects/" in r.path] == ["/api/objects/limio/process"]
