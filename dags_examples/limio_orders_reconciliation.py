@@ -44,9 +44,9 @@ def external_ids(extras: list[dict[str, Any]]) -> list[str]:
         if extra.get("external_id"):
             ids.append(extra["external_id"])
         elif extra.get("results_path"):
-            with ObjectStoragePath(extra["results_path"]).open("r") as results:
-                rows = (json.loads(line) for line in results if line.strip())
-                ids.extend(row["external_id"] for row in rows if row.get("outcome") in ("submitted", "adopted"))
+            lines = ObjectStoragePath(extra["results_path"]).read_text().splitlines()
+            rows = (json.loads(line) for line in lines if line.strip())
+            ids.extend(row["external_id"] for row in rows if row.get("outcome") in ("submitted", "adopted"))
     return list(dict.fromkeys(ids))  # a retried batch's file names an order once; a re-run may name it again
 
 

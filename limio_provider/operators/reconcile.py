@@ -239,18 +239,17 @@ def _line(external_id: str, status: str, order: dict[str, Any] | None, message: 
 
 
 def _json_lines(name: str, uri: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The JSON objects of a JSON Lines file, one at a time, with their line numbers; blank lines skipped."""
+    """The JSON objects of a JSON Lines file (gzip if named ``.gz``), one at a time, with their line numbers;
+    blank lines skipped. Read as the batch reads its orders file."""
     from limio_provider.exactly_once.ledger import storage_path
     from limio_provider.exceptions import LimioValidationError
+    from limio_provider.operators.batch import _file_lines
 
-    with storage_path(name, uri).open("r") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except ValueError as exc:
-                raise LimioValidationError(f"{name} {uri} line {number} is not JSON: {exc}") from None
-            if not isinstance(row, dict):
-                raise LimioValidationError(f"{name} {uri} line {number} is not a JSON object")
-            yield number, row
+    for number, text, error in _file_lines(storage_path(name, uri), uri):
+        try:
+            row = json.loads(text) if error is None else None  # type: ignore[arg-type]
+        except ValueError as exc:
+            error = f"not JSON: {exc}"
+        if error is not None or not isinstance(row, dict):
+            raise LimioValidationError(f"{name} {uri} line {number} is {error or 'not a JSON object'}")
+        yield number, row
