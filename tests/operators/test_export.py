@@ -146,3 +146,28 @@ def test_process_events_exported_as_limio_sent_them(limio_emulator: LimioEmulato
     assert exported["exp-ok"]["pluginErrorOutput"] == []
     assert exported["exp-bf"]["pluginErrorOutput"][0]["name"] == "zuora"
     assert [r.path for r in limio_emulator.requests if "/objects/" in r.path] == ["/api/objects/limio/process"]
+
+
+def test_an_export_to_s3_joins_its_parts_and_leaves_none(
+    limio_emulator: LimioEmulator, s3_ledger_root: str, moto_s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On object storage (moto's S3): the parts are objects under ``<path>.parts/``, joined and removed."""
+    import limio_provider.operators.export as export_module
+    from tests.helpers import moto_client
+
+    monkeypatch.setattr(export_module, "PART_OBJECTS", 2)
+    hook = LimioHook()
+    ids = {hook.submit_order(new_order(f"s3-{n}")).id for n in range(5)}
+    root = s3_ledger_root.removesuffix("/ledger")
+    bucket = root.split("@", 1)[1]
+    with DAG("limio_export_s3", schedule=None, start_date=START) as dag:
+        LimioExportObjectsOperator(
+            task_id="export", object_type="orders", path=f"{root}/exports/orders.jsonl", page_size=2
+        )
+    run = run_dag(dag)
+    assert states(run) == {"export": "success"}
+    s3 = moto_client(moto_s3)
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix="exports/").get("Contents", [])]
+    assert keys == ["exports/orders.jsonl"]  # no part left behind
+    body = s3.get_object(Bucket=bucket, Key="exports/orders.jsonl")["Body"].read().decode()
+    assert sorted(json.loads(line)["id"] for line in body.splitlines()) == sorted(ids)
