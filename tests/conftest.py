@@ -76,6 +76,7 @@ def moto_s3() -> Iterator[str]:
     """
     import logging
 
+    pytest.importorskip("moto", reason="moto is in the test extra, not in the older Airflow lines' environments")
     from moto.server import ThreadedMotoServer
 
     with pytest.MonkeyPatch.context() as mp:
