@@ -112,6 +112,15 @@ def storage_path(name: str, value: Any) -> Any:
         raise LimioConfigError(f"{name} {value!r} is not usable: {type(exc).__name__}: {exc}") from None
 
 
+def make_folder(folder: Any) -> None:
+    """Make the ``ObjectStoragePath`` ``folder`` (and those above it) where the filesystem has folders, a local
+    disk; an object store has none to make."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(folder.fs, LocalFileSystem):
+        folder.fs.makedirs(folder.path, exist_ok=True)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

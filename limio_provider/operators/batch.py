@@ -532,11 +532,12 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         named), on an object store moved there at the end, unless a later try holds the task instance."""
         from fsspec.implementations.local import LocalFileSystem
 
+        from limio_provider.exactly_once.ledger import make_folder
+
         fs = results_file.fs
         local = isinstance(fs, LocalFileSystem)
         partial = f"{results_file.path}.{token}.partial"
-        if local:  # an object store has no folders to make
-            fs.makedirs(results_file.parent.path, exist_ok=True)
+        make_folder(results_file.parent)
         try:
             with fs.open(partial, "wb") as results:
                 if local:

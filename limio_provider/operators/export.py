@@ -95,7 +95,7 @@ class LimioExportObjectsOperator(BaseOperator):
         return LimioHook(self.limio_conn_id, **self.hook_params)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from limio_provider.exactly_once.ledger import storage_path
+        from limio_provider.exactly_once.ledger import make_folder, storage_path
 
         self.hook.objects_path(self.object_type)  # a bad object_type fails before any call
         target = storage_path("path", self.path)
@@ -114,7 +114,7 @@ class LimioExportObjectsOperator(BaseOperator):
             self.log.info("Resuming the export after %d pages (%d objects written)", state["pages"], state["exported"])
         elif parts_dir.exists():
             parts_dir.rmdir(recursive=True)  # a previous try's parts that no record names
-        _mkdir(parts_dir)
+        make_folder(parts_dir)
         start, end = (_parse(window[0]), _parse(window[1])) if window else (None, None)
         token = os.urandom(6).hex()  # this try's part names: a try Airflow thought dead never writes over them
         part: Any = None
@@ -191,14 +191,6 @@ class LimioExportObjectsOperator(BaseOperator):
                         out.write(chunk)
         if parts_dir.exists():
             parts_dir.rmdir(recursive=True)
-
-
-def _mkdir(path: ObjectStoragePath) -> None:
-    """Make a folder where the filesystem has them (a local disk); object stores have none to make."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (NotImplementedError, FileExistsError):
-        pass
 
 
 def _parse(value: Any) -> datetime | None:

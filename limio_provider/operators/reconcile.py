@@ -114,7 +114,7 @@ class LimioReconcileOrdersOperator(BaseOperator):
         return LimioHook(self.limio_conn_id, **self.hook_params)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from limio_provider.exactly_once.ledger import storage_path
+        from limio_provider.exactly_once.ledger import make_folder, storage_path
         from limio_provider.exceptions import LimioReconciliationError
 
         report_uri = self.report_path or f"{self.intended_path}.reconciliation.jsonl"
@@ -132,6 +132,7 @@ class LimioReconcileOrdersOperator(BaseOperator):
                 unexpected.append(_line(external_id, "unexpected", order, "not intended"))
         counts = dict.fromkeys(STATUSES, 0)
         shown: list[dict[str, Any]] = []
+        make_folder(report_file.parent)
         with report_file.open("w") as report:
 
             def write(line: dict[str, Any]) -> None:

@@ -121,7 +121,7 @@ def test_an_export_or_a_list_of_ids_and_bad_input_fails_before_any_call(
     order = hook.submit_order(new_order("listed"))
     export = tmp_path / "limio-orders.jsonl"
     export.write_text(json.dumps({"id": order.id, "external_id": "listed", "status": "complete"}) + "\n")
-    report_uri = (tmp_path / "ids.report.jsonl").as_uri()
+    report_uri = (tmp_path / "reports" / "not-made-yet" / "ids.report.jsonl").as_uri()  # its folder is made
     with DAG("limio_reconcile_ids", schedule=None, start_date=START) as dag:
         LimioReconcileOrdersOperator(
             task_id="from_export",
