@@ -150,6 +150,10 @@ class LimioExportObjectsOperator(BaseOperator):
                         store.set(self.state_key, state)
                 if done:
                     break
+            if part is not None:  # max_pages reached inside a part: it is written all the same
+                part.close()
+                part = None
+                state["parts"].append(part_name)
         finally:
             if part is not None:
                 part.close()

@@ -51,6 +51,14 @@ def test_every_order_through_every_page_once(limio_emulator: LimioEmulator, tmp_
     }
     assert not (tmp_path / "out" / "orders.jsonl.parts").exists()  # the parts are joined and removed
 
+    bounded = tmp_path / "two-pages.jsonl"
+    with DAG("limio_export_max_pages", schedule=None, start_date=START) as dag:
+        LimioExportObjectsOperator(
+            task_id="export", object_type="orders", path=bounded.as_uri(), page_size=3, max_pages=2
+        )
+    run = run_dag(dag)
+    assert len(lines(bounded)) == 6 and xcom(run, "export")[0]["pages"] == 2  # the last page read is written
+
 
 def test_the_runs_window_and_stopping_at_its_start(limio_emulator: LimioEmulator, tmp_path: Path) -> None:
     """Orders made two days apart (the emulator's clock moved on): a window around the second day keeps only
