@@ -205,6 +205,7 @@ class LimioEmulator:
         self._thread: threading.Thread | None = None
         self._tokens: dict[str, tuple[float, bool]] = {}  # token -> (expiry on the emulator clock, admin client)
         self._orders: dict[str, dict[str, Any]] = {}  # oldest first
+        self._order_ids: list[str] = []  # the same ids, oldest first: a page is a slice of it
         # id -> (ready at, final status, reason, billing plugin failure)
         self._pending: dict[str, tuple[float, str, str | None, str | None]] = {}
         self._objects = ObjectStore()  # the events, process events, customers and subscriptions orders make
@@ -349,10 +350,11 @@ class LimioEmulator:
             self._skew += seconds
 
     def reset(self) -> None:
-        """Forget every order, request, fault and token."""
+        """Forget every order, object, request, fault and token."""
         with self._lock:
-            for state in (self._orders, self._pending, self._requests, self._faults, self._tokens, self._objects):
+            for state in (self._orders, self._order_ids, self._pending, self._requests, self._faults, self._tokens):
                 state.clear()
+            self._objects.clear()
 
     # -- request handling --------------------------------------------------------------------------
 
@@ -475,6 +477,7 @@ class LimioEmulator:
         outcome = ("failed" if reason else "complete", reason, request.billing_failure)
         with self._lock:
             self._orders[stored["id"]] = stored
+            self._order_ids.append(stored["id"])
             self._objects.received(stored, created)
             if order.process_immediately:
                 self._finish(stored, *outcome, now)
@@ -556,7 +559,7 @@ class LimioEmulator:
         """
         with self._lock:
             self._settle()
-            page, cursor = _page(list(self._orders), request.query)
+            page, cursor = _page(self._order_ids, request.query)
             items = [{key: self._orders[order_id].get(key) for key in _SUMMARY_FIELDS} for order_id in page]
         return 200, {"items": items, "queryMore": cursor}, {}
 
@@ -967,7 +970,8 @@ def _redacted(body: Any) -> Any:
 
 def _page(ids: list[str], query: dict[str, str]) -> tuple[list[str], str | None]:
     """One page of ``ids`` (oldest first), newest first, and the ``queryMore`` cursor of the next: it marks
-    where the page ended, so objects created while paging never shift the pages (emulator behaviour)."""
+    where the page ended, so objects created while paging never shift the pages (emulator behaviour). A slice:
+    ``O(limit)`` whatever the number of objects."""
     limit = query.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise HttpError(400, "limit must be an integer from 1 to 1000")

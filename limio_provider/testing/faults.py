@@ -27,7 +27,8 @@ ROUTES = frozenset(
 #: any TLS, then close).
 #: ``revoke_tokens`` also revokes every token first. ``billing_fails`` ("processed, billing failed") answers an
 #: order normally, and the order completes as usual, but its process event says the billing plugin failed (with
-#: the fault's ``message``): the failure only the process events show.
+#: the fault's ``message``): the failure only the process events show. It hits only :data:`ORDER_ROUTES` (with
+#: route ``"*"`` too), so no other request uses up its ``times``.
 ACTIONS: dict[str, tuple[bool, str]] = {
     "status": (False, "status"),
     "drop": (False, "none"),
@@ -46,6 +47,9 @@ ACTIONS: dict[str, tuple[bool, str]] = {
     "revoke_tokens": (True, "normal"),
     "billing_fails": (True, "normal"),
 }
+
+#: The routes that create an order: the only ones a ``billing_fails`` fault hits.
+ORDER_ROUTES = frozenset({"order", "admin_order"})
 
 #: What ``process_then_tls_error`` writes: neither a TLS record nor an HTTP status line.
 NOT_TLS = b"\xff\xffnot a TLS record\r\n\r\n"
@@ -85,8 +89,10 @@ class Fault:
         and a body of a few hundred KB that decodes to the order followed by ``size`` bytes of whitespace,
         256 MiB by default: valid JSON, for a client that reads it all), ``latency_only`` (answer
         normally, late), ``revoke_tokens`` (revoke every token, then answer normally: 401 on ``/api``
-        routes) or ``billing_fails`` (on ``order``/``admin_order``: processed and answered normally, the
-        order completes, but its process event says the billing plugin failed with ``message``).
+        routes) or ``billing_fails`` (emulator behaviour, after what Limio documents can happen: on ``order``
+        and ``admin_order`` only, also when ``route`` is ``"*"``: processed and answered normally, the order
+        completes, but its process event is ``failed`` with ``pluginErrorOutput`` naming the ``zuora`` plugin
+        and ``message``, by default a payment gateway timeout).
     :param status: the HTTP status of ``status``/``process_then_status`` answers (default 502), 3xx too.
     :param retry_after: sent as the ``Retry-After`` header of those answers.
     :param latency: seconds waited (really) after processing and before answering (with
@@ -129,6 +135,8 @@ class Fault:
             "location must be None or a one-line string": self.location is None or _is_header(self.location),
             "body must be a string or JSON-serialisable": _is_json(self.body),
             "size must be None or >= 0": self.size is None or _is_number(self.size, int, 0),
+            "billing_fails targets order, admin_order or *": self.action != "billing_fails"
+            or self.route in ORDER_ROUTES | {"*"},
         }
         problems = [problem for problem, ok in checks.items() if not ok]
         if problems:
@@ -199,6 +207,8 @@ class Fault:
         """Whether this fault hits a request to ``route`` with ``body`` (draws a random number only when
         everything else matches, so a seeded fault is reproducible)."""
         if self.times == 0 or self.route not in ("*", route):
+            return False
+        if self.action == "billing_fails" and route not in ORDER_ROUTES:
             return False
         sent_id = body.get("external_id") if isinstance(body, dict) else None
         if self.external_id is not None and sent_id != self.external_id:

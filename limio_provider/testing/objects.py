@@ -27,16 +27,20 @@ class ObjectStore:
 
     def __init__(self) -> None:
         self._by_type: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in RECORD_TYPES}
+        self._ids: dict[str, list[str]] = {kind: [] for kind in RECORD_TYPES}  # oldest first, to slice a page
         self._by_order: dict[str, list[tuple[str, str]]] = {}  # order id -> (type, id) of its objects
 
     def clear(self) -> None:
         for objects in self._by_type.values():
             objects.clear()
+        for ids in self._ids.values():
+            ids.clear()
         self._by_order.clear()
 
     def ids(self, kind: str) -> list[str]:
-        """The ids of ``kind``'s objects, oldest first."""
-        return list(self._by_type[kind])
+        """The ids of ``kind``'s objects, oldest first: the store's own list (not a copy, so a page is sliced
+        from it in ``O(limit)``); read it under the emulator's lock and never change it."""
+        return self._ids[kind]
 
     def get(self, kind: str, object_id: str) -> dict[str, Any] | None:
         found = self._by_type[kind].get(object_id)
@@ -104,5 +108,6 @@ class ObjectStore:
             **fields,
         }
         self._by_type[kind][object_id] = stored
+        self._ids[kind].append(object_id)
         self._by_order.setdefault(order["id"], []).append((kind, object_id))
         return stored
