@@ -225,6 +225,10 @@ class _LimioSubmitOperator(_LimioOrderOperator):
     quiet_orders = False
     #: Whether an order found before a first send is adopted (the single-order submit's argument).
     adopt_existing = True
+    #: What this try did and the exception it failed with, for OpenLineage (set as the task runs; a deferred
+    #: task resumes in a new process, with neither).
+    _lineage_record: dict[str, Any] | None = None
+    _lineage_error: Exception | None = None
 
     def __init__(
         self,
@@ -265,9 +269,8 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         """Forget the previous try's previews (a runner may reuse the operator)."""
         self._previewed_due: Decimal | None = None
         self._due_lock = threading.Lock()
-        #: What this try did, for OpenLineage (:meth:`get_openlineage_facets_on_complete`).
-        self._lineage_record: dict[str, Any] | None = None
-        self._lineage_error: Exception | None = None
+        self._lineage_record = None
+        self._lineage_error = None
 
     def _emit_orders_event(
         self, context: Context, extra: dict[str, Any], digest: ExternalIdsDigest | None = None
@@ -317,14 +320,14 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         """As on start, with the ``limio`` run facet: orders, counts by outcome, the external ids' digest."""
         from limio_provider.lineage import operator_lineage
 
-        record = getattr(self, "_lineage_record", None)
+        record = self._lineage_record
         return operator_lineage(inputs=self._lineage_inputs(), outputs=self._lineage_outputs(), record=record)
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
         """As on complete, with the error: its class in the ``limio`` facet, its message in ``errorMessage``."""
         from limio_provider.lineage import operator_lineage
 
-        record, error = getattr(self, "_lineage_record", None), getattr(self, "_lineage_error", None)
+        record, error = self._lineage_record, self._lineage_error
         outputs = self._lineage_outputs()
         return operator_lineage(inputs=self._lineage_inputs(), outputs=outputs, record=record, error=error)
 
@@ -339,7 +342,7 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         from limio_provider.lineage import asset_datasets, file_dataset, orders_dataset
 
         outputs = [orders_dataset(self.hook.settings.tenant), *asset_datasets(self.outlets)]
-        results = (getattr(self, "_lineage_record", None) or {}).get("resultsPath")
+        results = (self._lineage_record or {}).get("resultsPath")
         return [*outputs, file_dataset(results)] if results else outputs
 
     def _prepared_body(self, order: Any, context: Context, *, log: bool = True) -> dict[str, Any]:
@@ -491,7 +494,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         self.limio_order_url = None  # a runner may reuse the operator for the next try
         self._start_try()
         body = self._prepared_order(context)
-        self._lineage_record = {"orders": 1, "externalIdsDigest": ExternalIdsDigest([body["external_id"]]).hexdigest()}
+        self._record_lineage({"orders": 1, "external_id": body["external_id"]})
         self._name_map_index(context, body["external_id"])
         if _as_bool("dry_run", self.preview_only):
             preview = self._check_preview(body)
@@ -578,8 +581,7 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
             stored = OrderRecord.stored(context, self.state_key, event["order_id"])
             result = stored.get("result") or result_of(self.hook.get_order(event["order_id"]))
             adopted = bool(stored.get("adopted", adopted))
-        ids = [result["external_id"]] if result.get("external_id") else []
-        self._lineage_record = {"orders": 1, "externalIdsDigest": ExternalIdsDigest(ids).hexdigest()}
+        self._record_lineage({"orders": 1, "external_id": result.get("external_id")})
         self._publish(context, result, adopted=adopted)
         raise_for_event(event)
         if self.check_processing:
