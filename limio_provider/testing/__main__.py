@@ -48,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
         help="payment refId (or payment type) whose orders fail; repeatable",
     )
     parser.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="N",
+        help="answer 429 beyond N API requests a second (a token bucket of N; emulator behaviour)",
+    )
+    parser.add_argument(
+        "--rate-limit-burst", type=float, metavar="B", help="with --rate-limit: the bucket's size (default N)"
+    )
+    parser.add_argument(
+        "--no-retry-after", action="store_true", help="with --rate-limit: answer 429 without a Retry-After header"
+    )
+    parser.add_argument(
         "--tls", action="store_true", help="serve HTTPS with a fresh self-signed certificate (needs cryptography)"
     )
     return parser
@@ -76,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         partners=args.partner or PARTNERS,
         lenient=args.lenient,
     )
+    if args.rate_limit is not None:
+        try:
+            emulator.set_rate_limit(args.rate_limit, args.rate_limit_burst, retry_after=not args.no_retry_after)
+        except ValueError as error:
+            print(f"limio-emulator: --rate-limit: {error}", file=sys.stderr)
+            return 2
     stopped = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:

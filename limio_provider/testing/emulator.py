@@ -15,6 +15,7 @@ import hashlib
 import html
 import ipaddress
 import json
+import math
 import random
 import re
 import secrets
@@ -98,6 +99,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("DELETE", r"/_emulator/faults", "clear_faults"),
         ("POST", r"/_emulator/revoke-tokens", "revoke_tokens"),
         ("POST", r"/_emulator/reset", "reset"),
+        ("POST", r"/_emulator/rate-limit", "rate_limit"),
         ("GET", r"/_emulator/requests", "list_requests"),
         ("GET", r"/_emulator/orders/(?P<order_id>[^/]+)", "order_page"),
     )
@@ -163,6 +165,7 @@ class LimioEmulator:
     :param partners: the partner organisation ids ``forPartner`` may name; default :data:`PARTNERS`.
     :param lenient: accept what Limio documents it refuses: ``/admin/order`` with any client's token, offers
         outside the catalogue (priced from their id) and any partner: the emulator as it was before it was strict.
+    :param rate_limit: the tenant's API requests per second (:meth:`set_rate_limit`); ``None``: no limit.
     """
 
     def __init__(
@@ -181,6 +184,7 @@ class LimioEmulator:
         catalogue: Mapping[str, CatalogueOffer | Mapping[str, Any]] | None = None,
         partners: Iterable[str] = PARTNERS,
         lenient: bool = False,
+        rate_limit: float | None = None,
     ) -> None:
         if admin_client_id == client_id:
             raise ValueError("admin_client_id must differ from client_id: management credentials are their own client")
@@ -211,6 +215,9 @@ class LimioEmulator:
         self._objects = ObjectStore()  # the events, process events, customers and subscriptions orders make
         self._requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
+        self._limit: _RateLimit | None = None
+        if rate_limit is not None:
+            self.set_rate_limit(rate_limit)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -337,6 +344,22 @@ class LimioEmulator:
         with self._lock:
             self._faults.clear()
 
+    def set_rate_limit(self, per_second: float | None, burst: float | None = None, retry_after: bool = True) -> None:
+        """Limit the tenant's API (every ``/api`` request, not the token endpoint) to ``per_second`` requests a
+        second, a token bucket holding ``burst`` (default: one second's worth): a request beyond it is answered
+        429 and not processed, with ``Retry-After`` (whole seconds until the bucket has a request again) if
+        ``retry_after``. ``None`` lifts the limit. Emulator behaviour: Limio documents no rate limit."""
+        if per_second is None:
+            with self._lock:
+                self._limit = None
+            return
+        if not (isinstance(per_second, int | float) and per_second > 0):
+            raise ValueError(f"per_second must be a positive number, got {per_second!r}")
+        if burst is not None and not (isinstance(burst, int | float) and burst >= 1):
+            raise ValueError(f"burst must be a number >= 1, got {burst!r}")
+        with self._lock:
+            self._limit = _RateLimit(float(per_second), float(burst or max(1.0, per_second)), bool(retry_after))
+
     def revoke_tokens(self) -> None:
         """Revoke every token issued so far: requests carrying one now get 401."""
         with self._lock:
@@ -350,8 +373,9 @@ class LimioEmulator:
             self._skew += seconds
 
     def reset(self) -> None:
-        """Forget every order, object, request, fault and token."""
+        """Forget every order, object, request, fault and token, and lift the rate limit."""
         with self._lock:
+            self._limit = None
             for state in (self._orders, self._order_ids, self._pending, self._requests, self._faults, self._tokens):
                 state.clear()
             self._objects.clear()
@@ -376,7 +400,13 @@ class LimioEmulator:
         record = RecordedRequest(http.command, url.path, query, headers, _redacted(body), None, self._now())
         with self._lock:
             self._requests.append(record)
-            fault = take_fault(self._faults, route, body) if route else None
+            limited = self._limit is not None and url.path.startswith("/api/") and self._limit.refuses()
+            fault = take_fault(self._faults, route, body) if route and not limited else None
+        if limited:
+            assert self._limit is not None
+            record.status = 429
+            http.reply(self._limit.answer())
+            return
         if fault is not None and fault.action == "revoke_tokens":
             self.revoke_tokens()
         if fault is not None and fault.action == "billing_fails":
@@ -625,6 +655,19 @@ class LimioEmulator:
         self.reset()
         return 200, {"message": "Emulator reset"}, {}
 
+    def _on_rate_limit(self, request: _Request) -> Answer:
+        """``POST /_emulator/rate-limit``: ``{"per_second": 100, "burst": 100, "retry_after": true}``
+        (:meth:`set_rate_limit`); ``{"per_second": null}`` lifts it."""
+        spec = request.body if isinstance(request.body, dict) else {}
+        unknown = sorted(set(spec) - {"per_second", "burst", "retry_after"})
+        if unknown or "per_second" not in spec:
+            raise HttpError(400, f"expected {{per_second, burst, retry_after}}, got {sorted(spec)}")
+        try:
+            self.set_rate_limit(spec["per_second"], spec.get("burst"), spec.get("retry_after", True))
+        except ValueError as error:
+            raise HttpError(400, str(error)) from None
+        return 200, {"rate_limit": spec}, {}
+
     def _on_list_requests(self, request: _Request) -> Answer:
         """``GET /_emulator/requests``: the recorded requests, oldest first."""
         return 200, {"requests": [asdict(record) for record in self.requests]}, {}
@@ -720,6 +763,34 @@ class LimioEmulator:
         """Emulator-clock time ``at`` as an ISO 8601 UTC timestamp."""
         moment = datetime.fromtimestamp(self._wall(at), UTC)
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _RateLimit:
+    """A token bucket: ``per_second`` requests a second, at most ``burst`` at once (read under the lock)."""
+
+    per_second: float
+    burst: float
+    retry_after: bool
+    tokens: float = -1.0  # full once first asked
+    at: float = 0.0
+
+    def refuses(self) -> bool:
+        """Whether the request arriving now is beyond the limit (else it takes one request from the bucket)."""
+        now = time.monotonic()
+        refill = (now - self.at) * self.per_second
+        self.tokens = self.burst if self.tokens < 0 else min(self.burst, self.tokens + refill)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return False
+        return True
+
+    def answer(self) -> Answer:
+        headers = {}
+        if self.retry_after:  # whole seconds (HTTP), until the bucket holds a request again
+            headers["Retry-After"] = str(max(1, math.ceil((1 - self.tokens) / self.per_second)))
+        return 429, {"message": "Too Many Requests"}, headers
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -514,3 +514,55 @@ def test_order_page_shows_the_order_to_a_browser_without_a_token(emu: LimioEmula
     assert requests.get(f"{emu.url}/_emulator/orders/order-nope", timeout=5).status_code == 404
     # Limio's own URL for the order (the hook's default link) needs a token.
     assert requests.get(f"{emu.url}/api/objects/limio/orders/{order_id}", timeout=5).status_code == 401
+
+
+# -- the tenant's rate limit (emulator behaviour) --------------------------------------------------------
+
+
+def test_rate_limit_answers_429_beyond_the_bucket_and_processes_nothing(api: Client, emu: LimioEmulator) -> None:
+    emu.set_rate_limit(5, burst=3)
+    statuses = [api.order(external_id=f"EXT-RL-{n}").status_code for n in range(6)]
+    assert statuses[:3] == [200] * 3 and 429 in statuses[3:]
+    refused = [r for r in emu.requests if r.status == 429]
+    assert {r.body["external_id"] for r in refused}.isdisjoint(o["external_id"] for o in emu.orders.values())
+    answer = api.get("/api/objects/limio/orders")
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "1"  # reads count too
+    assert answer.json() == {"message": "Too Many Requests"}
+    time.sleep(0.25)  # a fifth of a second refills one request at 5/s
+    assert api.get("/api/objects/limio/orders").status_code == 200
+
+
+def test_rate_limit_without_retry_after_spares_the_token_endpoint_and_lifts(
+    emu: LimioEmulator, connect: Connect
+) -> None:
+    emu.set_rate_limit(1, burst=1, retry_after=False)
+    client = connect(emu)  # its token was fetched: the token endpoint is not limited
+    assert client.get("/api/objects/limio/orders").status_code == 200
+    limited = client.get("/api/objects/limio/orders")
+    assert limited.status_code == 429 and "Retry-After" not in limited.headers
+    assert [client.post("/oauth2/token", data=token_form()).status_code for _ in range(3)] == [200] * 3
+    emu.set_rate_limit(None)
+    assert [client.get("/api/objects/limio/orders").status_code for _ in range(5)] == [200] * 5
+
+
+def test_rate_limit_holds_a_steady_rate(api: Client, emu: LimioEmulator) -> None:
+    emu.set_rate_limit(40, burst=4)
+    started, accepted = time.monotonic(), 0
+    while time.monotonic() - started < 1.0:
+        accepted += api.get("/api/objects/limio/orders").status_code == 200
+    assert 40 <= accepted <= 4 + 40 * (time.monotonic() - started) + 1
+
+
+def test_rate_limit_over_the_control_route_and_the_command_line(emu: LimioEmulator, connect: Connect) -> None:
+    control = requests.post(f"{emu.url}/_emulator/rate-limit", json={"per_second": 1, "burst": 1}, timeout=5)
+    assert control.status_code == 200
+    client = connect(emu)
+    assert [client.get("/api/objects/limio/orders").status_code for _ in range(2)] == [200, 429]
+    bad = requests.post(f"{emu.url}/_emulator/rate-limit", json={"per_second": -1}, timeout=5)
+    assert bad.status_code == 400 and "per_second" in bad.json()["message"]
+    assert requests.post(f"{emu.url}/_emulator/rate-limit", json={"burst": 2}, timeout=5).status_code == 400
+    requests.post(f"{emu.url}/_emulator/reset", timeout=5)
+    assert [connect(emu).get("/api/objects/limio/orders").status_code for _ in range(3)] == [200] * 3
+    from limio_provider.testing.__main__ import main
+
+    assert main(["--port", "0", "--rate-limit", "0"]) == 2
