@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class LimioError(AirflowException):
@@ -161,3 +161,18 @@ class LimioProcessingFailedError(LimioOrderFailedError):
     def __init__(self, message: str, *, order_id: str | None, status: str | None, errors: list[str]) -> None:
         super().__init__(message, order_id=order_id, status=status)
         self.errors = errors
+
+
+class LimioBudgetExceededError(LimioError, AirflowFailException):
+    """A batch's preview pass came to more than its budget (``max_orders``, ``max_total_due``): nothing was
+    sent. The task fails without retrying (a retry would preview the same orders); :attr:`preview` is what
+    the preview pass found."""
+
+    def __init__(self, message: str, *, preview: dict) -> None:
+        super().__init__(message)
+        self.preview = preview
+
+
+class LimioApprovalError(LimioError, AirflowFailException):
+    """A person rejected a batch, nobody answered within the approval's timeout, or the orders changed after
+    they were approved: nothing was sent. The task fails without retrying."""

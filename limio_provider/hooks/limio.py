@@ -59,6 +59,8 @@ from limio_provider.models.results import (
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
 
+    from limio_provider.hooks.rate import AdaptiveRate
+
 
 #: How a call may be retried: reads and previews are safe to repeat; a submit only where it provably
 #: was not processed (see :func:`submit_outcome`); the token call is always safe.
@@ -217,8 +219,9 @@ class LimioHook(BaseHook):
         given): as many as the calls made at once by threads sharing this hook.
     :param max_in_flight: at most this many calls to Limio at once through this hook, not counting the
         token request (one at a time); more threads wait for a free slot (``None``: no limit).
-    :param min_submit_interval: seconds kept between two submit requests leaving this hook, retries and
-        replays included (a batch's ``max_orders_per_second``); 0: none.
+    :param rate: the request rate shared by the threads of a batch (:class:`~limio_provider.hooks.rate.AdaptiveRate`):
+        every request but the token's leaves at its pace, retries and replays included, and a 429 or 503 slows
+        it down; ``None``: requests leave as soon as they can.
     :param connection: the connection, already read (the trigger reads it on its event loop); by default the
         hook reads ``limio_conn_id`` itself, on first use.
     :param mask: how a secret is hidden from logs the moment the hook learns it (default: Airflow's
@@ -239,7 +242,7 @@ class LimioHook(BaseHook):
         clock: Callable[[], float] = time.monotonic,
         pool_size: int = requests.adapters.DEFAULT_POOLSIZE,
         max_in_flight: int | None = None,
-        min_submit_interval: float = 0.0,
+        rate: AdaptiveRate | None = None,
         connection: Connection | None = None,
         mask: Callable[[str], None] = mask_secret,
         **options: Any,
@@ -264,9 +267,7 @@ class LimioHook(BaseHook):
         self._token_lock = threading.Lock()
         self.token_requests = 0
         self._told_lifetime = False
-        self._submit_interval = min_submit_interval
-        self._departures = threading.Lock()
-        self._next_departure = 0.0
+        self._rate = rate
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -563,8 +564,9 @@ class LimioHook(BaseHook):
             # A token request takes no slot: it runs under the token lock, one at a time, and the threads it
             # serves may be holding every slot while they wait for that lock.
             with nullcontext() if kind == "token" else self.in_flight_slot():
+                if self._rate is not None and kind != "token":
+                    self._rate.depart()
                 if kind == "submit":
-                    self._space_submit()
                     if (gate := getattr(wire, "gate", None)) is not None:
                         gate()  # the last word before the request leaves (see submit_gate)
                 wire.answer_timeout = options.timeout  # the whole answer, once the request is sent
@@ -581,21 +583,10 @@ class LimioHook(BaseHook):
             reached = getattr(wire, "phase", None) != "connecting"
             raise self._transport_error(method, url, kind, exc, reached, json) from None
         if 200 <= response.status_code < 300:
+            if self._rate is not None and kind != "token":
+                self._rate.succeeded()
             return response
         raise self._answer_error(method, url, kind, response, json)
-
-    def _space_submit(self) -> None:
-        """Wait until ``min_submit_interval`` has passed since the last submit request left this hook (a retry
-        or a replay too): spacing where the request leaves, so that a stall before it (a slow token, a slow
-        ledger write) releases no burst."""
-        if not self._submit_interval:
-            return
-        with self._departures:
-            now = time.monotonic()
-            leave = max(now, self._next_departure)
-            self._next_departure = leave + self._submit_interval
-        if leave > now:
-            time.sleep(leave - now)
 
     @contextmanager
     def submit_gate(self, check: Callable[[], None] | None) -> Iterator[None]:
@@ -727,7 +718,10 @@ class LimioHook(BaseHook):
                     raise
                 wait = self._backoff(error, attempt)
                 self.log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt, retries + 1, wait)
-                self._sleep(wait)
+                if self._rate is not None and kind != "token":
+                    self._rate.backoff(getattr(error, "status", None), wait)
+                else:
+                    self._sleep(wait)
                 attempt += 1
 
     def request(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import heapq
 import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -32,7 +34,10 @@ from limio_provider.operators.orders import (
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperatorLink, Context, ObjectStoragePath
 
+    from limio_provider.approval import LimioApproval
+    from limio_provider.exactly_once.ledger import OrderLedger
     from limio_provider.hooks.limio import LimioHook
+    from limio_provider.hooks.rate import AdaptiveRate
 
 #: What became of each order, as the results file and the summary say.
 OUTCOMES = ("submitted", "adopted", "refused", "unknown", "failed", "invalid", "dry_run", "already_sent")
@@ -44,6 +49,10 @@ MAX_PROBLEMS_SHOWN = 20
 RESULTS_CHUNK = 256
 #: The summary (XCom ``return_value``) stays under this many bytes of JSON.
 MAX_SUMMARY_BYTES = 2000
+#: The ``task_state_store`` key of the approval a try of the batch was given (with the digest of its orders).
+APPROVAL_KEY = "limio_approval"
+#: The largest charges a preview pass names (the budget's error, the approval's summary).
+LARGEST_SHOWN = 5
 #: Arguments of the single-order submit that a batch does not take, and what to do instead (a user moving from
 #: mapped single-order tasks to a batch gets this, not BaseOperator's "invalid arguments").
 _NOT_FOR_A_BATCH = {
@@ -57,6 +66,51 @@ _NOT_FOR_A_BATCH = {
 
 
 @dataclass
+class PreviewTally:
+    """What a batch's preview pass found: how many orders it would send and what they come to."""
+
+    orders: int = 0  # previewed, not sent before: this run would send them
+    total_due: Decimal = Decimal(0)
+    already_sent: int = 0  # the ledger holds their orders: adopted, not charged again
+    refused: int = 0  # Limio or preview_check refused the preview: they would be refused
+    failed: int = 0  # not previewed (an error): what they come to is not known
+    invalid: int = 0
+    largest: list[tuple[Decimal, str]] = field(default_factory=list)  # a heap of the LARGEST_SHOWN largest
+
+    def add(self, row: dict[str, Any]) -> None:
+        outcome = row["outcome"]
+        if outcome == "dry_run":
+            due = Decimal(row["total_due"])
+            self.orders += 1
+            self.total_due += due
+            entry = (due, str(row["external_id"]))
+            if len(self.largest) < LARGEST_SHOWN:
+                heapq.heappush(self.largest, entry)
+            else:
+                heapq.heappushpop(self.largest, entry)
+        elif outcome == "already_sent":
+            self.already_sent += 1
+        elif outcome == "refused":
+            self.refused += 1
+        elif outcome == "invalid":
+            self.invalid += 1
+        else:
+            self.failed += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        largest = sorted(self.largest, reverse=True)
+        return {
+            "orders": self.orders,
+            "total_due": str(self.total_due),
+            "already_sent": self.already_sent,
+            "refused": self.refused,
+            "failed": self.failed,
+            "invalid": self.invalid,
+            "largest": [{"external_id": external_id[:64], "total_due": str(due)} for due, external_id in largest],
+        }
+
+
+@dataclass
 class _Item:
     """One order of the batch as read: where it is, its body to send (``None`` if invalid) and why not."""
 
@@ -67,6 +121,32 @@ class _Item:
     error: str | None
     derived: bool = False  # the external_id is derived (the order has none)
     digest: bytes = b""  # a file's line: its number and text, hashed (what the sending pass compares)
+
+
+def _budget_orders(value: Any) -> int | None:
+    """``max_orders`` as given or rendered: a whole number >= 0, or ``None``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    try:
+        number = int(value) if not isinstance(value, bool | float) else None
+    except ValueError:
+        number = None
+    if number is None or number < 0:
+        raise ValueError(f"max_orders must be a whole number >= 0, got {value!r}")
+    return number
+
+
+def _budget_due(value: Any) -> Decimal | None:
+    """``max_total_due`` as given or rendered: an amount >= 0, or ``None``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    try:
+        amount = Decimal(str(value)) if not isinstance(value, bool) else None
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise ValueError(f"max_total_due must be an amount >= 0, got {value!r}")
+    return amount
 
 
 def _one_line(message: str) -> str:
@@ -161,48 +241,6 @@ def _read_lines(stream: Any) -> Iterator[bytes]:
         yield rest
 
 
-class _Throttle:
-    """What the batch's workers share to go easy on Limio.
-
-    :meth:`sleep` is the hook's sleep between retries: besides sleeping, it pauses the batch (a 429's
-    ``Retry-After``, or any backoff) until then: every worker waits for the pause before its next order
-    and before each submit. :meth:`acquire` also spaces the submits ``1 / per_second`` apart.
-    """
-
-    def __init__(self, per_second: float | None) -> None:
-        self._batch_lock = threading.Lock()
-        self._interval = 1.0 / per_second if per_second else 0.0
-        self._paused_until = 0.0
-        self._next_slot = 0.0
-
-    def sleep(self, seconds: float) -> None:
-        with self._batch_lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-        time.sleep(seconds)
-
-    def wait_pause(self) -> None:
-        """Return once the batch is not paused."""
-        while True:
-            with self._batch_lock:
-                wait = self._paused_until - time.monotonic()
-            if wait <= 0:
-                return
-            time.sleep(wait)
-
-    def acquire(self) -> None:
-        """Wait for the pause, then for this submit's turn."""
-        while True:
-            self.wait_pause()
-            with self._batch_lock:
-                now = time.monotonic()
-                if now >= self._paused_until:
-                    slot = max(now, self._next_slot)
-                    self._next_slot = slot + self._interval
-                    break
-        if slot > now:
-            time.sleep(slot - now)
-
-
 class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     """Submit a batch of orders (``POST /order``, or ``POST /admin/order`` with ``partner``), each exactly once,
     a few at a time, and write one result line per order; returns a small summary (XCom ``return_value``).
@@ -261,6 +299,15 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         the batch; default: no limit beyond ``max_in_flight``.
     :param max_failed: how many orders may end refused, unknown, failed or invalid before the task fails (at
         the end, with the summary in its error). Default 0.
+    :param max_orders: the budget's number of orders: with it, every order is previewed before the first
+        submit (a preview pass), and if more than ``max_orders`` would be sent (orders the ledger holds
+        already are not counted), nothing is sent and the task fails saying by how much. A per-run value can
+        come from a template (``"{{ params.max_orders }}"``). (templated)
+    :param max_total_due: the budget's total due (the previews' ``total_due``, summed, in the tenant's
+        currency), checked as ``max_orders`` is. (templated)
+    :param approval: ask a person before sending (Airflow 3.1+): a :class:`~limio_provider.approval.LimioApproval`
+        naming when to ask and for how long; the preview pass's summary is what they approve. See the docs'
+        "Guard rails".
     :param partner: submit every order with management credentials on behalf of this partner
         (``POST /admin/order``, sent as ``forPartner``): an id or an object; an order carrying its own
         ``forPartner`` is refused as invalid. Default: ``POST /order``. (templated)
@@ -307,6 +354,8 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         "preview_only",
         "ledger_path",
         "partner",
+        "max_orders",
+        "max_total_due",
     )
     template_fields_renderers = {"orders": "json"}
     operator_extra_links: tuple[BaseOperatorLink, ...] = (LimioResultsFileLink(),)
@@ -321,6 +370,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         max_in_flight: int = 8,
         max_orders_per_second: float | None = None,
         max_failed: int = 0,
+        max_orders: int | str | None = None,
+        max_total_due: Decimal | float | str | None = None,
+        approval: LimioApproval | None = None,
         partner: str | dict[str, Any] | None = None,
         progress_interval: float = 5.0,
         preview_check: PreviewCheck | None = None,
@@ -354,29 +406,36 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         self.max_in_flight = max_in_flight
         self.max_orders_per_second = max_orders_per_second
         self.max_failed = max_failed
+        self.max_orders = max_orders
+        self.max_total_due = max_total_due
+        if not (isinstance(max_orders, str) and "{" in max_orders):
+            _budget_orders(max_orders)  # a template is checked once rendered
+        if not (isinstance(max_total_due, str) and "{" in max_total_due):
+            _budget_due(max_total_due)
+        self.approval = approval
+        self._approved: dict[str, Any] | None = None  # set when a person's approval resumes the task
         self.partner = partner
         self.progress_interval = progress_interval
         #: This try's results file, as a browser shows it (:class:`LimioResultsFileLink` reads it).
         self.limio_results_url: str | None = None
 
     @cached_property
-    def _throttle(self) -> _Throttle:
-        return _Throttle(self.max_orders_per_second)
+    def _rate(self) -> AdaptiveRate:
+        from limio_provider.hooks.rate import AdaptiveRate
+
+        return AdaptiveRate(self.max_orders_per_second)
 
     @cached_property
     def hook(self) -> LimioHook:
         """One hook for the whole batch: one token, a pool of ``max_in_flight`` connections, and the batch's
-        shared sleep between retries."""
+        request rate (:class:`~limio_provider.hooks.rate.AdaptiveRate`)."""
         from limio_provider.hooks.limio import LimioHook
 
         return LimioHook(
             self.limio_conn_id,
-            sleep=self._throttle.sleep,
             pool_size=self.max_in_flight,
             max_in_flight=self.max_in_flight,
-            # max_orders_per_second holds where the request leaves too: a stall after an order's turn (its
-            # ledger write, a token) releases no burst.
-            min_submit_interval=1.0 / self.max_orders_per_second if self.max_orders_per_second else 0.0,
+            rate=self._rate,
             **self.hook_params,
         )
 
@@ -393,23 +452,16 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
     @keeps_failure
     def execute(self, context: Context) -> dict[str, Any]:
-        from limio_provider.exactly_once.ledger import Owner, ledger_for
+        from limio_provider.exactly_once.ledger import Owner
         from limio_provider.exactly_once.submitter import NotRecorded
-        from limio_provider.exceptions import LimioBatchFailedError, LimioClaimLostError, LimioConfigError
+        from limio_provider.exceptions import LimioBatchFailedError, LimioClaimLostError
 
         started = time.monotonic()
         self.limio_results_url = None  # a runner may reuse the operator for the next try
         self._start_try()
         dry_run = _as_bool("dry_run", self.preview_only)
-        self.hook.settings  # noqa: B018 - a bad connection fails before any call
-        ledger = ledger_for(self.hook.settings, self.ledger_path)
-        if ledger is None:
-            raise LimioConfigError(
-                "LimioSubmitOrdersOperator needs an order ledger, which remembers every order sent so that a "
-                "retried or re-run batch never sends one twice: set the Limio connection's ledger_path extra "
-                '(e.g. {"ledger_path": "s3://aws_default@bucket/limio-ledger"}) or the operator\'s ledger_path '
-                "argument (file:///var/lib/limio-ledger on a single machine)"
-            )
+        budget = _budget_orders(self.max_orders), _budget_due(self.max_total_due)  # rendered: checked again
+        ledger = self._ledger()
         results_uri, results_file = self._results_uri(dry_run)
         self._link_results(context, results_uri)
 
@@ -432,12 +484,13 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         self._not_recorded = None if dry_run else NotRecorded(context)
         self._orders = self._submitter(
             ledger,
-            pace=self._throttle.acquire,
+            pace=self._rate.turn,
             superseded=lambda: self._superseded(),
             not_recorded=self._not_recorded,
         )
         self._superseded: Callable[[], str | None] = lambda: None
-        if not dry_run:  # a dry run writes nothing to the ledger
+        if not dry_run:  # a dry run writes nothing to the ledger, and has no budget or approval
+            self._guard(context, total, started, *budget)  # before the first submit
             ledger.hold_task_instance(owner, token)
             self._superseded = lambda: _superseded(ledger.task_instance_holder(owner), token)
         with self._results_file(results_file, token) as results:
@@ -492,6 +545,8 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             "dry_run": dry_run,
             "first_failures": first_failures,
         }
+        if self._rate.limited:  # Limio said too fast (429) or not now (503): what the batch learnt
+            summary["rate"] = self._rate.summary()
         if self._batch_stopped:
             summary["stopped"] = self._batch_stopped[:300]
         if not_recorded:
@@ -524,6 +579,182 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 summary=summary,
             )
         return summary
+
+    def _guard(
+        self, context: Context, total: int, started: float, max_orders: int | None, max_due: Decimal | None
+    ) -> None:
+        """The guard rails before the first submit: a preview pass, then the budget, then a person's approval
+        (which defers the task until they answer). Nothing is sent unless every one of them passes."""
+        from limio_provider.exceptions import LimioApprovalError, LimioBudgetExceededError
+
+        if max_orders is None and max_due is None and self.approval is None:
+            return
+        store = context.get("task_state_store")
+        approved = self._approved
+        if approved is None and self.approval is not None and store is not None:
+            kept = store.get(APPROVAL_KEY)  # an earlier try of this task instance was approved: for these orders?
+            approved = kept if isinstance(kept, dict) and kept.get("digest") == self._orders_digest else None
+        if approved is not None:
+            if approved.get("digest") != self._orders_digest:
+                raise LimioApprovalError(
+                    f"the orders changed after they were approved ({approved.get('answer')}; orders digest "
+                    f"{approved.get('digest')}, now {self._orders_digest}): nothing was sent. Clear the task to "
+                    "preview the orders and ask again"
+                )
+            self.log.info("Sending the orders %s (orders digest %s)", approved.get("answer"), self._orders_digest)
+            return
+        self.log.info("Preview pass: previewing the %d orders before the first submit (budget, approval)", total)
+        tally = self._preview_pass(context, total, started)
+        preview = tally.as_dict()
+        context["ti"].xcom_push(key="preview", value={**preview, "run_id": context.get("run_id")})
+        self.log.info("Preview pass done: %s", json.dumps(preview))
+        over = []
+        if max_orders is not None and tally.orders > max_orders:
+            over.append(f"{tally.orders} orders to send, {tally.orders - max_orders} over max_orders={max_orders}")
+        if max_due is not None and tally.total_due > max_due:
+            over.append(f"total due {tally.total_due}, {tally.total_due - max_due} over max_total_due={max_due}")
+        if over:
+            largest = ", ".join(f"{row['external_id']} {row['total_due']}" for row in preview["largest"])
+            raise LimioBudgetExceededError(
+                f"the batch is over its budget: {'; '.join(over)}. Nothing was sent. Largest charges: {largest}",
+                preview=preview,
+            )
+        if self.approval is None:
+            return
+        if not self.approval.asks(tally.orders, tally.total_due):
+            self.log.info(
+                "No approval asked: %d orders, total due %s, under the approval's thresholds",
+                tally.orders,
+                tally.total_due,
+            )
+            return
+        from limio_provider.approval import ask
+
+        subject = f"Send {tally.orders} Limio orders, total due {tally.total_due}?"
+        body = self._approval_body(context, preview)
+        ask(
+            self,
+            context,
+            self.approval,
+            subject=subject,
+            body=body,
+            method_name="execute_approved",
+            kwargs={"digest": self._orders_digest},
+        )
+
+    def execute_approved(self, context: Context, event: dict[str, Any], digest: str) -> dict[str, Any]:
+        """Resumed once a person answered the approval request (or its timeout passed): send the orders if
+        approved and still the ones approved; else fail, having sent nothing."""
+        from limio_provider.approval import answer_of
+        from limio_provider.exceptions import LimioApprovalError
+
+        assert self.approval is not None
+        approved, words = answer_of(event, self.approval)
+        if not approved:
+            raise LimioApprovalError(f"the batch was {words}: nothing was sent")
+        self._approved = {"digest": digest, "answer": words}
+        store = context.get("task_state_store")
+        if store is not None:  # a retry of this task instance sends these orders without asking again
+            store.set(APPROVAL_KEY, self._approved)
+        return self.execute(context)
+
+    def _approval_body(self, context: Context, preview: dict[str, Any]) -> str:
+        """The approval request's Markdown: what the preview pass found, and how it compares with the last run."""
+        endpoint = "POST /admin/order" if self.partner is not None else "POST /order"
+        rows = [
+            ("Orders to send", str(preview["orders"])),
+            ("Total due", preview["total_due"]),
+            ("Sent before (adopted, not charged again)", str(preview["already_sent"])),
+            ("Refused by their preview (not sent)", str(preview["refused"])),
+            ("Invalid (not sent)", str(preview["invalid"])),
+        ]
+        lines = [
+            f"**{preview['orders']} orders** through `{endpoint}` (connection `{self.limio_conn_id}`), "
+            f"**total due {preview['total_due']}**.",
+            "",
+            "| | |",
+            "|---|---|",
+            *(f"| {name} | {value} |" for name, value in rows),
+            "",
+        ]
+        if preview["largest"]:
+            lines += ["Largest charges:", "", "| external_id | total due |", "|---|---|"]
+            lines += [f"| `{row['external_id']}` | {row['total_due']} |" for row in preview["largest"]]
+            lines.append("")
+        lines.append(self._change_from_last_run(context, preview))
+        source = self.orders_path if self.orders_path is not None else f"{len(self._validated) or 'a'} list"
+        lines += [
+            "",
+            f"Orders: `{source}` (digest `{self._orders_digest}`). Approving sends these orders and no others: "
+            "if they change before the task resumes, nothing is sent. Rejecting, or no answer within "
+            f"{self.approval.timeout if self.approval else ''}, sends nothing.",
+        ]
+        return "\n".join(lines)
+
+    def _change_from_last_run(self, context: Context, preview: dict[str, Any]) -> str:
+        """How this preview compares with the last earlier run's of this task, where one exists."""
+        ti = context["ti"]
+        try:
+            last = ti.xcom_pull(task_ids=ti.task_id, key="preview", include_prior_dates=True)
+        except Exception as exc:  # an XCom backend that cannot look back: say so rather than fail the batch
+            return f"No comparison with the last run ({type(exc).__name__})."
+        last = last[-1] if isinstance(last, list) and last else last
+        if not isinstance(last, dict) or last.get("run_id") == context.get("run_id") or "orders" not in last:
+            return "No earlier run of this task to compare with."
+        then_orders, then_due = int(last["orders"]), Decimal(str(last["total_due"]))
+        change = Decimal(preview["total_due"]) - then_due
+        share = f" ({100 * change / then_due:+.1f} %)" if then_due else ""
+        return (
+            f"Change from the last run (`{last.get('run_id')}`: {then_orders} orders, total due {then_due}): "
+            f"{preview['orders'] - then_orders:+d} orders, total due {change:+}{share}."
+        )
+
+    def _preview_pass(self, context: Context, total: int, started: float) -> PreviewTally:
+        """Preview every order this run would send (those the ledger holds are not), as a dry run does, and
+        tally what they come to.
+
+        :raises LimioError: an order could not be previewed (what the batch comes to is not known), or the
+            orders file changed meanwhile: nothing was sent.
+        """
+        from limio_provider.exceptions import LimioError
+
+        tally = PreviewTally()
+        counts = dict.fromkeys(OUTCOMES, 0)
+
+        def record(row: dict[str, Any]) -> None:
+            counts[row["outcome"]] += 1
+            tally.add(row)
+
+        self._send_all(context, total, True, record, counts, started)
+        stopped, self._batch_stopped = self._batch_stopped, None
+        self._previewed_due = None  # the sending pass's preview_check counts its own
+        if self._file_changed:
+            raise LimioError(
+                f"the orders file {self.orders_path} changed during the preview pass ({self._file_changed}): "
+                "nothing was sent"
+            )
+        if stopped or tally.failed:
+            why = f" (the pass stopped: {stopped})" if stopped else ""
+            raise LimioError(
+                f"the preview pass could not preview {tally.failed} of {total} orders{why}: what the batch comes "
+                "to is not known, so nothing was sent"
+            )
+        return tally
+
+    def _ledger(self) -> OrderLedger:
+        """The order ledger the batch requires (a bad connection fails here, before any call)."""
+        from limio_provider.exactly_once.ledger import ledger_for
+        from limio_provider.exceptions import LimioConfigError
+
+        ledger = ledger_for(self.hook.settings, self.ledger_path)
+        if ledger is None:
+            raise LimioConfigError(
+                "LimioSubmitOrdersOperator needs an order ledger, which remembers every order sent so that a "
+                "retried or re-run batch never sends one twice: set the Limio connection's ledger_path extra "
+                '(e.g. {"ledger_path": "s3://aws_default@bucket/limio-ledger"}) or the operator\'s ledger_path '
+                "argument (file:///var/lib/limio-ledger on a single machine)"
+            )
+        return ledger
 
     @contextmanager
     def _results_file(self, results_file: ObjectStoragePath, token: str) -> Iterator[Any]:
@@ -560,14 +791,17 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         total = invalid = derived = 0
         problems: list[str] = []
         self._validated = bytearray()  # 8 bytes per line of a file: what the sending pass must read again
+        orders = hashlib.sha256()  # of every order as validated: what an approval answers
         for item in self._items(context):
             self._validated += item.digest
+            orders.update(item.digest or json.dumps([item.where, item.body, item.error], default=str).encode())
             total += 1
             derived += item.derived
             if item.error is not None:
                 invalid += 1
                 if len(problems) < MAX_PROBLEMS_SHOWN:
                     problems.append(f"{item.where}: {item.error}")
+        self._orders_digest = orders.hexdigest()[:16]
         if invalid and self.on_invalid == "fail":
             more = f"\n  ... and {invalid - len(problems)} more" if invalid > len(problems) else ""
             raise LimioValidationError(
@@ -812,7 +1046,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         if self._batch_stopped:
             return self._row(item, "failed", error=f"not sent: the batch stopped: {self._batch_stopped}")
         with self._exclusive(item.external_id):
-            self._throttle.wait_pause()
+            self._rate.wait_pause()
             try:
                 if dry_run:
                     done = self._sent_before(item.external_id)
@@ -824,7 +1058,6 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                             status=done["status"],
                             status_at=done["updated_at"],
                         )
-                    self._throttle.acquire()
                     preview = self._check_preview(item.body)
                     total_due = PreviewResult.model_validate(preview).total_due()
                     return self._row(item, "dry_run", total_due=str(total_due))

@@ -426,12 +426,14 @@ def test_the_hook_pools_as_many_connections_as_orders_in_flight(limio_emulator: 
     operator.hook.close()
 
 
-def test_a_429_pauses_the_whole_batch(limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path) -> None:
-    limio_emulator.add_fault(Fault(route="order", action="status", status=429, retry_after=0.6, external_id="PAUSE-5"))
+def test_a_503_with_retry_after_pauses_the_whole_batch(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    limio_emulator.add_fault(Fault(route="order", action="status", status=503, retry_after=0.6, external_id="PAUSE-5"))
     limio_emulator.add_fault(Fault(route="order", action="latency_only", latency=0.02))  # orders keep coming
     run = run_dag(
         batch_dag(
-            "limio_batch_429",
+            "limio_batch_503",
             ledger_root,
             orders=orders("PAUSE", 30),
             max_in_flight=4,
@@ -440,13 +442,43 @@ def test_a_429_pauses_the_whole_batch(limio_emulator: LimioEmulator, ledger_root
         )
     )
     posts = calls(limio_emulator, ORDER_POSTS)
-    assert states(run)["submit"] == "failed"  # PAUSE-5 is rate limited twice: retries run out
-    first_429 = min(r.received_at for r in posts if r.status == 429)
-    during = [r for r in posts if first_429 + 0.2 < r.received_at < first_429 + 0.55]
+    assert states(run)["submit"] == "failed"  # PAUSE-5 is refused twice: retries run out
+    first_503 = min(r.received_at for r in posts if r.status == 503)
+    during = [r for r in posts if first_503 + 0.2 < r.received_at < first_503 + 0.55]
     assert during == []  # nobody started a submit while the batch was paused
     rows = {row["external_id"]: row for row in results(f"file://{tmp_path}/pause.results.jsonl")}
-    assert rows["PAUSE-5"]["outcome"] == "failed" and "429" in rows["PAUSE-5"]["error"]
+    assert rows["PAUSE-5"]["outcome"] == "failed" and "503" in rows["PAUSE-5"]["error"]
     assert Counter(row["outcome"] for row in rows.values()) == {"submitted": 29, "failed": 1}
+
+
+@pytest.mark.parametrize("retry_after", [True, False], ids=["retry-after", "no-retry-after"])
+def test_a_rate_limited_batch_slows_down_instead_of_pausing(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, retry_after: bool
+) -> None:
+    limio_emulator.set_rate_limit(40, burst=10, retry_after=retry_after)
+    run = run_dag(
+        batch_dag(
+            "limio_batch_429",
+            ledger_root,
+            orders=orders("RL", 120),
+            max_in_flight=16,
+            results_path=f"file://{tmp_path}/rl.results.jsonl",
+            hook_params={**FAST, "retry_limit": 8},
+        )
+    )
+    assert run.state == "success", states(run)
+    rows = results(f"file://{tmp_path}/rl.results.jsonl")
+    assert_each_order_once(limio_emulator, rows)
+    posts = calls(limio_emulator, ORDER_POSTS)
+    limited = [r.received_at for r in posts if r.status == 429]
+    accepted = sorted(r.received_at for r in posts if r.status == 200)
+    assert limited, "the batch never met the limit"
+    # Slowed, not stopped: orders kept being accepted in the second after the first 429 (each 429'd request
+    # waits its own Retry-After, 1 s), and far fewer were refused than accepted.
+    assert [t for t in accepted if limited[0] < t < limited[0] + 0.9]
+    assert len(limited) < len(accepted) / 3
+    summary = summary_of(run)
+    assert summary["rate"]["limited"] == len(limited) and 0 < summary["rate"]["requests_per_second"] < 60
 
 
 def test_max_orders_per_second_spaces_the_submits(
