@@ -75,7 +75,7 @@ COMPAT_LINES := airflow-2.11 airflow-3.1
 COMPAT_TESTS := tests/test_get_provider_info.py tests/tools/test_demo.py tests/hooks tests/models tests/triggers tests/sensors tests/assets \
 	tests/testing/test_emulator.py tests/testing/test_emulator_faults.py tests/testing/test_emulator_objects.py \
 	tests/operators/test_orders.py tests/operators/test_exactly_once.py tests/operators/test_ledger_submit.py \
-	tests/operators/test_export.py tests/operators/test_reconcile.py \
+	tests/operators/test_export.py tests/operators/test_reconcile.py tests/operators/test_batch_guards.py \
 	tests/test_docs.py::test_testing_page_script_runs_a_dag_in_a_fresh_airflow_home
 FLOOR_TESTS := tests/test_get_provider_info.py tests/hooks tests/models
 

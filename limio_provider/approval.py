@@ -66,6 +66,23 @@ class LimioApproval:
         return not (few and small)
 
 
+def require_hitl() -> None:
+    """:raises LimioConfigError: this Airflow has no human-in-the-loop requests (older than 3.1)."""
+    import importlib.util
+
+    from limio_provider.exceptions import LimioConfigError
+
+    try:
+        found = importlib.util.find_spec("airflow.sdk.execution_time.hitl") is not None
+    except ModuleNotFoundError:  # Airflow 2: no airflow.sdk at all
+        found = False
+    if not found:
+        raise LimioConfigError(
+            "approval needs Airflow 3.1 or later (human-in-the-loop requests); nothing was sent. On older Airflow "
+            "run the batch with dry_run=True, review its results, then trigger the real run (docs: guard-rails.md)"
+        )
+
+
 def ask(
     operator: BaseOperator,
     context: Context,
@@ -84,16 +101,9 @@ def ask(
     :raises LimioConfigError: Airflow older than 3.1 (no human-in-the-loop requests).
     """
     from airflow.providers.common.compat.sdk import timezone
+    from airflow.sdk.execution_time.hitl import upsert_hitl_detail
 
-    from limio_provider.exceptions import LimioConfigError
-
-    try:
-        from airflow.sdk.execution_time.hitl import upsert_hitl_detail
-    except ImportError:
-        raise LimioConfigError(
-            "approval needs Airflow 3.1 or later (human-in-the-loop requests); nothing was sent. On older Airflow "
-            "run the batch with dry_run=True, review its results, then trigger the real run (docs: guard-rails.md)"
-        ) from None
+    require_hitl()
     options, defaults = [APPROVE, REJECT], [REJECT]
     upsert_hitl_detail(
         ti_id=context["task_instance"].id,

@@ -589,6 +589,10 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
 
         if max_orders is None and max_due is None and self.approval is None:
             return
+        if self.approval is not None:
+            from limio_provider.approval import require_hitl
+
+            require_hitl()  # before the preview pass
         store = context.get("task_state_store")
         approved = self._approved
         if approved is None and self.approval is not None and store is not None:
@@ -698,9 +702,14 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             last = ti.xcom_pull(task_ids=ti.task_id, key="preview", include_prior_dates=True)
         except Exception as exc:  # an XCom backend that cannot look back: say so rather than fail the batch
             return f"No comparison with the last run ({type(exc).__name__})."
-        last = last[-1] if isinstance(last, list) and last else last
-        if not isinstance(last, dict) or last.get("run_id") == context.get("run_id") or "orders" not in last:
+        earlier = [
+            value
+            for value in (last if isinstance(last, list) else [last])
+            if isinstance(value, dict) and "orders" in value and value.get("run_id") != context.get("run_id")
+        ]
+        if not earlier:
             return "No earlier run of this task to compare with."
+        last = earlier[-1]  # oldest first
         then_orders, then_due = int(last["orders"]), Decimal(str(last["total_due"]))
         change = Decimal(preview["total_due"]) - then_due
         share = f" ({100 * change / then_due:+.1f} %)" if then_due else ""

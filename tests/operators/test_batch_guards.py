@@ -111,3 +111,22 @@ def test_a_rendered_bad_budget_fails_before_any_request(
     run = run_dag(dag, conf={"budget": "ten"})
     assert states(run)["submit"] == "failed" and limio_emulator.requests == []
     assert "max_orders must be a whole number >= 0, got 'ten'" in task_log()
+
+
+def test_an_approval_on_an_airflow_without_human_in_the_loop_fails_before_any_request(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path, task_log: Callable[[], str]
+) -> None:
+    import importlib.util
+
+    from limio_provider.approval import LimioApproval
+
+    try:
+        hitl = importlib.util.find_spec("airflow.sdk.execution_time.hitl") is not None
+    except ModuleNotFoundError:
+        hitl = False
+    if hitl:
+        pytest.skip("this Airflow asks (tests/test_approval.py)")
+    dag = batch_dag("limio_approval_old", ledger_root, tmp_path, [new_order("OLD-1")], approval=LimioApproval())
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed" and limio_emulator.requests == []
+    assert "approval needs Airflow 3.1 or later (human-in-the-loop requests); nothing was sent" in task_log()
