@@ -90,6 +90,16 @@ CONN_FIELDS: dict[str, Any] = {
         "Where every order sent is remembered, across runs and workers: file:///... on one machine, "
         "s3://aws_conn_id@bucket/prefix when workers are many.",
     ),
+    "environment": _field(
+        "Environment",
+        _optional(
+            "string",
+            enum=["sandbox", "production", None],
+            values_display={"sandbox": "sandbox", "production": "production", "null": "not said (production)"},
+        ),
+        "sandbox or production; not said counts as production: a batch of more orders than its "
+        "max_unconfirmed_orders then needs confirm_production.",
+    ),
     "tenant": _field(
         "Tenant Name (Ledger)",
         _optional("string"),

@@ -421,6 +421,36 @@ class OrderLedger:
         """What the latest :meth:`hold_task_instance` of ``owner``'s task instance wrote (``{}``: none)."""
         return _parse(_read(self.fs, self._try_key(owner))) or {}
 
+    def preflight(self) -> None:
+        """Prove that the ledger works where it lives before anything is sent: a probe record is created, a
+        second create of it must be refused (the atomic create every claim relies on), and it is deleted.
+
+        :raises LimioConfigError: the ledger cannot be written, or does not refuse the second create.
+        """
+        key = f"{self._folder}/.preflight-{os.urandom(8).hex()}.json"
+        try:
+            _write(self.fs, key, b"{}\n", create=True)
+            try:
+                _write(self.fs, key, b"{}\n", create=True)
+            except FileExistsError:
+                return
+            raise LimioConfigError(
+                f"the order ledger at {self.root} did not refuse a second create of one record: it cannot tell "
+                "two workers claiming one order apart, so nothing was sent. Put it on a local disk or on S3"
+            )
+        except LimioConfigError:
+            raise
+        except Exception as exc:
+            raise LimioConfigError(
+                f"the order ledger at {self.root} cannot be written ({type(exc).__name__}: {str(exc)[:300]}): "
+                "nothing was sent"
+            ) from exc
+        finally:
+            try:
+                self.fs.rm_file(key)
+            except Exception:  # never written, or the store keeps it: a probe record holds no order
+                pass
+
     def wait_final(self, external_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any] | None:
         """Read the record until another worker has finished it (``done`` or ``refused``) or ``timeout``
         seconds pass; the last record read (``None`` if it was deleted)."""

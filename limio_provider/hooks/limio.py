@@ -155,6 +155,11 @@ class LimioConnectionOptions(BaseModel):
         description="Root of the order ledger (file:///..., s3://aws_conn_id@bucket/prefix): remembers every order "
         "sent, across runs and workers.",
     )
+    environment: Literal["sandbox", "production"] | None = Field(
+        None,
+        description="sandbox or production; not said counts as production (a large batch then needs "
+        "confirm_production).",
+    )
     tenant: str | None = Field(
         None,
         description="The tenant's name in the order ledger (default: the host, lower-case, without a default "

@@ -2,8 +2,9 @@
 
 Limio documents no rate limit. A batch therefore starts bounded only by its ``max_in_flight`` (and
 ``max_orders_per_second``, if given); the first 429 or 503 sets its rate a little under what Limio was
-accepting, each success adds a little to it, and each later 429 or 503 cuts it. Two batches against one tenant
-converge to equal shares, as TCP flows do. It is a rate, not a number of requests in flight, that adapts: on a
+accepting, successes add to it (a little at first, then more each second without a cut), and each later 429
+or 503 cuts it. Two batches against one tenant converge to equal shares, as TCP flows do: their cuts come
+together, and they add the same amounts. It is a rate, not a number of requests in flight, that adapts: on a
 fast connection a single request in flight can exceed a tenant's limit, so no concurrency expresses it.
 """
 
@@ -17,8 +18,10 @@ from typing import Any
 
 #: The rate kept after a 429 or a 503, as a share of the rate before it.
 DECREASE = 0.8
-#: Requests per second added to the rate per second of successes.
+#: Requests per second added to the rate per second of successes, in the second after a cut; each further
+#: second without one doubles it, up to 2 ** MAX_DOUBLINGS times.
 INCREASE = 10.0
+MAX_DOUBLINGS = 5
 #: The lowest rate a batch slows down to, in requests per second.
 FLOOR = 0.5
 #: Seconds after a cut during which requests still meet the excess it answered (Limio counts what arrived
@@ -103,15 +106,17 @@ class AdaptiveRate:
         self._mine.sent_at = self._clock()
 
     def succeeded(self) -> None:
-        """A request was answered 2xx: the rate grows by :data:`INCREASE` a second, no faster than twice what
-        is being accepted (a rate never put to the test does not grow)."""
+        """A request was answered 2xx: the rate grows by :data:`INCREASE` a second in the second after a cut,
+        twice that in the next, and so on (slowly near the rate Limio last refused, fast once it clearly takes
+        more), but never past twice what is being accepted (a rate never put to the test does not grow)."""
         with self._lock:
             now = self._clock()
             self._successes.append(now)
             while self._successes and self._successes[0] < now - 1.0:
                 self._successes.popleft()
             if self.rate is not None and self.rate < 2 * len(self._successes):
-                self.rate += INCREASE / self.rate
+                doublings = min(MAX_DOUBLINGS, int(now - self._decreased_at))
+                self.rate += INCREASE * 2**doublings / self.rate
 
     def backoff(self, status: int | None, seconds: float) -> None:
         """Before a retry: a 429 or a 503 cuts the rate (once for the requests that left before the last cut);

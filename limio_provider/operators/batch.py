@@ -305,6 +305,10 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         come from a template (``"{{ params.max_orders }}"``). (templated)
     :param max_total_due: the budget's total due (the previews' ``total_due``, summed, in the tenant's
         currency), checked as ``max_orders`` is. (templated)
+    :param confirm_production: send a batch of more than ``max_unconfirmed_orders`` valid orders through a
+        production connection (its ``environment`` extra says ``production``, or says nothing). (templated)
+    :param max_unconfirmed_orders: the most valid orders a batch sends to production without
+        ``confirm_production``. Default 1000.
     :param approval: ask a person before sending (Airflow 3.1+): a :class:`~limio_provider.approval.LimioApproval`
         naming when to ask and for how long; the preview pass's summary is what they approve. See the docs'
         "Guard rails".
@@ -356,6 +360,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         "partner",
         "max_orders",
         "max_total_due",
+        "confirm_production",
     )
     template_fields_renderers = {"orders": "json"}
     operator_extra_links: tuple[BaseOperatorLink, ...] = (LimioResultsFileLink(),)
@@ -373,6 +378,8 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         max_orders: int | str | None = None,
         max_total_due: Decimal | float | str | None = None,
         approval: LimioApproval | None = None,
+        confirm_production: bool | str = False,
+        max_unconfirmed_orders: int = 1000,
         partner: str | dict[str, Any] | None = None,
         progress_interval: float = 5.0,
         preview_check: PreviewCheck | None = None,
@@ -413,6 +420,10 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         if not (isinstance(max_total_due, str) and "{" in max_total_due):
             _budget_due(max_total_due)
         self.approval = approval
+        if not isinstance(max_unconfirmed_orders, int) or max_unconfirmed_orders < 0:
+            raise ValueError(f"max_unconfirmed_orders must be a whole number >= 0, got {max_unconfirmed_orders!r}")
+        self.confirm_production = confirm_production
+        self.max_unconfirmed_orders = max_unconfirmed_orders
         self._approved: dict[str, Any] | None = None  # set when a person's approval resumes the task
         self.partner = partner
         self.progress_interval = progress_interval
@@ -474,6 +485,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         first_failures: list[dict[str, Any]] = []
         not_recorded: list[str] = []  # order ids Limio holds whose recording failed
         self._batch_lock = threading.Lock()
+        self._preflight_lock, self._preflight_done = threading.Lock(), False
         self._batch_in_flight: dict[str, threading.Event] = {}
         self._batch_stopped: str | None = None
         self._file_changed: str | None = None
@@ -484,7 +496,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         self._not_recorded = None if dry_run else NotRecorded(context)
         self._orders = self._submitter(
             ledger,
-            pace=self._rate.turn,
+            pace=self._paced,
             superseded=lambda: self._superseded(),
             not_recorded=self._not_recorded,
         )
@@ -583,10 +595,13 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
     def _guard(
         self, context: Context, total: int, started: float, max_orders: int | None, max_due: Decimal | None
     ) -> None:
-        """The guard rails before the first submit: a preview pass, then the budget, then a person's approval
-        (which defers the task until they answer). Nothing is sent unless every one of them passes."""
+        """The guard rails before the first submit: the ledger's preflight, then (with a budget or an approval)
+        a preview pass, the budget, and a person's approval (which parks the task until they answer). Nothing
+        is sent unless every one of them passes."""
         from limio_provider.exceptions import LimioApprovalError, LimioBudgetExceededError
 
+        assert self._orders.ledger is not None
+        self._orders.ledger.preflight()  # no Limio call: a batch the ledger answers whole calls Limio for nothing
         if max_orders is None and max_due is None and self.approval is None:
             return
         if self.approval is not None:
@@ -607,6 +622,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 )
             self.log.info("Sending the orders %s (orders digest %s)", approved.get("answer"), self._orders_digest)
             return
+        self._preflight()  # before a person is asked to approve what could not be sent
         self.log.info("Preview pass: previewing the %d orders before the first submit (budget, approval)", total)
         tally = self._preview_pass(context, total, started)
         preview = tally.as_dict()
@@ -718,6 +734,60 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             f"{preview['orders'] - then_orders:+d} orders, total due {change:+}{share}."
         )
 
+    def _check_production(self) -> None:
+        """A batch of more than ``max_unconfirmed_orders`` valid orders through a production connection (or one
+        that does not say) needs ``confirm_production``: checked before any request.
+
+        :raises LimioConfigError: it is not confirmed; nothing was sent.
+        """
+        from limio_provider.exceptions import LimioConfigError
+
+        environment = self.hook.settings.options.environment
+        if environment == "sandbox" or self._valid <= self.max_unconfirmed_orders:
+            return
+        if _as_bool("confirm_production", self.confirm_production):
+            self.log.info("Production batch of %d orders: confirmed (confirm_production)", self._valid)
+            return
+        said = "is production" if environment == "production" else "does not say sandbox or production"
+        raise LimioConfigError(
+            f"connection {self.limio_conn_id!r} {said} (its environment extra), and this batch has {self._valid} "
+            f"valid orders, more than max_unconfirmed_orders={self.max_unconfirmed_orders}: nothing was sent. "
+            "Set confirm_production=True (e.g. from the run's conf) to send it, or mark a test tenant's "
+            'connection {"environment": "sandbox"}'
+        )
+
+    def _paced(self) -> None:
+        """An order's turn to be sent: the preflight first (once), then the batch's rate."""
+        self._preflight()
+        self._rate.turn()
+
+    def _preflight(self) -> None:
+        """Once per try, right before the first order is sent (or previewed for a budget or an approval): the
+        token works and a partner batch's management credentials read Limio (the ledger's atomic create was
+        proven before the first order). A batch that sends nothing (a re-run the ledger answers) calls Limio
+        for nothing.
+
+        :raises LimioConfigError: one of them does not; nothing was sent.
+        """
+        from limio_provider.exceptions import LimioConfigError, LimioError
+
+        with self._preflight_lock:
+            if self._preflight_done:
+                return
+            try:
+                self.hook.get_token()
+                if self.partner is not None:  # Limio documents no harmless /admin call: a read with its token
+                    next(self.hook.list_orders(page_size=1, max_pages=1), None)
+            except LimioError as exc:
+                raise LimioConfigError(f"preflight: {exc}; nothing was sent") from exc
+            self._preflight_done = True
+            self.log.info(
+                "Preflight passed: token issued%s, the ledger creates atomically; connection %r is %s",
+                ", management credentials read Limio" if self.partner is not None else "",
+                self.limio_conn_id,
+                self.hook.settings.options.environment or "not marked (production)",
+            )
+
     def _preview_pass(self, context: Context, total: int, started: float) -> PreviewTally:
         """Preview every order this run would send (those the ledger holds are not), as a dry run does, and
         tally what they come to.
@@ -811,6 +881,9 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 if len(problems) < MAX_PROBLEMS_SHOWN:
                     problems.append(f"{item.where}: {item.error}")
         self._orders_digest = orders.hexdigest()[:16]
+        self._valid = total - invalid
+        if not dry_run:
+            self._check_production()
         if invalid and self.on_invalid == "fail":
             more = f"\n  ... and {invalid - len(problems)} more" if invalid > len(problems) else ""
             raise LimioValidationError(

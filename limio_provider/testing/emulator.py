@@ -291,7 +291,11 @@ class LimioEmulator:
             "login": self.admin_client_id if admin else self.client_id,
             "password": self.admin_client_secret if admin else self.client_secret,
             # The emulator's own order page (Limio's API URL needs a token a browser lacks).
-            "extra": {"order_link_template": f"{self.url}/_emulator/orders/{{order_id}}"},
+            # A test tenant: a large batch needs no confirm_production.
+            "extra": {
+                "order_link_template": f"{self.url}/_emulator/orders/{{order_id}}",
+                "environment": "sandbox",
+            },
         }
         if self.ca_path is not None:
             connection["extra"]["verify"] = self.ca_path

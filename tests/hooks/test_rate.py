@@ -61,6 +61,10 @@ def test_a_cut_holds_at_once_and_successes_grow_the_rate_by_a_few_a_second(clock
     elapsed = clock.now - started
     assert elapsed == pytest.approx((int(learnt) - 1) / learnt, rel=0.1)  # spaced at the learnt rate
     assert rate.rate == pytest.approx(learnt + INCREASE * elapsed, rel=0.15)
+    second = rate.rate
+    clock.now += 1.0 - elapsed
+    accept(rate, clock, int(second), 0.0)  # the second second after the cut: twice as fast
+    assert rate.rate - second == pytest.approx(2 * INCREASE * (clock.now - started - 1.0), rel=0.2)
 
 
 def test_429s_of_requests_sent_before_a_cut_took_hold_cut_once(clock: Clock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,86 @@ def test_an_approval_on_an_airflow_without_human_in_the_loop_fails_before_any_re
     run = run_dag(dag)
     assert states(run)["submit"] == "failed" and limio_emulator.requests == []
     assert "approval needs Airflow 3.1 or later (human-in-the-loop requests); nothing was sent" in task_log()
+
+
+# -- preflight ----------------------------------------------------------------------------------------------
+
+
+def unmarked(emulator: LimioEmulator, monkeypatch: pytest.MonkeyPatch, environment: str | None = None) -> None:
+    """Point limio_default at ``emulator`` as a connection marked ``environment`` (``None``: not marked)."""
+    connection = json.loads(emulator.connection_json())
+    connection["extra"].pop("environment")
+    if environment is not None:
+        connection["extra"]["environment"] = environment
+    monkeypatch.setenv("AIRFLOW_CONN_LIMIO_DEFAULT", json.dumps(connection))
+
+
+@pytest.mark.parametrize("environment", [None, "production"])
+def test_a_large_production_batch_needs_confirm_production(
+    limio_emulator: LimioEmulator,
+    ledger_root: str,
+    tmp_path: Path,
+    task_log: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+    environment: str | None,
+) -> None:
+    unmarked(limio_emulator, monkeypatch, environment)
+    orders = [new_order(f"PROD-{n}") for n in range(4)]
+    dag = batch_dag(
+        "limio_production",
+        ledger_root,
+        tmp_path,
+        orders,
+        max_unconfirmed_orders=3,
+        confirm_production="{{ params.confirm }}",
+    )
+    run = run_dag(dag, conf={"confirm": False})
+    assert states(run)["submit"] == "failed" and limio_emulator.requests == []
+    said = "is production" if environment else "does not say sandbox or production"
+    assert f"connection 'limio_default' {said} (its environment extra), and this batch has 4 valid orders" in (
+        task_log()
+    )
+    run = run_dag(dag, conf={"confirm": True})
+    assert states(run)["submit"] == "success" and len(limio_emulator.orders) == 4
+    assert "Preflight passed: token issued, the ledger creates atomically; connection 'limio_default' is" in (
+        task_log()
+    )
+
+
+def test_a_sandbox_connection_sends_a_large_batch_unconfirmed(
+    limio_emulator: LimioEmulator, ledger_root: str, tmp_path: Path
+) -> None:
+    orders = [new_order(f"SBX-{n}") for n in range(4)]  # the emulator's connection says sandbox
+    run = run_dag(batch_dag("limio_sandbox", ledger_root, tmp_path, orders, max_unconfirmed_orders=3))
+    assert states(run)["submit"] == "success" and len(limio_emulator.orders) == 4
+
+
+def test_a_ledger_that_cannot_be_written_stops_the_batch_before_any_request(
+    limio_emulator: LimioEmulator, tmp_path: Path, task_log: Callable[[], str]
+) -> None:
+    (tmp_path / "ledger").write_text("a file where the ledger's folder should be")
+    orders = [new_order(f"NOLEDGER-{n}") for n in range(3)]
+    dag = batch_dag("limio_ledger_file", f"file://{tmp_path}/ledger", tmp_path, orders)
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed" and limio_emulator.requests == []
+    assert "cannot be written (NotADirectoryError" in task_log()
+
+
+def test_management_credentials_that_do_not_work_stop_a_partner_batch_before_any_order(
+    limio_emulator: LimioEmulator,
+    ledger_root: str,
+    tmp_path: Path,
+    task_log: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connection = json.loads(limio_emulator.connection_json(admin=True))
+    connection["password"] = "not-the-management-secret"
+    monkeypatch.setenv("AIRFLOW_CONN_LIMIO_ADMIN", json.dumps(connection))
+    orders = [new_order(f"ADM-{n}") for n in range(3)]
+    dag = batch_dag(
+        "limio_admin_preflight", ledger_root, tmp_path, orders, partner="partner-org-1", limio_conn_id="limio_admin"
+    )
+    run = run_dag(dag)
+    assert states(run)["submit"] == "failed"
+    assert calls(limio_emulator, "/api/admin/order") == [] and limio_emulator.orders == {}
+    assert "Limio refused the client credentials of connection 'limio_admin' (HTTP 401" in task_log()
