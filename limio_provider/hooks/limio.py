@@ -589,9 +589,17 @@ class LimioHook(BaseHook):
             raise self._transport_error(method, url, kind, exc, reached, json) from None
         if 200 <= response.status_code < 300:
             if self._rate is not None and kind != "token":
-                self._rate.succeeded()
+                self._rate_succeeded()
             return response
         raise self._answer_error(method, url, kind, response, json)
+
+    def _rate_succeeded(self) -> None:
+        """Tell the batch's rate of a 2xx. Its bookkeeping never turns an answer Limio gave into an error (after
+        a submit that would label a created order unknown): a failure there is logged, and the rate stays."""
+        try:
+            self._rate.succeeded()  # type: ignore[union-attr]
+        except Exception:
+            self.log.exception("The batch's rate could not count a success; it keeps its rate")
 
     @contextmanager
     def submit_gate(self, check: Callable[[], None] | None) -> Iterator[None]:

@@ -115,7 +115,7 @@ class AdaptiveRate:
             while self._successes and self._successes[0] < now - 1.0:
                 self._successes.popleft()
             if self.rate is not None and self.rate < 2 * len(self._successes):
-                doublings = min(MAX_DOUBLINGS, int(now - self._decreased_at))
+                doublings = int(min(MAX_DOUBLINGS, now - self._decreased_at))
                 self.rate += INCREASE * 2**doublings / self.rate
 
     def backoff(self, status: int | None, seconds: float) -> None:
@@ -139,10 +139,12 @@ class AdaptiveRate:
             if sent_at < self._decreased_at + HOLD:  # it left before the last cut took hold: answered already
                 return
             if self.rate is None:  # first time: a little under what Limio was accepting
+                while self._successes and self._successes[0] < now - 1.0:
+                    self._successes.popleft()
                 elapsed = min(1.0, max(0.05, now - (self._started or now)))
-                self.rate = len([t for t in self._successes if t >= now - 1.0]) / elapsed
+                self.rate = len(self._successes) / elapsed
             self.rate = max(FLOOR, DECREASE * self.rate)
-            self._decreased_at = now
+            self._decreased_at = now  # the growth starts slow again, near the rate refused
             self.decreases += 1
 
     def summary(self) -> dict[str, Any]:

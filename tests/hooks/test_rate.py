@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from limio_provider.hooks.rate import DECREASE, FLOOR, HOLD, INCREASE, AdaptiveRate
@@ -116,3 +118,17 @@ def test_the_ceiling_spaces_requests_and_a_turn_is_used_by_the_next_departure(cl
     before = clock.now
     rate.depart()  # no turn held: it waits for one
     assert clock.now - before == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_failing_rate_never_turns_an_answer_limio_gave_into_an_error(limio_emulator: Any) -> None:
+    """A bug in the rate's bookkeeping once made a 2xx raise after the order was created: an ``unknown``."""
+    from limio_provider.hooks.limio import LimioHook
+    from tests.helpers import new_order
+
+    class Broken(AdaptiveRate):
+        def succeeded(self) -> None:
+            raise OverflowError("cannot convert float infinity to integer")
+
+    hook = LimioHook(rate=Broken())
+    result = hook.submit_order(new_order("RATE-BUG"))
+    assert result.id and [order["id"] for order in limio_emulator.orders.values()] == [result.id]
