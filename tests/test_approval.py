@@ -187,3 +187,47 @@ def test_under_the_thresholds_no_one_is_asked_and_the_next_run_shows_the_change(
     thread.join(5)
     assert states(run)["submit"] == "success" and len(calls(limio_emulator, POSTS)) == 10
     assert "4 orders, total due 79.96): +2 orders, total due +39.98 (+50.0 %)." in seen["request"]["body"]
+
+
+# -- a single order ------------------------------------------------------------------------------------------
+
+
+def single_dag(dag_id: str, tmp_path: Path, external_id: str, approval: LimioApproval) -> DAG:
+    from limio_provider.operators import LimioSubmitOrderOperator
+
+    with DAG(dag_id, schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(
+            task_id="submit",
+            order=new_order(external_id),
+            ledger_path=in_use(f"file://{tmp_path}/ledger"),
+            hook_params={"timeout": 2.0, "retry_backoff": 0.01},
+            approval=approval,
+        )
+    return dag
+
+
+@pytest.mark.parametrize("answer", [APPROVE, REJECT])
+def test_a_single_order_is_sent_only_once_approved(
+    limio_emulator: LimioEmulator, tmp_path: Path, rest: Any, task_log: Callable[[], str], answer: str
+) -> None:
+    dag_id = f"limio_approval_single_{answer.lower()}"
+    dag = single_dag(dag_id, tmp_path, f"ONE-{answer}", LimioApproval(below_total_due="10"))
+    thread, seen = answering(respond(rest, dag_id, answer), dag_id)
+    run = run_dag(dag)
+    thread.join(5)
+    assert seen["request"]["subject"] == f"Send Limio order ONE-{answer}, total due 19.99?"
+    assert len(calls(limio_emulator, PREVIEWS)) == 1
+    if answer == APPROVE:
+        assert states(run)["submit"] == "success"
+        assert [order["external_id"] for order in limio_emulator.orders.values()] == [f"ONE-{answer}"]
+    else:
+        assert states(run)["submit"] == "failed" and calls(limio_emulator, POSTS) == []
+        assert "LimioApprovalError: the order was rejected by" in task_log()
+
+
+def test_a_single_order_under_the_threshold_is_sent_without_asking(
+    limio_emulator: LimioEmulator, tmp_path: Path, task_log: Callable[[], str]
+) -> None:
+    run = run_dag(single_dag("limio_approval_single_small", tmp_path, "ONE-SMALL", LimioApproval(below_total_due=20)))
+    assert states(run)["submit"] == "success" and len(limio_emulator.orders) == 1
+    assert "No approval asked: order ONE-SMALL, total due 19.99, under the approval's thresholds" in task_log()

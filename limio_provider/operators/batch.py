@@ -641,7 +641,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             )
         if self.approval is None:
             return
-        if not self.approval.asks(tally.orders, tally.total_due):
+        if tally.orders == 0 or not self.approval.asks(tally.orders, tally.total_due):
             self.log.info(
                 "No approval asked: %d orders, total due %s, under the approval's thresholds",
                 tally.orders,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Asset, AssetAlias
 
+    from limio_provider.approval import LimioApproval
     from limio_provider.exactly_once.ledger import OrderLedger
     from limio_provider.exactly_once.submitter import Submitter
     from limio_provider.hooks.limio import LimioHook
@@ -456,6 +457,9 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
     :param wait_timeout: seconds to wait for a final status before failing.
     :param deferrable: wait in the triggerer instead of a worker slot. Default: ``[operators]
         default_deferrable``.
+    :param approval: ask a person before sending (Airflow 3.1+): a :class:`~limio_provider.approval.LimioApproval`;
+        the order is previewed and its total due put to them (``below_total_due`` spares small orders). Not
+        asked when an earlier try of this task instance already sent it. See the docs' "Guard rails".
     """
 
     template_fields: Sequence[str] = (*_LimioOrderOperator.template_fields, "preview_only", "ledger_path")
@@ -470,9 +474,12 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         poll_interval: float = 30.0,
         wait_timeout: float = 3600.0,
         deferrable: bool | None = None,
+        approval: LimioApproval | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.approval = approval
+        self._approved: dict[str, Any] | None = None  # set when a person's approval resumes the task
         self.adopt_existing = adopt_existing
         self.wait_for_completion = wait_for_completion
         if check_processing and not wait_for_completion:
@@ -503,11 +510,79 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         from limio_provider.exactly_once.ledger import ledger_for
 
         ledger = ledger_for(self.hook.settings, self.ledger_path)
+        if self.approval is not None:
+            self._approve(context, body, ledger)
         result, adopted, _, _ = self._submitter(ledger).submit_once(body, context)
         self._publish(context, result, adopted=adopted)
         finished = self._finish(context, result, adopted=adopted)
         self._emit_order_event(context, finished, adopted=adopted)
         return finished
+
+    def _approve(self, context: Context, body: dict[str, Any], ledger: OrderLedger | None) -> None:
+        """Ask a person before this order is sent (its preview's total due), unless it is under the approval's
+        threshold or an earlier try of this task instance (or the ledger) already holds its send; parks the
+        task until they answer. Resumed approved, check that the order is still the one approved."""
+        from limio_provider.approval import ask, require_hitl
+        from limio_provider.exactly_once.identity import fingerprint
+        from limio_provider.exceptions import LimioApprovalError
+
+        assert self.approval is not None
+        external_id = body["external_id"]
+        if self._approved is not None:
+            if self._approved["digest"] != fingerprint(body):
+                raise LimioApprovalError(
+                    f"order {external_id} changed after it was {self._approved['answer']}: nothing was sent. Clear "
+                    "the task to ask again"
+                )
+            self.log.info("Sending order %s, %s", external_id, self._approved["answer"])
+            return
+        store = context.get("task_state_store")
+        stored = store.get(self.state_key) if store is not None else None
+        record = ledger.read(external_id) if ledger is not None else None
+        if (isinstance(stored, dict) and stored.get("external_id") == external_id) or (
+            record is not None and record.get("state") != "refused"
+        ):
+            self.log.info("Order %s was sent (or claimed) before: no approval asked for it", external_id)
+            return
+        require_hitl()
+        from limio_provider.models.results import PreviewResult
+
+        preview = PreviewResult.model_validate(self._check_preview(body))
+        due = preview.total_due()
+        if not self.approval.asks(1, due):
+            self.log.info(
+                "No approval asked: order %s, total due %s, under the approval's thresholds", external_id, due
+            )
+            return
+        endpoint = "POST /admin/order" if body.get("forPartner") else "POST /order"
+        text = (
+            f"**Order `{external_id}`** ({body.get('order_type')}) through `{endpoint}` (connection "
+            f"`{self.limio_conn_id}`), **total due {due}**.\n\nApproving sends this order as previewed and no other: "
+            "if it changes before the task resumes, nothing is sent. Rejecting, or no answer within "
+            f"{self.approval.timeout}, sends nothing."
+        )
+        ask(
+            self,
+            context,
+            self.approval,
+            subject=f"Send Limio order {external_id}, total due {due}?",
+            body=text,
+            method_name="execute_approved",
+            kwargs={"digest": fingerprint(body)},
+        )
+
+    def execute_approved(self, context: Context, event: dict[str, Any], digest: str) -> dict[str, Any]:
+        """Resumed once a person answered (or the timeout passed): send if approved, else fail having sent
+        nothing."""
+        from limio_provider.approval import answer_of
+        from limio_provider.exceptions import LimioApprovalError
+
+        assert self.approval is not None
+        approved, words = answer_of(event, self.approval)
+        if not approved:
+            raise LimioApprovalError(f"the order was {words}: nothing was sent")
+        self._approved = {"digest": digest, "answer": words}
+        return self.execute(context)
 
     def _emit_order_event(self, context: Context, result: dict[str, Any], *, adopted: bool) -> None:
         """The orders asset's event for this order (see :meth:`_emit_orders_event`)."""
