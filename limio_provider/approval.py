@@ -92,11 +92,15 @@ def ask(
     body: str,
     method_name: str,
     kwargs: dict[str, Any],
+    options: list[str] | None = None,
+    default: str = REJECT,
+    params: dict[str, str] | None = None,
 ) -> NoReturn:
     """Put ``subject`` and ``body`` (Markdown) to a person as this task instance's human-in-the-loop request,
     and wait: the task resumes in ``operator.<method_name>(context, event, **kwargs)`` once they answer or the
-    timeout passes (``event["chosen_options"]`` is then ``[REJECT]``). Airflow 3.3 parks the task awaiting
-    input; 3.1 and 3.2 defer it to Airflow's ``HITLTrigger`` (a triggerer must run).
+    timeout passes (``event["chosen_options"]`` is then ``[default]``). ``options`` default to
+    ``[APPROVE, REJECT]``; ``params`` are text fields (name: description) the person may fill in. Airflow 3.3
+    parks the task awaiting input; 3.1 and 3.2 defer it to Airflow's ``HITLTrigger`` (a triggerer must run).
 
     :raises LimioConfigError: Airflow older than 3.1 (no human-in-the-loop requests).
     """
@@ -104,7 +108,8 @@ def ask(
     from airflow.sdk.execution_time.hitl import upsert_hitl_detail
 
     require_hitl()
-    options, defaults = [APPROVE, REJECT], [REJECT]
+    options, defaults = options or [APPROVE, REJECT], [default]
+    fields = {name: _text_param(description) for name, description in (params or {}).items()}
     upsert_hitl_detail(
         ti_id=context["task_instance"].id,
         options=options,
@@ -112,7 +117,7 @@ def ask(
         body=body,
         defaults=defaults,
         multiple=False,
-        params={},
+        params=fields,
         assigned_users=[dict(user) for user in approval.assigned_users] or None,  # type: ignore[misc]
     )
     operator.log.info("Waiting up to %s for a person's answer: %s", approval.timeout, subject)
@@ -126,7 +131,7 @@ def ask(
                 ti_id=context["task_instance"].id,
                 options=options,
                 defaults=defaults,
-                params={},
+                params=fields,
                 multiple=False,
                 timeout_datetime=timezone.utcnow() + approval.timeout,
             ),
@@ -134,6 +139,13 @@ def ask(
             kwargs=kwargs,
         )
     raise TaskAwaitingInput(method_name=method_name, kwargs=kwargs, timeout=approval.timeout)
+
+
+def _text_param(description: str) -> dict[str, Any]:
+    """A text field of a human-in-the-loop request, as Airflow serialises a ``Param``."""
+    from airflow.sdk.definitions.param import Param
+
+    return Param("", type="string", description=description).serialize()
 
 
 def answer_of(event: dict[str, Any], approval: LimioApproval) -> tuple[bool, str]:

@@ -92,10 +92,14 @@ class LimioOutcomeUnknownError(LimioError):
     :attr:`external_id` before submitting again.
     """
 
-    def __init__(self, message: str, *, external_id: str | None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, external_id: str | None, status: int | None = None, ref: str | None = None
+    ) -> None:
         super().__init__(message)
         self.external_id = external_id
         self.status = status
+        #: The name of the send whose outcome a person may decide (the message says how), if any.
+        self.ref = ref
 
 
 class LimioClaimLostError(LimioError):

@@ -231,3 +231,69 @@ def test_a_single_order_under_the_threshold_is_sent_without_asking(
     run = run_dag(single_dag("limio_approval_single_small", tmp_path, "ONE-SMALL", LimioApproval(below_total_due=20)))
     assert states(run)["submit"] == "success" and len(limio_emulator.orders) == 1
     assert "No approval asked: order ONE-SMALL, total due 19.99, under the approval's thresholds" in task_log()
+
+
+# -- an unknown outcome, put to a person -----------------------------------------------------------------------
+
+
+def unknown_dag(dag_id: str, tmp_path: Path, external_id: str) -> DAG:
+    from limio_provider.operators import LimioSubmitOrderOperator
+
+    with DAG(dag_id, schedule=None, start_date=START) as dag:
+        LimioSubmitOrderOperator(
+            task_id="submit",
+            order=new_order(external_id),
+            ledger_path=in_use(f"file://{tmp_path}/ledger"),
+            hook_params={"timeout": 2.0, "retry_backoff": 0.01, "retry_limit": 0},
+            on_unknown_outcome="ask",
+        )
+    return dag
+
+
+def decide(rest: Any, dag_id: str, option: str, order_id: Callable[[], str] | None = None) -> Callable[[str], None]:
+    def answer(run_id: str) -> None:
+        url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/submit/-1/hitlDetails"
+        params = {"order_id": order_id() if order_id else ""}
+        reply = rest.patch(url, json={"chosen_options": [option], "params_input": params})
+        assert reply.status_code == 200, reply.text
+
+    return answer
+
+
+def test_an_unknown_outcome_decided_send_is_sent_once_after_looking_again(
+    limio_emulator: LimioEmulator, tmp_path: Path, rest: Any
+) -> None:
+    from limio_provider.testing import Fault
+
+    limio_emulator.add_fault(Fault(route="order", action="drop", external_id="LOST-SEND", times=1))
+    dag = unknown_dag("limio_decide_send", tmp_path, "LOST-SEND")
+    thread, seen = answering(decide(rest, "limio_decide_send", "Send"), "limio_decide_send")
+    run = run_dag(dag)
+    thread.join(5)
+    assert seen["request"]["options"] == ["Send", "Adopt", "Fail"]
+    assert "outcome unknown" in seen["request"]["subject"]
+    assert states(run)["submit"] == "success"
+    assert len(limio_emulator.orders_with_external_id("LOST-SEND")) == 1
+    assert len(calls(limio_emulator, POSTS)) == 2  # the lost one, and the one sent on the decision
+
+
+def test_an_unknown_outcome_decided_adopt_takes_the_order_the_person_named(
+    limio_emulator: LimioEmulator, tmp_path: Path, rest: Any
+) -> None:
+    from limio_provider.testing import Fault
+
+    # Limio creates it and answers 502; the look-up that follows does not find it (an empty order list).
+    limio_emulator.add_fault(Fault(route="order", action="process_then_status", status=502, external_id="LOST-ADOPT"))
+    limio_emulator.add_fault(Fault(route="list_orders", action="process_then_garbage", body={"items": []}, times=1))
+    dag = unknown_dag("limio_decide_adopt", tmp_path, "LOST-ADOPT")
+
+    def the_order() -> str:
+        (order,) = limio_emulator.orders_with_external_id("LOST-ADOPT")
+        return str(order["id"])
+
+    thread, _ = answering(decide(rest, "limio_decide_adopt", "Adopt", the_order), "limio_decide_adopt")
+    run = run_dag(dag)
+    thread.join(5)
+    assert states(run)["submit"] == "success"
+    assert len(limio_emulator.orders_with_external_id("LOST-ADOPT")) == 1 and len(calls(limio_emulator, POSTS)) == 1
+    assert xcom(run, "submit", key="order_id") == [the_order()]

@@ -606,6 +606,7 @@ class Submitter:
             f"Limio may have received order {external_id} ({why}) but it is not among the {budget} newest "
             f"orders; not resubmitting. {how_to_decide(external_id, ref)}",
             external_id=external_id,
+            ref=ref,
         )
 
     def _decided_for(self, entry: dict[str, Any], partner: str | None) -> str | dict[str, Any] | None:

@@ -390,6 +390,11 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             if name in kwargs:
                 raise ValueError(f"LimioSubmitOrdersOperator does not take {name}: {instead}")
         super().__init__(order=None, preview_check=preview_check, dry_run=dry_run, **kwargs)
+        if self.on_unknown_outcome == "ask":
+            raise ValueError(
+                "LimioSubmitOrdersOperator does not take on_unknown_outcome='ask': a batch's unknown orders are "
+                "rows of its results file; decide them with python -m limio_provider.decide, then clear the task"
+            )
         if (orders is None) == (orders_path is None):
             raise ValueError("give the orders as orders= (a list) or orders_path= (a JSON Lines file), not both")
         if orders is not None and results_path is None:

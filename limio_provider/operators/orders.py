@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from limio_provider.approval import LimioApproval
     from limio_provider.exactly_once.ledger import OrderLedger
     from limio_provider.exactly_once.submitter import Submitter
+    from limio_provider.exceptions import LimioOutcomeUnknownError
     from limio_provider.hooks.limio import LimioHook
     from limio_provider.models.results import PreviewResult
 
@@ -237,7 +238,7 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         preview_check: PreviewCheck | None = None,
         on_preview_reject: Literal["fail", "skip"] = "fail",
         dry_run: bool | str = False,
-        on_unknown_outcome: Literal["fail", "resubmit"] = "fail",
+        on_unknown_outcome: Literal["fail", "resubmit", "ask"] = "fail",
         reconcile_pages: int = 5,
         reconcile_page_size: int = 100,
         allow_failed_order: bool = False,
@@ -253,8 +254,8 @@ class _LimioSubmitOperator(_LimioOrderOperator):
             self.outlets = [*self.outlets, self.orders_outlet]
         if on_preview_reject not in ("fail", "skip"):
             raise ValueError(f"on_preview_reject must be 'fail' or 'skip', got {on_preview_reject!r}")
-        if on_unknown_outcome not in ("fail", "resubmit"):
-            raise ValueError(f"on_unknown_outcome must be 'fail' or 'resubmit', got {on_unknown_outcome!r}")
+        if on_unknown_outcome not in ("fail", "resubmit", "ask"):
+            raise ValueError(f"on_unknown_outcome must be 'fail', 'resubmit' or 'ask', got {on_unknown_outcome!r}")
         self.preview_check = preview_check
         self.on_preview_reject = on_preview_reject
         # Not ``self.dry_run``: that is BaseOperator's method (``airflow tasks test --dry-run`` calls it).
@@ -410,6 +411,10 @@ class _LimioSubmitOperator(_LimioOrderOperator):
         raise LimioPreviewRejectedError(message)
 
 
+#: The answers a person is offered for an unknown outcome (``on_unknown_outcome="ask"``).
+DECIDE_SEND, DECIDE_ADOPT, DECIDE_FAIL = "Send", "Adopt", "Fail"
+
+
 class LimioSubmitOrderOperator(_LimioSubmitOperator):
     """Submit an order (``POST /order``) exactly once, and return Limio's answer as a JSON dict.
 
@@ -434,7 +439,9 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         previous run's) and adopt it instead of submitting again, unless it failed. Default True.
     :param on_unknown_outcome: when Limio may have received the order but it cannot be found by
         ``external_id`` within the reconcile budget: ``"fail"`` (default) fails the task naming the
-        external_id; ``"resubmit"`` submits it again.
+        external_id; ``"resubmit"`` submits it again; ``"ask"`` (Airflow 3.1+) asks a person in Required
+        Actions: send it, adopt the order they name, or fail (their answer is checked against Limio first, as
+        ``python -m limio_provider.decide`` checks it).
     :param reconcile_pages: how many pages of the newest orders to search by ``external_id``.
     :param reconcile_page_size: orders per page when searching.
     :param allow_failed_order: succeed even when Limio answers that the order failed (default: the task
@@ -512,7 +519,14 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         ledger = ledger_for(self.hook.settings, self.ledger_path)
         if self.approval is not None:
             self._approve(context, body, ledger)
-        result, adopted, _, _ = self._submitter(ledger).submit_once(body, context)
+        from limio_provider.exceptions import LimioOutcomeUnknownError
+
+        try:
+            result, adopted, _, _ = self._submitter(ledger).submit_once(body, context)
+        except LimioOutcomeUnknownError as exc:
+            if self.on_unknown_outcome == "ask" and exc.ref is not None:
+                self._ask_decision(context, body, exc)
+            raise
         self._publish(context, result, adopted=adopted)
         finished = self._finish(context, result, adopted=adopted)
         self._emit_order_event(context, finished, adopted=adopted)
@@ -570,6 +584,61 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
             method_name="execute_approved",
             kwargs={"digest": fingerprint(body)},
         )
+
+    def _ask_decision(self, context: Context, body: dict[str, Any], error: LimioOutcomeUnknownError) -> None:
+        """Put an unknown outcome to a person (Required Actions): send it, adopt the order they name, or fail.
+        Their answer is the decision :mod:`limio_provider.decide` records, bound to this send (``error.ref``),
+        and is checked against Limio when the task resumes."""
+        from limio_provider.approval import LimioApproval, ask, require_hitl
+
+        require_hitl()
+        external_id = body["external_id"]
+        text = (
+            f"Limio may have received order `{external_id}`, and it was not found among its newest orders:\n\n"
+            f"> {str(error)[:600]}\n\nLook it up in Limio by its external_id, then: **{DECIDE_SEND}** if Limio does "
+            f"not have it (Limio is looked up once more first), **{DECIDE_ADOPT}** with its order id if it does, or "
+            f"**{DECIDE_FAIL}**. This answers send `{error.ref}` only."
+        )
+        approval = self.approval or LimioApproval()
+        ask(
+            self,
+            context,
+            approval,
+            subject=f"Limio order {external_id}: outcome unknown. Send, adopt or fail?",
+            body=text,
+            method_name="execute_decided",
+            kwargs={"ref": error.ref, "external_id": external_id},
+            options=[DECIDE_SEND, DECIDE_ADOPT, DECIDE_FAIL],
+            default=DECIDE_FAIL,
+            params={"order_id": "the order Limio holds, for Adopt"},
+        )
+
+    def execute_decided(self, context: Context, event: dict[str, Any], ref: str, external_id: str) -> dict[str, Any]:
+        """Resumed with a person's decision on an unknown outcome: record it (bound to send ``ref``) as the
+        decision Variable and run again, which checks it against Limio before applying it; Fail (or no answer)
+        fails."""
+        from airflow.providers.common.compat.sdk import Variable
+
+        from limio_provider.exactly_once.decisions import decision_key
+        from limio_provider.exceptions import LimioOutcomeUnknownError
+
+        chosen = event.get("chosen_options") or []
+        order_id = str((event.get("params_input") or {}).get("order_id") or "").strip()
+        if "error" in event or chosen not in ([DECIDE_SEND], [DECIDE_ADOPT]):
+            who = (event.get("responded_by_user") or {}).get("name") or "no answer in time"
+            raise LimioOutcomeUnknownError(
+                f"order {external_id}: its outcome stays unknown ({who}: fail); nothing was sent again",
+                external_id=external_id,
+                ref=ref,
+            )
+        if chosen == [DECIDE_ADOPT] and not order_id:
+            from limio_provider.exceptions import LimioValidationError
+
+            raise LimioValidationError(f"order {external_id}: Adopt needs the order id Limio holds; nothing was sent")
+        value = f"send {ref}" if chosen == [DECIDE_SEND] else f"adopt {order_id} {ref}"
+        Variable.set(decision_key(external_id), value)
+        self.log.warning("A person decided order %s: %s (checked against Limio now)", external_id, value)
+        return self.execute(context)
 
     def execute_approved(self, context: Context, event: dict[str, Any], digest: str) -> dict[str, Any]:
         """Resumed once a person answered (or the timeout passed): send if approved, else fail having sent
