@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,19 @@ def test_operators_page_examples_run(limio_emulator: LimioEmulator, tmp_path: Pa
     exec(sensor, {})
 
 
+def test_guard_rails_page_example_builds_the_batch_it_describes() -> None:
+    from airflow.providers.common.compat.sdk import DAG
+
+    (block,) = python_blocks("docs/guard-rails.md")
+    scope: dict[str, Any] = {}
+    with DAG("guard_rails_doc", schedule=None, start_date=START) as dag:
+        exec(block, scope)
+    batch = dag.get_task("submit_renewals")
+    assert batch.max_orders == "{{ params.max_orders }}" and batch.max_total_due == 250_000
+    assert batch.approval.asks(499, Decimal("19999")) is False and batch.approval.asks(500, Decimal(0)) is True
+    assert {"max_orders", "max_total_due", "confirm_production"} <= set(batch.template_fields)
+
+
 def test_production_page_duplicate_check_names_an_external_id_limio_holds_twice(
     limio_emulator: LimioEmulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,6 +163,7 @@ def test_every_python_block_in_the_docs_is_run_by_a_test() -> None:
     assert {path: n for path, n in counted.items() if n} == {
         "README.md": 1,
         "docs/chaining.md": 1,
+        "docs/guard-rails.md": 1,
         "docs/models.md": 5,
         "docs/operators.md": 3,
         "docs/package-index.md": 1,  # the README's block (checked above)

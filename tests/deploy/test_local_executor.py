@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -102,6 +103,33 @@ def _decide_and_clear(local: Deployment, run_id: str, external_id: str, log: str
     assert ti["state"] == "success" and ti["try_number"] == 2, ti
     # A decision is used once: a later run that ends the same way must not apply it again unasked.
     assert api.variable(variable) is None, "the decision Variable is still set"
+
+
+@pytest.mark.parametrize("answer", ["Reject", "Send"])
+def test_a_batch_waits_for_a_person_and_sends_only_when_approved_through_the_rest_api(
+    local: Deployment, emulator: LimioEmulator, tmp_path: Path, answer: str
+) -> None:
+    """Issue 21: the batch previews its orders, asks (Required Actions), and waits in ``awaiting_input`` with no
+    worker slot; a person's answer through the REST API resumes it under the real scheduler."""
+    api, dag_id, prefix = local.api, "deploy_batch_approval", unique("approval")
+    params = {"prefix": prefix, "count": 3, "ledger_path": f"file://{tmp_path}/ledger"}
+    run_id = api.trigger(dag_id, {**params, "results_root": f"file://{tmp_path}"})
+    api.wait_ti(dag_id, run_id, "submit_batch", states=("awaiting_input",))
+    path = f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/submit_batch/-1/hitlDetails"
+    detail = api.get(path)
+    assert detail["subject"] == "Send 3 Limio orders, total due 59.97?", detail
+    assert detail["options"] == ["Send", "Reject"] and detail["defaults"] == ["Reject"], detail
+    assert "| Orders to send | 3 |" in detail["body"]
+    assert all(not emulator.orders_with_external_id(f"{prefix}-{i}") for i in range(3))  # previewed, not sent
+    api.send("PATCH", path, {"chosen_options": [answer], "params_input": {}})
+    state = api.wait_run(dag_id, run_id)
+    if answer == "Send":
+        assert state == "success", api.diagnose(dag_id, run_id)
+        assert all(len(emulator.orders_with_external_id(f"{prefix}-{i}")) == 1 for i in range(3))
+    else:
+        assert state == "failed", api.diagnose(dag_id, run_id)
+        assert all(not emulator.orders_with_external_id(f"{prefix}-{i}") for i in range(3))
+        assert "the batch was rejected by" in api.log(dag_id, run_id, "submit_batch", 1)
 
 
 def test_unknown_outcome_not_in_limio_decided_send(local: Deployment, emulator: LimioEmulator) -> None:

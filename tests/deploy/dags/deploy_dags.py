@@ -135,7 +135,28 @@ def deploy_batch_two_workers() -> None:
     ).expand_kwargs(batch_chunks())
 
 
+@dag(
+    dag_id="deploy_batch_approval",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={"prefix": "a", "count": 3, "ledger_path": "", "results_root": ""},
+)
+def deploy_batch_approval() -> None:
+    """A batch that asks a person first (Airflow 3.1+), answered through the REST API."""
+    from limio_provider.approval import LimioApproval
+
+    LimioSubmitOrdersOperator(
+        task_id="submit_batch",
+        orders=build_orders(),
+        results_path="{{ params.results_root }}/approved.results.jsonl",
+        ledger_path="{{ params.ledger_path }}",
+        approval=LimioApproval(timeout=timedelta(minutes=10)),
+    )
+
+
 deploy_mapped_submit()
+deploy_batch_approval()
 deploy_deferred_wait()
 deploy_sensor_stored_connection()
 deploy_retry_submit()
