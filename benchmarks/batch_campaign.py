@@ -37,7 +37,8 @@ The faults, spread evenly over :data:`benchmarks.campaign.FAULT_KINDS` (each ord
 
 - the twelve per-request kinds are armed exactly as ``benchmarks/fault_campaign.py`` arms them
   (:func:`benchmarks.campaign._inject`), except that the 429's ``Retry-After`` is ``--retry-after`` (0.1 s:
-  a 429 pauses the whole batch, by design, and 140 pauses of 2 s would be minutes) and "no answer" holds the
+  each 429 and 503 also cuts the batch's learnt rate, as Limio pushing back would, so 2 s waits make the
+  campaign minutes longer without testing more) and "no answer" holds the
   connection ``--hang`` s, longer than the client's read timeout ``--timeout``, so it is a real read timeout;
 - "token expired mid-run": every token the emulator issued expires (its clock jumps past the token lifetime)
   the moment this order's submit arrives. The submit is answered 401, so is every other request in flight
@@ -666,7 +667,7 @@ def run_campaign(args: argparse.Namespace) -> bool:
     if not consistent:
         print(f"INCONSISTENT: the summary counts {summary_counts} but the results file has {dict(file_counts)}")
     rate_limited = sum(attempt.answers["429"] for attempt in tries)
-    print(f"429s answered: {rate_limited} (Retry-After {args.retry_after} s, each pauses the batch)")
+    print(f"429s answered: {rate_limited} (Retry-After {args.retry_after} s; each, and each 503, cuts the learnt rate)")
     for kind in GLOBAL_KINDS:
         print(
             f"{kind}: {token_events[kind, 'global']} orders' submits invalidated every token, "
