@@ -707,7 +707,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             lines += [f"| `{row['external_id']}` | {row['total_due']} |" for row in preview["largest"]]
             lines.append("")
         lines.append(self._change_from_last_run(context, preview))
-        source = self.orders_path if self.orders_path is not None else f"{len(self._validated) or 'a'} list"
+        source = self.orders_path if self.orders_path is not None else "orders= (a list)"
         lines += [
             "",
             f"Orders: `{source}` (digest `{self._orders_digest}`). Approving sends these orders and no others: "
