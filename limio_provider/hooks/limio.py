@@ -571,11 +571,11 @@ class LimioHook(BaseHook):
             with nullcontext() if kind == "token" else self.in_flight_slot():
                 if self._rate is not None and kind != "token":
                     self._rate.depart()
-                    if prepared.headers.get("Authorization", "").startswith("Bearer "):
+                    if str(prepared.headers.get("Authorization", "")).startswith("Bearer "):
                         # Another thread's 401 may have replaced the token while this request waited for its
                         # turn: it leaves with the current one, not one Limio has already refused.
                         prepared.headers["Authorization"] = f"Bearer {self.get_token()}"
-                wire.bearer = prepared.headers.get("Authorization", "").removeprefix("Bearer ")
+                wire.bearer = str(prepared.headers.get("Authorization", "")).removeprefix("Bearer ")
                 if kind == "submit":
                     if (gate := getattr(wire, "gate", None)) is not None:
                         gate()  # the last word before the request leaves (see submit_gate)

@@ -66,7 +66,7 @@ _NOT_FOR_A_BATCH = {
 
 
 @dataclass
-class PreviewTally:
+class _PreviewTally:
     """What a batch's preview pass found: how many orders it would send and what they come to."""
 
     orders: int = 0  # previewed, not sent before: this run would send them
@@ -793,7 +793,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
                 self.hook.settings.options.environment or "not marked (production)",
             )
 
-    def _preview_pass(self, context: Context, total: int, started: float) -> PreviewTally:
+    def _preview_pass(self, context: Context, total: int, started: float) -> _PreviewTally:
         """Preview every order this run would send (those the ledger holds are not), as a dry run does, and
         tally what they come to.
 
@@ -802,7 +802,7 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         """
         from limio_provider.exceptions import LimioError
 
-        tally = PreviewTally()
+        tally = _PreviewTally()
         counts = dict.fromkeys(OUTCOMES, 0)
 
         def record(row: dict[str, Any]) -> None:

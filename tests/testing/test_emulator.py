@@ -496,7 +496,10 @@ def test_limio_emulator_fixture_sets_the_airflow_connection(limio_emulator: Limi
         "host": limio_emulator.url,
         "login": CLIENT_ID,
         "password": SECRET,
-        "extra": {"order_link_template": f"{limio_emulator.url}/_emulator/orders/{{order_id}}"},
+        "extra": {
+            "order_link_template": f"{limio_emulator.url}/_emulator/orders/{{order_id}}",
+            "environment": "sandbox",
+        },
     }
     assert connection == expected
     admin = json.loads(os.environ["AIRFLOW_CONN_LIMIO_ADMIN"])  # the management client, for /admin/order

@@ -233,6 +233,7 @@ def test_tls_emulator_is_trusted_only_with_its_certificate(emulators: Start, con
     assert connection["host"] == emulator.url and connection["extra"] == {
         "verify": ca_path,
         "order_link_template": f"{emulator.url}/_emulator/orders/{{order_id}}",
+        "environment": "sandbox",
     }
     token = f"{emulator.url}/oauth2/token"
     assert requests.post(token, data=token_form(), verify=ca_path, timeout=5).status_code == 200
