@@ -104,10 +104,10 @@ def ask(
 
     :raises LimioConfigError: Airflow older than 3.1 (no human-in-the-loop requests).
     """
+    require_hitl()  # before the imports, which would fail without saying why
     from airflow.providers.common.compat.sdk import timezone
     from airflow.sdk.execution_time.hitl import upsert_hitl_detail
 
-    require_hitl()
     options, defaults = options or [APPROVE, REJECT], [default]
     fields = {name: _text_param(description) for name, description in (params or {}).items()}
     upsert_hitl_detail(
@@ -139,6 +139,23 @@ def ask(
             kwargs=kwargs,
         )
     raise TaskAwaitingInput(method_name=method_name, kwargs=kwargs, timeout=approval.timeout)
+
+
+def check_approved(approved: dict[str, Any], digest: str, what: str) -> str:
+    """That what is about to be sent (its ``digest``) is what ``approved`` (``{"digest", "answer"}``, from the
+    resumed task) answered; the answer, in words.
+
+    :raises LimioApprovalError: ``what`` changed after it was approved; nothing was sent.
+    """
+    from limio_provider.exceptions import LimioApprovalError
+
+    if approved.get("digest") != digest:
+        raise LimioApprovalError(
+            f"{what} changed after {'it was' if what.startswith('order ') else 'they were'} approved "
+            f"({approved.get('answer')}; digest {approved.get('digest')}, now {digest}): nothing was sent. Clear the "
+            "task to ask again"
+        )
+    return str(approved.get("answer"))
 
 
 def _text_param(description: str) -> dict[str, Any]:

@@ -149,6 +149,25 @@ def _budget_due(value: Any) -> Decimal | None:
     return amount
 
 
+def _check_budget(
+    tally: _PreviewTally, preview: dict[str, Any], max_orders: int | None, max_due: Decimal | None
+) -> None:
+    """:raises LimioBudgetExceededError: the preview pass came to more than a budget (nothing was sent)."""
+    from limio_provider.exceptions import LimioBudgetExceededError
+
+    over = []
+    if max_orders is not None and tally.orders > max_orders:
+        over.append(f"{tally.orders} orders to send, {tally.orders - max_orders} over max_orders={max_orders}")
+    if max_due is not None and tally.total_due > max_due:
+        over.append(f"total due {tally.total_due}, {tally.total_due - max_due} over max_total_due={max_due}")
+    if over:
+        largest = ", ".join(f"{row['external_id']} {row['total_due']}" for row in preview["largest"])
+        raise LimioBudgetExceededError(
+            f"the batch is over its budget: {'; '.join(over)}. Nothing was sent. Largest charges: {largest}",
+            preview=preview,
+        )
+
+
 def _one_line(message: str) -> str:
     """A validation message (``invalid 'new' order:\\n  - path: why...``) on one line: ``head: path: why; ...``."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
@@ -603,47 +622,26 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
         """The guard rails before the first submit: the ledger's preflight, then (with a budget or an approval)
         a preview pass, the budget, and a person's approval (which parks the task until they answer). Nothing
         is sent unless every one of them passes."""
-        from limio_provider.exceptions import LimioApprovalError, LimioBudgetExceededError
-
         assert self._orders.ledger is not None
         self._orders.ledger.preflight()  # no Limio call: a batch the ledger answers whole calls Limio for nothing
         if max_orders is None and max_due is None and self.approval is None:
             return
         if self.approval is not None:
-            from limio_provider.approval import require_hitl
+            from limio_provider.approval import check_approved, require_hitl
 
             require_hitl()  # before the preview pass
-        store = context.get("task_state_store")
-        approved = self._approved
-        if approved is None and self.approval is not None and store is not None:
-            kept = store.get(APPROVAL_KEY)  # an earlier try of this task instance was approved: for these orders?
-            approved = kept if isinstance(kept, dict) and kept.get("digest") == self._orders_digest else None
-        if approved is not None:
-            if approved.get("digest") != self._orders_digest:
-                raise LimioApprovalError(
-                    f"the orders changed after they were approved ({approved.get('answer')}; orders digest "
-                    f"{approved.get('digest')}, now {self._orders_digest}): nothing was sent. Clear the task to "
-                    "preview the orders and ask again"
-                )
-            self.log.info("Sending the orders %s (orders digest %s)", approved.get("answer"), self._orders_digest)
-            return
+            approved = self._approved or self._approved_before(context)
+            if approved is not None:
+                answer = check_approved(approved, self._orders_digest, "the orders")
+                self.log.info("Sending the orders %s (orders digest %s)", answer, self._orders_digest)
+                return
         self._preflight()  # before a person is asked to approve what could not be sent
         self.log.info("Preview pass: previewing the %d orders before the first submit (budget, approval)", total)
         tally = self._preview_pass(context, total, started)
         preview = tally.as_dict()
         context["ti"].xcom_push(key="preview", value={**preview, "run_id": context.get("run_id")})
         self.log.info("Preview pass done: %s", json.dumps(preview))
-        over = []
-        if max_orders is not None and tally.orders > max_orders:
-            over.append(f"{tally.orders} orders to send, {tally.orders - max_orders} over max_orders={max_orders}")
-        if max_due is not None and tally.total_due > max_due:
-            over.append(f"total due {tally.total_due}, {tally.total_due - max_due} over max_total_due={max_due}")
-        if over:
-            largest = ", ".join(f"{row['external_id']} {row['total_due']}" for row in preview["largest"])
-            raise LimioBudgetExceededError(
-                f"the batch is over its budget: {'; '.join(over)}. Nothing was sent. Largest charges: {largest}",
-                preview=preview,
-            )
+        _check_budget(tally, preview, max_orders, max_due)
         if self.approval is None:
             return
         if tally.orders == 0 or not self.approval.asks(tally.orders, tally.total_due):
@@ -666,6 +664,13 @@ class LimioSubmitOrdersOperator(_LimioSubmitOperator):
             method_name="execute_approved",
             kwargs={"digest": self._orders_digest},
         )
+
+    def _approved_before(self, context: Context) -> dict[str, Any] | None:
+        """The approval an earlier try of this task instance was given for these same orders (Airflow 3.3's
+        ``task_state_store``), if any."""
+        store = context.get("task_state_store")
+        kept = store.get(APPROVAL_KEY) if store is not None else None
+        return kept if isinstance(kept, dict) and kept.get("digest") == self._orders_digest else None
 
     def execute_approved(self, context: Context, event: dict[str, Any], digest: str) -> dict[str, Any]:
         """Resumed once a person answered the approval request (or its timeout passed): send the orders if

@@ -536,19 +536,14 @@ class LimioSubmitOrderOperator(_LimioSubmitOperator):
         """Ask a person before this order is sent (its preview's total due), unless it is under the approval's
         threshold or an earlier try of this task instance (or the ledger) already holds its send; parks the
         task until they answer. Resumed approved, check that the order is still the one approved."""
-        from limio_provider.approval import ask, require_hitl
+        from limio_provider.approval import ask, check_approved, require_hitl
         from limio_provider.exactly_once.identity import fingerprint
-        from limio_provider.exceptions import LimioApprovalError
 
         assert self.approval is not None
         external_id = body["external_id"]
         if self._approved is not None:
-            if self._approved["digest"] != fingerprint(body):
-                raise LimioApprovalError(
-                    f"order {external_id} changed after it was {self._approved['answer']}: nothing was sent. Clear "
-                    "the task to ask again"
-                )
-            self.log.info("Sending order %s, %s", external_id, self._approved["answer"])
+            answer = check_approved(self._approved, fingerprint(body), f"order {external_id}")
+            self.log.info("Sending order %s, %s", external_id, answer)
             return
         store = context.get("task_state_store")
         stored = store.get(self.state_key) if store is not None else None
