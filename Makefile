@@ -55,7 +55,7 @@ $(DEPLOY_STAMP): $(STAMP)
 # triggerer healthy after them (3.1's runner channel is not thread-safe: see limio_provider/triggers/limio.py).
 # Airflow 2.11 (tests/deploy/test_airflow_2.py): scheduler (SequentialExecutor) and triggerer as processes, driven
 # through the CLI, the same deferrable waits on both kinds of connection. Measured on 2 cores: 41 s and 26 s warm.
-DEPLOY_31_TESTS := tests/deploy/test_local_executor.py -k "mapped or deferrable"
+DEPLOY_31_TESTS := tests/deploy/test_local_executor.py -k "mapped or deferrable or approved"
 
 test-deploy: $(DEPLOY_STAMP) .venv-compat-airflow-3.1/.installed .venv-compat-airflow-2.11/.installed
 	.ci/install-deploy-services

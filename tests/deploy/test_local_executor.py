@@ -109,12 +109,14 @@ def _decide_and_clear(local: Deployment, run_id: str, external_id: str, log: str
 def test_a_batch_waits_for_a_person_and_sends_only_when_approved_through_the_rest_api(
     local: Deployment, emulator: LimioEmulator, tmp_path: Path, answer: str
 ) -> None:
-    """Issue 21: the batch previews its orders, asks (Required Actions), and waits in ``awaiting_input`` with no
-    worker slot; a person's answer through the REST API resumes it under the real scheduler."""
+    """Issue 21: the batch previews its orders, asks (Required Actions), and waits with no worker slot (3.3:
+    ``awaiting_input``; 3.1: deferred to Airflow's HITLTrigger, under a real triggerer); a person's answer through
+    the REST API resumes it under the real scheduler."""
     api, dag_id, prefix = local.api, "deploy_batch_approval", unique("approval")
     params = {"prefix": prefix, "count": 3, "ledger_path": f"file://{tmp_path}/ledger"}
     run_id = api.trigger(dag_id, {**params, "results_root": f"file://{tmp_path}"})
-    api.wait_ti(dag_id, run_id, "submit_batch", states=("awaiting_input",))
+    # Airflow 3.3 parks the task awaiting input; 3.1 defers it to HITLTrigger, on the triggerer.
+    api.wait_ti(dag_id, run_id, "submit_batch", states=("awaiting_input", "deferred"))
     path = f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/submit_batch/-1/hitlDetails"
     detail = api.get(path)
     assert detail["subject"] == "Send 3 Limio orders, total due 59.97?", detail
