@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,6 +167,16 @@ class Processes:
     def tails(self, lines: int = 15) -> str:
         return "\n".join(f"--- {s.name} ({s.log}):\n{tail(s.log, lines)}" for s in self.services)
 
+    def mentions(self, text: str, lines: int = 30) -> str:
+        """The last ``lines`` lines of each process's log that mention ``text``."""
+        found = []
+        for s in self.services:
+            log = s.log.read_text(errors="replace") if s.log.exists() else ""
+            hits = [line for line in log.splitlines() if text in line]
+            if hits:
+                found.append(f"--- {s.name} lines with {text}:\n" + "\n".join(hits[-lines:]))
+        return "\n".join(found)
+
     def close(self) -> None:
         """Stop every service: SIGTERM to all their groups at once, then each is waited for (and killed)."""
         families = [service.family() for service in self.services]
@@ -187,6 +198,27 @@ def triggerer_log_problems(processes: Processes) -> list[str]:
     problems = [] if triggerer.alive() else ["the triggerer exited"]
     text = triggerer.log.read_text(errors="replace")
     return problems + [f"the triggerer's log shows {sign!r}" for sign in TRIGGERER_TROUBLE if sign in text]
+
+
+def failed_by_asset_alias_race(processes: Processes) -> set[str]:
+    """The task instances (ids) the API server failed on a success report for Airflow's race on the asset
+    alias's link to an asset (a unique-constraint error on ``asset_alias_asset``: docs/chaining.md)."""
+    api_server = next(s for s in processes.services if s.name == "api-server")
+    # One entry per record: a timestamped line and what follows it (a traceback).
+    entries = re.split(r"\n(?=\d{4}-\d{2}-\d{2}T)", api_server.log.read_text(errors="replace"))
+
+    def field(name: str, entry: str) -> str | None:
+        found = re.search(rf"\b{name}=(\S+)", entry.partition("\n")[0])
+        return found.group(1) if found else None
+
+    raced = [e for e in entries if "Error updating Task Instance state" in e and "asset_alias_asset" in e]
+    # Airflow 3.1 names the task instance on the error; 3.3 only the request, named again when the state is set.
+    ti_ids = {field("ti_id", e) for e in raced} - {None}
+    request_ids = {field("correlation_id", e) for e in raced} - {None}
+    ti_ids |= {
+        field("ti_id", e) for e in entries if "new_state=failed" in e and field("correlation_id", e) in request_ids
+    }
+    return {ti_id for ti_id in ti_ids if ti_id}
 
 
 def airflow_env(home: Path, *, api_port: int, logs: Path, executor: str, extra: Mapping[str, str]) -> dict[str, str]:
@@ -307,11 +339,11 @@ class AirflowApi:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances", limit=1000)["task_instances"]
 
-    def states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        """``{task_id or task_id[map_index]: state}``."""
+    def states(self, dag_id: str, run_id: str, tis: list[dict[str, Any]] | None = None) -> dict[str, str | None]:
+        """``{task_id or task_id[map_index]: state}`` (of ``tis`` when given)."""
         return {
             ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else ""): ti["state"]
-            for ti in self.task_instances(dag_id, run_id)
+            for ti in (self.task_instances(dag_id, run_id) if tis is None else tis)
         }
 
     def ti_path(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
@@ -365,12 +397,12 @@ class AirflowApi:
             return "\n".join(json.dumps(line) if not isinstance(line, str) else line for line in content)
         return str(content)
 
-    def clear(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
+    def clear(self, dag_id: str, run_id: str, task_ids: list[str], only_failed: bool = False) -> None:
         body = {
             "dry_run": False,
             "dag_run_id": run_id,
             "task_ids": task_ids,
-            "only_failed": False,
+            "only_failed": only_failed,
             "reset_dag_runs": True,
         }
         self.send("POST", f"dags/{dag_id}/clearTaskInstances", body)
@@ -399,8 +431,18 @@ class AirflowApi:
         return answer.json()["value"] if answer.status_code == 200 else None
 
     def diagnose(self, dag_id: str, run_id: str) -> str:
+        """Task states; each failed try's own log and what the processes logged of it; errors the processes
+        logged; the end of every process's log."""
+        parts = []
         try:
-            states = self.states(dag_id, run_id)
+            tis = self.task_instances(dag_id, run_id)
+            parts.append(f"task states: {self.states(dag_id, run_id, tis)}")
+            for ti in tis:
+                if ti["state"] in ("failed", "upstream_failed", "up_for_retry") and ti["try_number"]:
+                    log = self.log(dag_id, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+                    tail = "\n".join(log.splitlines()[-40:])
+                    parts.append(f"--- {ti['task_id']}[{ti['map_index']}] try {ti['try_number']} ({ti['id']}):\n{tail}")
+                    parts.append(self.processes.mentions(ti["id"]))
         except Exception as exc:  # the diagnosis must not hide the failure it explains
-            states = {"?": repr(exc)}
-        return f"task states: {states}\n{self.processes.tails()}"
+            parts.append(f"diagnosis failed: {exc!r}")
+        return "\n".join([*parts, self.processes.mentions("[error"), self.processes.tails()])
