@@ -213,12 +213,9 @@ def failed_by_asset_alias_race(processes: Processes) -> set[str]:
 
     raced = [e for e in entries if "Error updating Task Instance state" in e and "asset_alias_asset" in e]
     # Airflow 3.1 names the task instance on the error; 3.3 only the request, named again when the state is set.
-    ti_ids = {field("ti_id", e) for e in raced} - {None}
     request_ids = {field("correlation_id", e) for e in raced} - {None}
-    ti_ids |= {
-        field("ti_id", e) for e in entries if "new_state=failed" in e and field("correlation_id", e) in request_ids
-    }
-    return {ti_id for ti_id in ti_ids if ti_id}
+    named = [e for e in entries if "new_state=failed" in e and field("correlation_id", e) in request_ids]
+    return {ti_id for e in raced + named if (ti_id := field("ti_id", e))}
 
 
 def airflow_env(home: Path, *, api_port: int, logs: Path, executor: str, extra: Mapping[str, str]) -> dict[str, str]:

@@ -44,19 +44,20 @@ def task_process(ti_id: str) -> psutil.Process | None:
     return None
 
 
-def mapped_submit(airflow: Deployment, emulator: LimioEmulator, count: int = 4) -> None:
+def mapped_submit(airflow: Deployment, emulator: LimioEmulator) -> None:
     """A mapped submit of a few orders runs to success: one order each, XCom ``order_id`` and the extra link.
 
     The tasks finish together, so on a new deployment they race in Airflow to link the orders asset to the
     alias, and Airflow may fail one after its order was sent (docs/chaining.md). Such a task, and only such a
     task, is cleared as the docs say, and its new try must adopt its order, sending nothing.
     """
-    api, dag_id, prefix = airflow.api, "deploy_mapped_submit", unique("mapped")
+    api, dag_id, prefix, count = airflow.api, "deploy_mapped_submit", unique("mapped"), 4
     run_id = api.trigger(dag_id, {"prefix": prefix, "count": count})
     raced: set[int] = set()
     if api.wait_run(dag_id, run_id) != "success":
         failed = {ti["map_index"]: ti["id"] for ti in api.task_instances(dag_id, run_id) if ti["state"] == "failed"}
-        raced = {i for i, ti_id in failed.items() if ti_id in failed_by_asset_alias_race(airflow.processes)}
+        raced_ids = failed_by_asset_alias_race(airflow.processes)
+        raced = {i for i, ti_id in failed.items() if ti_id in raced_ids}
         assert raced and raced == set(failed), api.diagnose(dag_id, run_id)
         api.clear(dag_id, run_id, ["submit"], only_failed=True)
         assert api.wait_run(dag_id, run_id) == "success", api.diagnose(dag_id, run_id)
